@@ -1,0 +1,23 @@
+# The two commands of the README. Both set up .venv first (seconds when it is already complete).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench clean-output
+
+setup:
+	@bash tools/setup_env.sh
+
+## Main job: teacher -> students distillation on the embedded synthetic data, with a report.
+demo: setup
+	$(PY) tools/demo.py
+
+## Tests (CPU). pytest's exit code 5 (nothing collected) counts as a failure.
+test: setup
+	@$(PY) -m pytest tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PY) bench/bench_losses.py
+
+clean-output:
+	rm -rf output

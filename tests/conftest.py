@@ -1,0 +1,52 @@
+"""Shared test helpers: seeded CPU runs, config loading, and train_net in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RADKD_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A data root shared by the session (synthetic data is generated there once)."""
+    return tmp_path_factory.mktemp("datasets")
+
+
+def load_cfg(config: str | Path, *opts, data_root: Path | None = None, validate: bool = True):
+    """Project config from ``configs/...`` with opts; CPU; data sets rooted at ``data_root``."""
+    from radkd_d2.engine.setup import load_config
+
+    extra = ["MODEL.DEVICE", "cpu"]
+    if data_root is not None:
+        extra += ["DATASETS.ROOT", str(data_root)]
+    return load_config(str(REPO / config), [*extra, *map(str, opts)], validate=validate)
+
+
+def run_train_net(*args, cwd: Path | None = None, timeout: int = 600, check: bool = True):
+    """Run tools/train_net.py in a subprocess (as a user would); returns CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train_net failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    """Detectron2's metrics.json: one JSON object per line."""
+    return [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines() if line]

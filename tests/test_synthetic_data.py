@@ -1,0 +1,60 @@
+"""The embedded synthetic data: deterministic, and masks and boxes agree."""
+import filecmp
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from radkd_d2.data.synthetic import CLASSES, IGNORE_VALUE, SyntheticSpec, ensure_synthetic
+
+SPEC = SyntheticSpec(num_train=6, num_val=3, size=64, seed=3)
+
+
+def test_generation_is_deterministic(tmp_path):
+    a = ensure_synthetic(tmp_path / "a", SPEC)
+    b = ensure_synthetic(tmp_path / "b", SPEC)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 2 * (6 + 3) + 2 + 2  # images+labels, 2 jsons, spec, COMPLETE
+    match, mismatch, errors = filecmp.cmpfiles(a, b, [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors
+    other = ensure_synthetic(tmp_path / "c", SyntheticSpec(num_train=6, num_val=3, size=64, seed=4))
+    assert not filecmp.cmp(a / "train/images/00000.png", other / "train/images/00000.png", shallow=False)
+
+
+def test_second_call_reuses_files(tmp_path):
+    folder = ensure_synthetic(tmp_path, SPEC)
+    stamp = (folder / "train/images/00000.png").stat().st_mtime_ns
+    assert ensure_synthetic(tmp_path, SPEC) == folder
+    assert (folder / "train/images/00000.png").stat().st_mtime_ns == stamp
+
+
+def test_masks_and_boxes_agree(tmp_path):
+    folder = ensure_synthetic(tmp_path, SPEC)
+    coco = json.loads((folder / "annotations/instances_train.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == list(CLASSES[1:])
+    assert coco["annotations"], "scenes should contain objects"
+    by_image = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    for img in coco["images"]:
+        label = cv2.imread(str(folder / "train/labels" / img["file_name"]), cv2.IMREAD_UNCHANGED)
+        assert label.shape == (img["height"], img["width"])
+        assert set(np.unique(label)) <= set(range(len(CLASSES))) | {IGNORE_VALUE}
+        covered = np.zeros_like(label, dtype=bool)
+        for ann in by_image.get(img["id"], []):
+            x, y, w, h = ann["bbox"]
+            assert w > 0 and h > 0 and x + w <= img["width"] and y + h <= img["height"]
+            window = label[y : y + h, x : x + w]
+            # the box is tight around visible pixels of its class (borders may be ignore seam)
+            assert (window == ann["category_id"]).any()
+            covered[y : y + h, x : x + w] |= window == ann["category_id"]
+        objects = (label > 0) & (label != IGNORE_VALUE)
+        # every object pixel belongs to some box of its class, except tiny hidden remnants
+        assert (objects & ~covered).sum() <= 0.02 * objects.sum() + 12
+
+
+@pytest.mark.parametrize("field", ["num_train", "num_val"])
+def test_bad_spec(field):
+    with pytest.raises(ValueError, match=field):
+        SyntheticSpec(**{field: 0})
