@@ -38,16 +38,17 @@ def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL.TEACHER = CN()
     cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = ""  # teacher's own config file (model, pixel mean/std)
     cfg.MODEL.DISTILL.TEACHER.WEIGHTS = ""  # teacher checkpoint; loaded strictly
+    cfg.MODEL.DISTILL.TEACHER.OPTS = []  # KEY VALUE overrides applied to the teacher's config
     cfg.MODEL.DISTILL.TEACHER.STRICT = True  # False loads partially but still logs every key
     cfg.MODEL.DISTILL.TEACHER.DTYPE = "float32"  # teacher compute dtype on GPU: float32/float16/bfloat16
     # Feature taps: [student position, teacher position, loss name, weight] per entry. Positions:
     # backbone outputs (res2..res5, p3..p7), "decoder" or "logits". Entries sharing a position
-    # pair share one connector.
-    cfg.MODEL.DISTILL.TAPS = []
+    # pair share one connector. Default: the paper's LAD on the last backbone stage, lambda_ad 10.
+    cfg.MODEL.DISTILL.TAPS = [["res5", "res5", "lad", 10.0]]
     cfg.MODEL.DISTILL.CONNECTOR = "conv_bn_relu"  # student->teacher adapter: conv_bn_relu/conv/none
     cfg.MODEL.DISTILL.ALWAYS_CONNECT = False  # add a connector even when channels already match
     # Pixel-wise logit KD (Hinton) term, lambda_kd in the paper's Eq. 9.
-    cfg.MODEL.DISTILL.KD_WEIGHT = 0.0  # lambda_kd; 0 disables the logit KD term
+    cfg.MODEL.DISTILL.KD_WEIGHT = 10.0  # lambda_kd; 0 disables the logit KD term
     cfg.MODEL.DISTILL.KD_TEMPERATURE = 1.0  # softmax temperature of the logit KD term
     cfg.MODEL.DISTILL.DIAGNOSTICS_PERIOD = 20  # iterations between m, n, mn/N, cos(theta) logs
     # Copy teacher parameters with identical names and shapes into the student (MGD/FGD recipe).

@@ -1,4 +1,5 @@
 """Backbones; importing registers their builders in ``BACKBONE_REGISTRY``."""
+
 from .dilated_resnet import (
     DeepStem,
     DilatedBasicBlock,

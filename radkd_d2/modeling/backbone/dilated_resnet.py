@@ -26,6 +26,7 @@ A CIRKD / torchvision checkpoint maps as ``conv1.{0,1,3,4,6}`` -> ``stem.conv1``
 ``stem.conv3.norm``; ``layer{k}`` -> ``res{k+1}``; ``bn{j}`` -> ``conv{j}.norm``;
 ``downsample.0`` -> ``shortcut``; ``downsample.1`` -> ``shortcut.norm``.
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
@@ -244,9 +245,7 @@ class DilatedResNet(ResNet):
                 f"got {output_stride}"
             )
         num_blocks, bottleneck = _DEPTHS[depth]
-        stem = DeepStem(
-            in_channels, [scale_width(c, width_mult) for c in _STEM_WIDTHS], norm=norm
-        )
+        stem = DeepStem(in_channels, [scale_width(c, width_mult) for c in _STEM_WIDTHS], norm=norm)
         plan: Tuple[Tuple[int, int], ...] = ((1, 1), (2, 1), *_DILATION_PLAN[output_stride])
         stages = []
         channels = stem.out_channels

@@ -1,4 +1,5 @@
 """Semantic-segmentation heads; importing registers them in ``SEM_SEG_HEADS_REGISTRY``."""
+
 from .base import DilatedSegHead, FCNHead
 from .deeplab import ASPP, DeepLabV3Head
 from .psp import PSPHead

@@ -9,6 +9,7 @@ cross-entropy losses and the ``forward`` contract of Detectron2's ``SemSegFPNHea
 Parameter names: ``predictor.{weight,bias}``; with the auxiliary head
 ``aux_head.conv.weight``, ``aux_head.conv.norm.*``, ``aux_head.predictor.{weight,bias}``.
 """
+
 from typing import Dict, Optional
 
 import fvcore.nn.weight_init as weight_init
@@ -27,7 +28,9 @@ class FCNHead(nn.Module):
     The auxiliary head of PSPNet/DeepLabV3: B x C x h x w -> B x num_classes x h x w.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, *, norm: str = "BN", dropout: float = 0.1):
+    def __init__(
+        self, in_channels: int, num_classes: int, *, norm: str = "BN", dropout: float = 0.1
+    ):
         super().__init__()
         channels = max(1, in_channels // 4)
         self.conv = Conv2d(
@@ -89,7 +92,9 @@ class DilatedSegHead(nn.Module):
         """
         super().__init__()
         if in_feature not in input_shape:
-            raise ValueError(f"Head input {in_feature!r} not among backbone outputs {list(input_shape)}")
+            raise ValueError(
+                f"Head input {in_feature!r} not among backbone outputs {list(input_shape)}"
+            )
         if input_shape[in_feature].stride != common_stride:
             raise ValueError(
                 f"common_stride={common_stride} but {in_feature!r} has stride "
@@ -189,7 +194,9 @@ class DilatedSegHead(nn.Module):
             )
         return losses
 
-    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, stride: int) -> torch.Tensor:
+    def _cross_entropy(
+        self, logits: torch.Tensor, targets: torch.Tensor, stride: int
+    ) -> torch.Tensor:
         logits = logits.float()  # CE and the upsampling in float32 also under AMP
         logits = F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False)
         return F.cross_entropy(logits, targets, reduction="mean", ignore_index=self.ignore_value)

@@ -5,6 +5,7 @@ per dilation), ``aspp.pool.weight`` / ``.norm.*`` (image pooling branch), ``aspp
 ``.norm.*``, ``bottleneck.weight`` / ``.norm.*`` (the 3x3 conv giving the decoder feature), then
 those of :class:`~radkd_d2.modeling.heads.base.DilatedSegHead` (``predictor``, ``aux_head``).
 """
+
 from typing import Dict, Sequence
 
 import fvcore.nn.weight_init as weight_init
@@ -59,7 +60,9 @@ class ASPP(nn.Module):
             weight_init.c2_msra_fill(layer)
             return layer
 
-        self.convs = nn.ModuleList([conv(in_channels, 1)] + [conv(in_channels, 3, d) for d in dilations])
+        self.convs = nn.ModuleList(
+            [conv(in_channels, 1)] + [conv(in_channels, 3, d) for d in dilations]
+        )
         self.pool = conv(in_channels, 1)
         self.project = conv(out_channels * (len(self.convs) + 1), 1)
         self.dropout = nn.Dropout(dropout)

@@ -4,6 +4,7 @@ Parameter names: ``ppm.{i}.weight``, ``ppm.{i}.norm.*`` (one 1x1 conv per bin),
 ``bottleneck.weight``, ``bottleneck.norm.*`` (the 3x3 conv giving the decoder feature), then those
 of :class:`~radkd_d2.modeling.heads.base.DilatedSegHead` (``predictor``, ``aux_head``).
 """
+
 from typing import Dict, Sequence
 
 import fvcore.nn.weight_init as weight_init

@@ -1,0 +1,189 @@
+"""Machinery shared by the Distill* meta-architectures: tap parsing, connectors + losses per
+tap (:class:`FeatureDistiller`), diagnostics, and the teacher-holding mixin."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from numbers import Number
+from typing import Dict, List, Mapping, Sequence
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.utils.events import get_event_storage
+from torch import nn
+from torch.nn import functional as F
+
+from radkd_d2.engine.checks import ConfigError
+from radkd_d2.losses import build_distill_loss, feature_stats
+
+from .connectors import build_connector
+
+
+@dataclass
+class Tap:
+    """One distilled (student position, teacher position) pair and its weighted losses."""
+
+    student: str
+    teacher: str
+    losses: List[tuple] = field(default_factory=list)  # (loss name, weight)
+
+    @property
+    def key(self) -> str:
+        """Name used in loss and diagnostic keys: ``res5``, or ``res4_to_res5`` when they differ."""
+        return self.student if self.student == self.teacher else f"{self.student}_to_{self.teacher}"
+
+
+def parse_taps(entries: Sequence, kd_weight: float = 0.0) -> List[Tap]:
+    """Group ``MODEL.DISTILL.TAPS`` entries ``[student_pos, teacher_pos, loss, weight]`` by
+    position pair; ``kd_weight > 0`` adds the logit KD term as a ``logits -> logits`` "kd" tap."""
+    groups: "OrderedDict[tuple, Tap]" = OrderedDict()
+    entries = list(entries) + ([["logits", "logits", "kd", kd_weight]] if kd_weight > 0 else [])
+    for entry in entries:
+        ok = (
+            isinstance(entry, (list, tuple))
+            and len(entry) == 4
+            and all(isinstance(x, str) for x in entry[:3])
+            and isinstance(entry[3], Number)
+        )
+        if not ok:
+            raise ConfigError(
+                f"MODEL.DISTILL.TAPS entry {entry!r} must be [student_position, teacher_position, "
+                "loss_name, weight], e.g. ['res5', 'res5', 'lad', 10.0]"
+            )
+        s, t, name, weight = entry
+        if weight < 0:
+            raise ConfigError(f"MODEL.DISTILL.TAPS entry {list(entry)}: weight must be >= 0, got {weight}")
+        tap = groups.setdefault((s, t), Tap(s, t))
+        if any(n == name.lower() for n, _ in tap.losses):
+            raise ConfigError(f"MODEL.DISTILL.TAPS: loss {name!r} appears twice on tap {tap.key}")
+        tap.losses.append((name.lower(), float(weight)))
+    return list(groups.values())
+
+
+class FeatureDistiller(nn.Module):
+    """Connectors and losses for a list of taps.
+
+    For each tap the student feature goes through its connector (when channel counts differ, or
+    always with ``always_connect``), is bilinearly resized to the teacher's spatial size when
+    they differ, and every configured loss compares it with the teacher feature.
+
+    Parameter names: ``connectors.<tap key>.*`` and ``losses.<tap key>__<loss>.*``.
+    """
+
+    def __init__(
+        self,
+        taps: Sequence[Tap],
+        student_shapes: Mapping[str, ShapeSpec],
+        teacher_shapes: Mapping[str, ShapeSpec],
+        *,
+        connector: str = "conv_bn_relu",
+        always_connect: bool = False,
+        loss_cfg=None,
+        diagnostics_period: int = 20,
+    ):
+        super().__init__()
+        self.taps = list(taps)
+        self.connectors = nn.ModuleDict()
+        self.losses = nn.ModuleDict()
+        self.diagnostics_period = diagnostics_period
+        for tap in self.taps:
+            for side, pos, shapes in (("student", tap.student, student_shapes), ("teacher", tap.teacher, teacher_shapes)):
+                if pos not in shapes:
+                    raise ConfigError(
+                        f"MODEL.DISTILL.TAPS: {side} position {pos!r} of tap {tap.key} does not "
+                        f"exist; the {side} provides {sorted(shapes)}"
+                    )
+            cs, ct = student_shapes[tap.student].channels, teacher_shapes[tap.teacher].channels
+            if cs != ct or (always_connect and connector != "none"):
+                if connector == "none":
+                    raise ConfigError(
+                        f"tap {tap.key}: student {tap.student!r} has {cs} channels but teacher "
+                        f"{tap.teacher!r} has {ct}, and MODEL.DISTILL.CONNECTOR is 'none'; use "
+                        "'conv_bn_relu' or 'conv', or tap positions with equal channels"
+                    )
+                self.connectors[tap.key] = build_connector(connector, cs, ct)
+            for name, weight in tap.losses:
+                self.losses[f"{tap.key}__{name}"] = build_distill_loss(
+                    name, weight=weight, cfg=loss_cfg, student_channels=ct, teacher_channels=ct
+                )
+
+    @property
+    def student_positions(self) -> set:
+        return {t.student for t in self.taps}
+
+    @property
+    def teacher_positions(self) -> set:
+        return {t.teacher for t in self.taps}
+
+    def align(self, tap: Tap, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Student feature mapped to the teacher's channels and spatial size."""
+        if tap.key in self.connectors:
+            student = self.connectors[tap.key](student)
+        if student.shape[-2:] != teacher.shape[-2:]:
+            student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+        return student
+
+    def forward(
+        self, student_feats: Dict[str, torch.Tensor], teacher_feats: Dict[str, torch.Tensor], **context
+    ) -> Dict[str, torch.Tensor]:
+        """Weighted distillation losses, one ``loss_distill_<loss>_<tap key>`` entry each.
+
+        ``context`` (labels, ignore_value, boxes, image_size, ...) is passed to every loss.
+        """
+        losses = {}
+        log = self._should_log()
+        for tap in self.taps:
+            t = teacher_feats[tap.teacher]
+            s = self.align(tap, student_feats[tap.student], t)
+            for name, _ in tap.losses:
+                losses[f"loss_distill_{name}_{tap.key}"] = self.losses[f"{tap.key}__{name}"](s, t, **context)
+            if log:
+                storage = get_event_storage()
+                for stat, value in feature_stats(s, t).items():
+                    storage.put_scalar(f"distill/{tap.key}/{stat}", float(value), smoothing_hint=False)
+        return losses
+
+    def _should_log(self) -> bool:
+        if self.diagnostics_period <= 0 or not self.training:
+            return False
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # called outside a training loop
+            return False
+        return storage.iter % self.diagnostics_period == 0
+
+
+class TeacherMixin:
+    """For ``nn.Module`` meta-architectures that hold a frozen ``self.teacher``.
+
+    * ``train(mode)`` keeps the teacher in eval mode (BatchNorm statistics, dropout);
+    * ``state_dict`` leaves the teacher out, so checkpoints hold only trainable state; resume
+      reloads the teacher from its own weights; ``load_state_dict`` does not report the absent
+      teacher keys as missing;
+    * ``student_state_dict`` is the plain student: no teacher, no distiller (connectors, loss
+      modules such as MGD's generator), loadable by the stock meta-architecture.
+    """
+
+    TEACHER_PREFIX = "teacher."
+    DISTILL_PREFIXES = ("teacher.", "distiller.")
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for k in [k for k in sd if k.startswith(prefix + self.TEACHER_PREFIX)]:
+            del sd[k]
+        return sd
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        result = super().load_state_dict(state_dict, strict=False, **kwargs)
+        missing = [k for k in result.missing_keys if not k.startswith(self.TEACHER_PREFIX)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"missing keys {missing}, unexpected keys {result.unexpected_keys}")
+        return type(result)(missing, result.unexpected_keys)
+
+    def student_state_dict(self) -> Dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.DISTILL_PREFIXES)}

@@ -1,0 +1,130 @@
+"""The frozen teacher: built from its own config file, loaded strictly, never trained.
+
+Shared by every Distill* meta-architecture (segmentation and detection).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class TeacherLoadError(RuntimeError):
+    """The teacher checkpoint is missing, unreadable or does not match the teacher model."""
+
+
+def load_teacher_cfg(config_file: str, device: str, opts=()):
+    """The teacher's own config (model, pixel mean/std, input format) with radkd-d2 keys."""
+    from radkd_d2.config import add_radkd_config
+
+    if not config_file:
+        raise FileNotFoundError(
+            "MODEL.DISTILL.TEACHER.CONFIG_FILE is empty: set it to the teacher's config file"
+        )
+    if not Path(config_file).is_file():
+        raise FileNotFoundError(
+            f"MODEL.DISTILL.TEACHER.CONFIG_FILE: teacher config {config_file!r} does not exist"
+        )
+    cfg = get_cfg()
+    add_radkd_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list([str(x) for x in opts])
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.WEIGHTS = ""
+    cfg.freeze()
+    return cfg
+
+
+def format_incompatible_keys(missing, unexpected, shapes) -> str:
+    """Every missing / unexpected / shape-mismatched key, one per line."""
+    lines = []
+    for title, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            lines.append(f"{len(keys)} {title} keys:")
+            lines += [f"  {k}" for k in sorted(keys)]
+    if shapes:
+        lines.append(f"{len(shapes)} keys with a different shape (checkpoint vs model):")
+        lines += [f"  {k}: {tuple(a)} vs {tuple(b)}" for k, a, b in shapes]
+    return "\n".join(lines)
+
+
+def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True, what="teacher"):
+    """Load ``weights`` (.pth or Detectron2/Caffe2 .pkl) into ``model`` through Detectron2's
+    checkpointer. Every missing, unexpected or shape-mismatched key is listed: as an error when
+    ``strict``, as a warning otherwise; nothing is loaded silently in part."""
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights {weights!r} do not exist")
+    ckpt = DetectionCheckpointer(model)
+    try:
+        checkpoint = ckpt._load_file(str(path))
+    except Exception as e:  # torch.load / pickle errors differ by corruption kind
+        raise TeacherLoadError(f"could not read {what} checkpoint {weights!r}: {e}") from e
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise TeacherLoadError(f"{what} checkpoint {weights!r} holds no 'model' state dict")
+    # Detectron2's loader (name heuristics for .pkl, "module." prefixes) drops mismatched shapes
+    # and reports every incompatible key; the model is discarded by the caller on error.
+    incompatible = ckpt._load_model(checkpoint)
+    report = format_incompatible_keys(
+        incompatible.missing_keys, incompatible.unexpected_keys, incompatible.incorrect_shapes
+    )
+    if report and strict:
+        raise TeacherLoadError(
+            f"{what} checkpoint {weights!r} does not match the {what} model:\n{report}\n"
+            f"(check the {what} config, or set MODEL.DISTILL.TEACHER.STRICT False to load "
+            "the matching part anyway)"
+        )
+    if report:
+        logger.warning("Loaded %s checkpoint %s non-strictly:\n%s", what, weights, report)
+    logger.info("Loaded %s weights from %s", what, weights)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """No gradients, eval mode (BatchNorm statistics and dropout fixed)."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def build_teacher(config_file: str, weights: str, *, device: str, strict: bool = True, opts=()):
+    """Build the frozen teacher from its own config and weights.
+
+    ``weights=""`` gives a randomly initialised teacher (logged as a warning; useful only for
+    tests and benchmarks).
+
+    Returns:
+        (teacher model in eval mode with requires_grad False, its frozen config)
+    """
+    cfg = load_teacher_cfg(config_file, device, opts)
+    model = build_model(cfg)
+    if weights:
+        load_weights_strictly(model, weights, strict=strict)
+    else:
+        logger.warning("MODEL.DISTILL.TEACHER.WEIGHTS is empty: the teacher is randomly initialised")
+    return freeze(model), cfg
+
+
+def teacher_input_tensors(batched_inputs, student_format: str, teacher_format: str, device):
+    """The raw images of a batch as the teacher expects them (channel order of its format)."""
+    images = [x["image"].to(device, non_blocking=True) for x in batched_inputs]
+    if {student_format, teacher_format} == {"RGB", "BGR"}:
+        images = [x.flip(0) for x in images]
+    return images
+
+
+__all__ = [
+    "TeacherLoadError",
+    "build_teacher",
+    "freeze",
+    "format_incompatible_keys",
+    "load_teacher_cfg",
+    "load_weights_strictly",
+    "teacher_input_tensors",
+]

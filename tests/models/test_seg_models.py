@@ -1,0 +1,220 @@
+"""Dilated ResNet backbone, PSP / DeepLabV3 heads and the stock SemanticSegmentor built on them."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import build_backbone, build_model
+from detectron2.utils.events import EventStorage
+
+from radkd_d2.config import _add_model_config
+from radkd_d2.modeling.backbone import DilatedResNet
+from radkd_d2.modeling.heads import DeepLabV3Head, PSPHead
+
+NUM_CLASSES = 5
+IGNORE = 255
+
+
+def make_cfg(head: str = "PSPHead", depth: int = 18, width_mult: float = 0.25, aux: float = 0.0):
+    """A CPU SemanticSegmentor config; only the model keys of radkd-d2 are needed here."""
+    cfg = get_cfg()
+    _add_model_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+    cfg.MODEL.BACKBONE.NAME = "build_dilated_resnet_backbone"
+    cfg.MODEL.DRN.DEPTH = depth
+    cfg.MODEL.DRN.WIDTH_MULT = width_mult
+    cfg.MODEL.DRN.OUT_FEATURES = ["res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.NAME = head
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res5"]
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
+    cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 8
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = IGNORE
+    cfg.MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT = aux
+    return cfg
+
+
+def synthetic_batch(size=(64, 64), num_images=2, seed=0):
+    """Images whose label is a function of the pixel colour, so a model can fit them."""
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        sem_seg = torch.randint(NUM_CLASSES, (size[0] // 8, size[1] // 8), generator=g)
+        sem_seg = sem_seg.repeat_interleave(8, 0).repeat_interleave(8, 1)
+        image = (sem_seg.float() * 50.0).expand(3, -1, -1).clone()
+        image += torch.rand(3, *size, generator=g) * 20.0
+        sem_seg[:4, :4] = IGNORE
+        batch.append({"image": image, "sem_seg": sem_seg, "height": size[0], "width": size[1]})
+    return batch
+
+
+@pytest.mark.parametrize(
+    "depth, width_mult, output_stride, channels",
+    [
+        (18, 0.25, 8, (16, 32, 64, 128)),
+        (18, 0.25, 16, (16, 32, 64, 128)),
+        (18, 0.25, 32, (16, 32, 64, 128)),
+        (101, 0.125, 8, (32, 64, 128, 256)),
+    ],
+)
+def test_backbone_shapes(depth, width_mult, output_stride, channels):
+    torch.manual_seed(0)
+    names = ["res2", "res3", "res4", "res5"]
+    model = DilatedResNet(
+        depth=depth, width_mult=width_mult, output_stride=output_stride, out_features=names
+    )
+    features = model(torch.randn(2, 3, 64, 64))
+    shapes = model.output_shape()
+    strides = {8: (4, 8, 8, 8), 16: (4, 8, 16, 16), 32: (4, 8, 16, 32)}[output_stride]
+    assert list(features) == names
+    for name, c, s in zip(names, channels, strides):
+        assert shapes[name] == ShapeSpec(channels=c, stride=s)
+        assert features[name].shape == (2, c, 64 // s, 64 // s)
+    assert model.size_divisibility == output_stride
+
+
+def test_deep_stem_and_dilations():
+    r18 = DilatedResNet(depth=18, width_mult=0.25, output_stride=8)
+    assert [getattr(r18.stem, f"conv{i}").out_channels for i in (1, 2, 3)] == [8, 8, 16]
+    assert [getattr(r18.stem, f"conv{i}").stride for i in (1, 2, 3)] == [(2, 2), (1, 1), (1, 1)]
+    # First 3x3 conv of a dilated stage's first block uses half the stage dilation.
+    assert r18.res4[0].conv1.dilation == (1, 1) and r18.res4[0].conv2.dilation == (2, 2)
+    assert r18.res4[1].conv1.dilation == (2, 2)
+    assert r18.res5[0].conv1.dilation == (2, 2) and r18.res5[0].conv2.dilation == (4, 4)
+    assert r18.res5[1].conv1.dilation == (4, 4)
+    r101 = DilatedResNet(depth=101, width_mult=0.125, output_stride=8)
+    assert [len(getattr(r101, f"res{i}")) for i in (2, 3, 4, 5)] == [3, 4, 23, 3]
+    assert r101.res5[0].conv2.dilation == (2, 2) and r101.res5[2].conv2.dilation == (4, 4)
+    assert r101.res3[0].conv2.stride == (2, 2) and r101.res3[0].conv1.stride == (1, 1)
+    # Detectron2 ResNet naming, which the checkpoint converters rely on.
+    names = {n for n, _ in r101.named_parameters()}
+    assert {"stem.conv1.weight", "stem.conv3.norm.weight", "res2.0.shortcut.norm.bias"} <= names
+    assert "res5.2.conv3.weight" in names
+
+
+def test_freeze_at():
+    torch.manual_seed(0)
+    model = DilatedResNet(depth=18, width_mult=0.25, out_features=["res5"], freeze_at=2)
+    for name, param in model.named_parameters():
+        assert param.requires_grad == (not name.startswith(("stem.", "res2."))), name
+    assert isinstance(model.stem.conv1.norm, FrozenBatchNorm2d)
+    assert isinstance(model.res2[1].conv2.norm, FrozenBatchNorm2d)
+    assert isinstance(model.res3[0].conv1.norm, torch.nn.BatchNorm2d)
+    model(torch.randn(2, 3, 32, 32))["res5"].sum().backward()
+    assert model.res3[0].conv1.weight.grad is not None
+    assert model.res2[0].conv1.weight.grad is None
+
+    cfg = make_cfg()
+    cfg.MODEL.DRN.FREEZE_AT = 1
+    backbone = build_backbone(cfg)
+    assert not any(p.requires_grad for p in backbone.stem.parameters())
+    assert all(p.requires_grad for p in backbone.res2.parameters())
+
+
+def _head_input_shape(res5_channels=64):
+    return {
+        "res4": ShapeSpec(channels=48, stride=8),
+        "res5": ShapeSpec(channels=res5_channels, stride=8),
+    }
+
+
+@pytest.mark.parametrize("head_cls", [PSPHead, DeepLabV3Head])
+@pytest.mark.parametrize("aux_weight", [0.0, 0.4])
+def test_head_layers_losses(head_cls, aux_weight):
+    torch.manual_seed(0)
+    extra = {"bins": (1, 2, 3, 6)} if head_cls is PSPHead else {"dilations": (1, 2, 3)}
+    head = head_cls(
+        _head_input_shape(),
+        in_feature="res5",
+        num_classes=NUM_CLASSES,
+        conv_dims=24,
+        common_stride=8,
+        loss_weight=2.0,
+        ignore_value=IGNORE,
+        aux_in_feature="res4",
+        aux_loss_weight=aux_weight,
+        **extra,
+    )
+    assert (head.aux_head is not None) == (aux_weight > 0)
+    assert head.output_shape() == {
+        "decoder": ShapeSpec(channels=24, stride=8),
+        "logits": ShapeSpec(channels=NUM_CLASSES, stride=8),
+    }
+    features = {"res4": torch.randn(2, 48, 6, 7), "res5": torch.randn(2, 64, 6, 7)}
+    targets = torch.randint(NUM_CLASSES, (2, 48, 56))
+    targets[:, :5] = IGNORE
+
+    outputs = head.layers(features)
+    expected_keys = {"decoder", "logits"} | ({"aux_logits"} if aux_weight else set())
+    assert set(outputs) == expected_keys
+    assert outputs["decoder"].shape == (2, 24, 6, 7)
+    assert outputs["logits"].shape == (2, NUM_CLASSES, 6, 7)
+
+    losses = head.losses(outputs, targets)
+    upsampled = F.interpolate(
+        outputs["logits"], size=(48, 56), mode="bilinear", align_corners=False
+    )
+    expected = 2.0 * F.cross_entropy(upsampled, targets, ignore_index=IGNORE)
+    torch.testing.assert_close(losses["loss_sem_seg"], expected)
+    assert set(losses) == {"loss_sem_seg"} | ({"loss_sem_seg_aux"} if aux_weight else set())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(p.grad is not None for p in head.parameters())
+
+    head.eval()
+    assert set(head.layers(features)) == {"decoder", "logits"}
+    logits, empty = head(features)
+    assert logits.shape == (2, NUM_CLASSES, 48, 56) and empty == {}
+
+
+def test_head_rejects_wrong_common_stride():
+    with pytest.raises(ValueError, match="COMMON_STRIDE"):
+        PSPHead(_head_input_shape(), in_feature="res5", num_classes=3, conv_dims=8, common_stride=4)
+
+
+@pytest.mark.parametrize("head", ["PSPHead", "DeepLabV3Head"])
+def test_semantic_segmentor_end_to_end(head):
+    torch.manual_seed(0)
+    model = build_model(make_cfg(head, aux=0.4))
+    batch = synthetic_batch()
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == {"loss_sem_seg", "loss_sem_seg_aux"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.sem_seg_head.predictor.weight.grad is not None
+    assert model.backbone.stem.conv1.weight.grad is not None
+
+    model.eval()
+    # A size that is no multiple of 8 is padded; outputs are resized to "height"/"width".
+    inputs = [
+        {"image": batch[0]["image"][:, :62, :58], "height": 93, "width": 87},
+        {"image": batch[1]["image"], "height": 40, "width": 50},
+    ]
+    with torch.no_grad():
+        results = model(inputs)
+    assert [r["sem_seg"].shape for r in results] == [(NUM_CLASSES, 93, 87), (NUM_CLASSES, 40, 50)]
+
+
+def test_semantic_segmentor_overfits_one_batch():
+    torch.manual_seed(0)
+    cfg = make_cfg("PSPHead")
+    cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.0
+    model = build_model(cfg)
+    batch = synthetic_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    history = []
+    with EventStorage():
+        for _ in range(8):
+            loss = model(batch)["loss_sem_seg"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.append(loss.item())
+    assert history[-1] < 0.5 * history[0], history
