@@ -63,8 +63,8 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.SEM_SEG.FLIP = True  # random horizontal flip in training
     cfg.DATASETS.ROOT = ""  # dataset root; "" uses $DETECTRON2_DATASETS or ./datasets
     cfg.DATASETS.SYNTHETIC = CN()
-    cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 64  # synthetic-scene training images
-    cfg.DATASETS.SYNTHETIC.NUM_VAL = 16  # synthetic-scene validation images
+    cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 256  # synthetic-scene training images
+    cfg.DATASETS.SYNTHETIC.NUM_VAL = 64  # synthetic-scene validation images
     cfg.DATASETS.SYNTHETIC.SIZE = 96  # side of the square synthetic images
     cfg.DATASETS.SYNTHETIC.SEED = 0  # generator seed; same seed gives identical files
 

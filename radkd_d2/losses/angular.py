@@ -13,6 +13,7 @@ zero, so the loss and its gradient stay finite.
 from typing import Dict
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._utils import DEFAULT_EPS, check_same_shape, float32_math, safe_rsqrt
 from .build import DistillLoss, register_distill_loss
@@ -28,14 +29,69 @@ __all__ = [
 ]
 
 
+# Elements per scratch chunk (~1 MiB of float32): the products of a chunk stay in cache.
+_CHUNK_ELEMS = 1 << 18
+
+
+def _reductions(s: torch.Tensor, t: torch.Tensor, dim: int):
+    """|s|^2, |t|^2 and <s, t> along ``dim`` (1 or 2) of A x C x N tensors.
+
+    On CPU the products are formed chunk by chunk along N in a small reused buffer: a fresh
+    full-size temporary costs more (page faults) than the arithmetic. Elsewhere one pass each.
+    """
+    a, c, n = s.shape
+    step = n if s.device.type != "cpu" else max(16, min(n, _CHUNK_ELEMS // max(1, a * c)))
+    shape = (a, n) if dim == 1 else (a, c)
+    ss, tt, st = (torch.zeros(shape, dtype=s.dtype, device=s.device) for _ in range(3))
+    scratch = torch.empty((a, c, step), dtype=s.dtype, device=s.device)
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        sb, tb, buf = s[:, :, n0:n1], t[:, :, n0:n1], scratch[:, :, : n1 - n0]
+        for acc, x, y in ((ss, sb, sb), (tt, tb, tb), (st, sb, tb)):
+            part = torch.mul(x, y, out=buf).sum(dim=dim)
+            if dim == 1:
+                acc[:, n0:n1] = part
+            else:
+                acc += part
+    return ss, tt, st
+
+
+class _NormalisedSqDist(torch.autograd.Function):
+    """Per-group sum over ``dim`` of (s/|s| - t/|t|)^2 for A x C x N tensors, fused.
+
+    Forward needs three reductions (|s|^2, |t|^2, <s, t>); backward is one expression per
+    input, dL/ds = s * 2(eps r_s^4 + <s,t> r_t r_s^3) - t * 2 r_s r_t, so no normalised
+    tensor is ever materialised.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, t: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+        ss, tt, st = _reductions(s, t, dim)
+        rs, rt = safe_rsqrt(ss, eps), safe_rsqrt(tt, eps)
+        out = ss * rs * rs + tt * rt * rt - 2.0 * st * rs * rt
+        ctx.save_for_backward(s, t, rs, rt, st)
+        ctx.dim, ctx.eps = dim, eps
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        s, t, rs, rt, st = ctx.saved_tensors
+        dim, eps = ctx.dim, ctx.eps
+        cross = (-2.0 * grad * rs * rt).unsqueeze(dim)
+        grad_s = grad_t = None
+        if ctx.needs_input_grad[0]:
+            own = (2.0 * grad * (eps * rs.pow(4) + st * rt * rs.pow(3))).unsqueeze(dim)
+            grad_s = torch.mul(s, own).addcmul_(t, cross)
+        if ctx.needs_input_grad[1]:
+            own = (2.0 * grad * (eps * rt.pow(4) + st * rs * rt.pow(3))).unsqueeze(dim)
+            grad_t = torch.mul(t, own).addcmul_(s, cross)
+        return grad_s, grad_t, None, None
+
+
 def _normalised_sq_dist(s: torch.Tensor, t: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
-    """sum over ``dim`` of (s/|s| - t/|t|)^2, from two norms and one dot product."""
-    ns = torch.linalg.vector_norm(s, dim=dim)
-    nt = torch.linalg.vector_norm(t, dim=dim)
-    st = (s * t).sum(dim=dim)
-    ss, tt = ns * ns, nt * nt
-    rs, rt = safe_rsqrt(ss, eps), safe_rsqrt(tt, eps)
-    return ss * rs * rs + tt * rt * rt - 2.0 * st * rs * rt
+    """Sum over ``dim`` (1 or 2) of (s/|s| - t/|t|)^2 for A x C x N tensors: A x N or A x C."""
+    return _NormalisedSqDist.apply(s.contiguous(), t.contiguous(), dim, eps)
 
 
 @float32_math
@@ -53,7 +109,7 @@ def lad_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = DEFAULT_
     """
     check_same_shape(student, teacher, "lad_loss")
     b = student.shape[0]
-    per_sample = _normalised_sq_dist(student.reshape(b, -1), teacher.reshape(b, -1), 1, eps)
+    per_sample = _normalised_sq_dist(student.reshape(b, 1, -1), teacher.reshape(b, 1, -1), 2, eps)
     return per_sample.mean()
 
 
@@ -86,7 +142,10 @@ def pad_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = DEFAULT_
         student, teacher: B x C x H x W features of the same shape.
     """
     check_same_shape(student, teacher, "pad_loss")
-    per_pixel = _normalised_sq_dist(student, teacher, 1, eps)  # B x H x W
+    b, c = student.shape[:2]
+    per_pixel = _normalised_sq_dist(
+        student.reshape(b, c, -1), teacher.reshape(b, c, -1), 1, eps
+    )  # B x HW
     return per_pixel.mean()
 
 

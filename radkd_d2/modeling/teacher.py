@@ -55,6 +55,15 @@ def format_incompatible_keys(missing, unexpected, shapes) -> str:
     return "\n".join(lines)
 
 
+class _ReportingCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that keeps the incompatible keys instead of only logging them."""
+
+    incompatible = None
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        self.incompatible = incompatible
+
+
 def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True, what="teacher"):
     """Load ``weights`` (.pth or Detectron2/Caffe2 .pkl) into ``model`` through Detectron2's
     checkpointer. Every missing, unexpected or shape-mismatched key is listed: as an error when
@@ -62,17 +71,15 @@ def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights {weights!r} do not exist")
-    ckpt = DetectionCheckpointer(model)
+    ckpt = _ReportingCheckpointer(model)
     try:
-        checkpoint = ckpt._load_file(str(path))
-    except Exception as e:  # torch.load / pickle errors differ by corruption kind
+        ckpt.load(str(path), checkpointables=[])
+    except Exception as e:  # torch.load / pickle errors differ by the kind of corruption
         raise TeacherLoadError(f"could not read {what} checkpoint {weights!r}: {e}") from e
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise TeacherLoadError(f"{what} checkpoint {weights!r} holds no 'model' state dict")
-    # Detectron2's loader (name heuristics for .pkl, "module." prefixes) drops mismatched shapes
-    # and reports every incompatible key; the model is discarded by the caller on error.
-    incompatible = ckpt._load_model(checkpoint)
-    report = format_incompatible_keys(
+    # Detectron2's loader (name heuristics for .pkl, "module." prefixes) skips mismatched shapes
+    # and reports every incompatible key; on error the caller discards the model.
+    incompatible = ckpt.incompatible
+    report = incompatible and format_incompatible_keys(
         incompatible.missing_keys, incompatible.unexpected_keys, incompatible.incorrect_shapes
     )
     if report and strict:
