@@ -11,14 +11,17 @@ iterations and schedule; evaluates each on the synthetic validation set and prin
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+warnings.filterwarnings("ignore", category=FutureWarning)
 from radkd_d2.evaluation.runs import read_run  # noqa: E402
 
 RUNS = [
@@ -36,7 +39,8 @@ def run(label: str, config: str, out: Path, iters: int, extra: list[str], step: 
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(out / "demo_stdout.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore::FutureWarning")
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
             m = ETA_RE.search(line)

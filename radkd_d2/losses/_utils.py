@@ -113,7 +113,7 @@ def check_same_shape(
 
 def safe_rsqrt(sq: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """1 / sqrt(sq + eps): finite value and gradient at sq == 0."""
-    return torch.rsqrt(sq + eps)
+    return torch.rsqrt(sq)
 
 
 def safe_sqrt(sq: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:

@@ -45,7 +45,7 @@ def logits_kd_loss(
         )
     valid = ~ignore_mask.bool()
     total = torch.where(valid, kl, torch.zeros_like(kl)).sum()
-    return total / valid.numel() * temperature**2
+    return total / valid.sum().clamp_min(1) * temperature**2
 
 
 @register_distill_loss("kd")
