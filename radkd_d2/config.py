@@ -9,8 +9,10 @@ def add_radkd_config(cfg: CN) -> None:
     _add_data_config(cfg)
     _add_solver_config(cfg)
     from radkd_d2.losses.config import add_distill_loss_config
+    from radkd_d2.modeling.backbone.config import add_backbone_config
 
     add_distill_loss_config(cfg)
+    add_backbone_config(cfg)
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -70,5 +72,6 @@ def _add_data_config(cfg: CN) -> None:
 
 
 def _add_solver_config(cfg: CN) -> None:
+    cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype with SOLVER.AMP.ENABLED: float16/bfloat16
     cfg.SOLVER.POLY_LR_POWER = 0.9  # power of WarmupPolyLR (LR_SCHEDULER_NAME: WarmupPolyLR)
     cfg.TEST.SEM_SEG_EVAL_PIXEL_ACC = True  # report pixel accuracy next to mIoU

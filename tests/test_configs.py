@@ -13,9 +13,16 @@ CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml")
 def _shrink(cfg):
     """Paper-size models are built at reduced width: the test is about config validity."""
     cfg.defrost()
+    teacher_opts = []
     if cfg.MODEL.DRN.WIDTH_MULT > 0.25:
         cfg.MODEL.DRN.WIDTH_MULT = 0.125
-        cfg.MODEL.DISTILL.TEACHER.OPTS = ["MODEL.DRN.WIDTH_MULT", "0.125"]
+        teacher_opts += ["MODEL.DRN.WIDTH_MULT", "0.125"]
+    if cfg.MODEL.SWIN.EMBED_DIM > 24:
+        # 24 is divisible by the first-stage heads of Swin-T (3) and Swin-B (4).
+        cfg.MODEL.SWIN.EMBED_DIM = 24
+        teacher_opts += ["MODEL.SWIN.EMBED_DIM", "24"]
+    if teacher_opts:
+        cfg.MODEL.DISTILL.TEACHER.OPTS = teacher_opts
     return cfg
 
 

@@ -1,9 +1,12 @@
 """Dataset registration and mappers. Importing registers the default data sets."""
 from .common import datasets_root
 from .mappers import RandomScale, SemSegDatasetMapper
+from .register_ade20k import register_ade20k
 from .register_camvid import register_camvid
+from .register_cityscapes import register_cityscapes
 from .register_coco_folder import register_coco_folder
 from .register_synthetic import register_synthetic, spec_from_cfg
+from .register_voc import register_voc
 from .synthetic import SyntheticSpec, ensure_synthetic
 
 
@@ -12,6 +15,9 @@ def register_all(cfg=None) -> None:
     root = cfg.DATASETS.ROOT if cfg is not None else ""
     register_synthetic(root, spec_from_cfg(cfg) if cfg is not None else SyntheticSpec())
     register_camvid(root)
+    register_cityscapes(root)
+    register_voc(root)
+    register_ade20k(root)
     register_coco_folder("tiny_coco", root)
 
 

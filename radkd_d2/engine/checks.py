@@ -88,6 +88,7 @@ def validate_config(cfg) -> None:
         raise ConfigError(f"INPUT.SEM_SEG.SCALE_RANGE = {(lo, hi)} must satisfy 0 < min <= max")
     check_choice(cfg, "MODEL.DISTILL.CONNECTOR", ("conv_bn_relu", "conv", "none"))
     check_choice(cfg, "MODEL.DISTILL.TEACHER.DTYPE", ("float32", "float16", "bfloat16"))
+    check_choice(cfg, "SOLVER.AMP.PRECISION", ("float16", "bfloat16"))
     check_range(cfg, "MODEL.DISTILL.KD_WEIGHT", low=0)
     check_range(cfg, "MODEL.DISTILL.KD_TEMPERATURE", low=0, low_inclusive=False)
     check_datasets(cfg)

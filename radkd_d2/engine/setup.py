@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from radkd_d2.config import add_radkd_config
 from radkd_d2.data import register_all
@@ -45,4 +47,5 @@ def setup_cfg(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="radkd_d2", abbrev_name="radkd")
     return cfg

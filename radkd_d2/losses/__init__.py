@@ -3,6 +3,7 @@
 Importing this package registers every loss in :data:`DISTILL_LOSS_REGISTRY`; build one with
 :func:`build_distill_loss`.
 """
+
 from .angular import CADLoss, LADLoss, PADLoss, cad_loss, feature_stats, lad_loss, pad_loss
 from .build import (
     DISTILL_LOSS_REGISTRY,

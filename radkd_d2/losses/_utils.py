@@ -1,4 +1,5 @@
 """Helpers shared by the distillation losses: float32 math, shape checks, safe normalisation."""
+
 import contextlib
 import functools
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
@@ -113,7 +114,7 @@ def check_same_shape(
 
 def safe_rsqrt(sq: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """1 / sqrt(sq + eps): finite value and gradient at sq == 0."""
-    return torch.rsqrt(sq)
+    return torch.rsqrt(sq + eps)
 
 
 def safe_sqrt(sq: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:

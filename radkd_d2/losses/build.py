@@ -1,4 +1,5 @@
 """Registry, base class and builder of the distillation losses."""
+
 import inspect
 from typing import Any, Dict, Optional
 

@@ -5,6 +5,7 @@ Two parts: a mini-batch term (pixel-to-pixel similarities across the images of a
 memory term (student and teacher pixel embeddings contrasted with banks of teacher pixel and
 region embeddings). Both match similarity distributions with a KL divergence.
 """
+
 from typing import Any, Dict, Optional
 
 import torch
@@ -45,7 +46,7 @@ def cirkd_minibatch_loss(
     temperature: float = 0.1,
     pool: int = 2,
 ) -> torch.Tensor:
-    """CIRKD mini-batch pixel-to-pixel distillation (CIRKD paper, Sec. 3.2).
+    """CIRKD mini-batch pixel-to-pixel distillation (CIRKD paper, mini-batch-based term).
 
     For every ordered image pair (i, j) of the batch, each pixel of image i gets a softmax
     distribution (temperature ``temperature``) over its cosine similarities to all pixels of
@@ -110,7 +111,7 @@ def cirkd_pixel_loss(
     contrast_temperature: float = 0.1,
     kd_temperature: float = 1.0,
 ) -> torch.Tensor:
-    """CIRKD memory-based pixel-to-pixel distillation (CIRKD paper, Sec. 3.3).
+    """CIRKD memory-based pixel-to-pixel distillation (CIRKD paper, memory-based terms).
 
     Each anchor pixel's similarities to sampled teacher pixel embeddings from the memory,
     divided by ``contrast_temperature``, form a distribution (softened further by
@@ -132,7 +133,7 @@ def cirkd_region_loss(
     contrast_temperature: float = 0.1,
     kd_temperature: float = 1.0,
 ) -> torch.Tensor:
-    """CIRKD memory-based pixel-to-region distillation (CIRKD paper, Sec. 3.3).
+    """CIRKD memory-based pixel-to-region distillation (CIRKD paper, memory-based terms).
 
     Same as :func:`cirkd_pixel_loss` with region embeddings (teacher class means of single
     images) as the contrast set.
@@ -222,14 +223,18 @@ class CIRKDMemoryLoss(DistillLoss):
                 f"num_classes={num_classes!r}, teacher_channels={teacher_channels!r}"
             )
         name = type(self).__name__
-        self.contrast_temperature = check_positive(contrast_temperature, "contrast_temperature", name)
+        self.contrast_temperature = check_positive(
+            contrast_temperature, "contrast_temperature", name
+        )
         self.kd_temperature = check_positive(kd_temperature, "kd_temperature", name)
         self.num_classes = int(num_classes)
         self.pixel_memory_size = int(pixel_memory_size)
         self.region_memory_size = int(region_memory_size)
         # Official recipe: the totals are split evenly over classes (size // K + 1 each).
         self.pixel_per_class = min(self.pixel_memory_size, pixel_contrast_size // num_classes + 1)
-        self.region_per_class = min(self.region_memory_size, region_contrast_size // num_classes + 1)
+        self.region_per_class = min(
+            self.region_memory_size, region_contrast_size // num_classes + 1
+        )
         self.pixel_update_freq = int(pixel_update_freq)
         self.pixel_weight = float(pixel_weight)
         self.region_weight = float(region_weight)
@@ -245,8 +250,12 @@ class CIRKDMemoryLoss(DistillLoss):
         region_bank = F.normalize(torch.randn(num_classes, self.region_memory_size, t_ch), dim=2)
         self.register_buffer("pixel_bank", pixel_bank, persistent=False)
         self.register_buffer("region_bank", region_bank, persistent=False)
-        self.register_buffer("pixel_ptr", torch.zeros(num_classes, dtype=torch.long), persistent=False)
-        self.register_buffer("region_ptr", torch.zeros(num_classes, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "pixel_ptr", torch.zeros(num_classes, dtype=torch.long), persistent=False
+        )
+        self.register_buffer(
+            "region_ptr", torch.zeros(num_classes, dtype=torch.long), persistent=False
+        )
 
     @classmethod
     def from_config(
@@ -333,12 +342,18 @@ class CIRKDMemoryLoss(DistillLoss):
             if s_pix.shape[0] == 0:
                 return s_emb.sum() * 0.0  # keeps the projection head in the graph
             pixel = cirkd_pixel_loss(
-                s_pix, t_pix, self._sample(self.pixel_bank, self.pixel_per_class),
-                self.contrast_temperature, self.kd_temperature,
+                s_pix,
+                t_pix,
+                self._sample(self.pixel_bank, self.pixel_per_class),
+                self.contrast_temperature,
+                self.kd_temperature,
             )
             region = cirkd_region_loss(
-                s_pix, t_pix, self._sample(self.region_bank, self.region_per_class),
-                self.contrast_temperature, self.kd_temperature,
+                s_pix,
+                t_pix,
+                self._sample(self.region_bank, self.region_per_class),
+                self.contrast_temperature,
+                self.kd_temperature,
             )
         return self.weight * (self.pixel_weight * pixel + self.region_weight * region)
 

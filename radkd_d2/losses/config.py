@@ -6,6 +6,7 @@ several terms (MGD, FGD, FKD, CIRKD memory) keep their published term coefficien
 a tap weight of 1.0 reproduces the published setting. The logit-KD temperature is
 ``MODEL.DISTILL.KD_TEMPERATURE`` (declared in ``radkd_d2/config.py``).
 """
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_distill_loss_config", "default_distill_loss_config"]
@@ -34,7 +35,9 @@ def add_distill_loss_config(cfg: CN) -> None:
     d.CIRKD = CN()
     d.CIRKD.CONTRAST_TEMPERATURE = 0.1  # temperature of the pixel-similarity logits
     d.CIRKD.KD_TEMPERATURE = 1.0  # temperature of the KL between similarity distributions
-    d.CIRKD.MINIBATCH_POOL = 2  # avg-pool window before the HW x HW mini-batch similarities; 1 = off
+    d.CIRKD.MINIBATCH_POOL = (
+        2  # avg-pool window before the HW x HW mini-batch similarities; 1 = off
+    )
     d.CIRKD.PIXEL_MEMORY_SIZE = 20000  # teacher pixel embeddings kept per class
     d.CIRKD.REGION_MEMORY_SIZE = 2000  # teacher region (class-mean) embeddings kept per class
     d.CIRKD.PIXEL_CONTRAST_SIZE = 4096  # pixel-memory entries sampled per step (all classes)

@@ -1,5 +1,6 @@
 """Channel-wise distillation, CWD (Shu et al., "Channel-wise Knowledge Distillation for Dense
 Prediction", ICCV 2021)."""
+
 from typing import Any, Dict
 
 import torch
@@ -13,7 +14,7 @@ __all__ = ["cwd_loss", "CWDLoss"]
 
 @float32_math
 def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
-    """Channel-wise distillation (CWD paper, Eq. 4 with the normalisation of Sec. 3.2).
+    """Channel-wise distillation (CWD paper, channel distribution distillation).
 
     Every channel's H*W activation map becomes a distribution via a softmax with
     temperature tau over the spatial positions; the loss is
@@ -38,7 +39,7 @@ def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0) -> 
 class CWDLoss(DistillLoss):
     """Weighted :func:`cwd_loss`; ``tau`` from ``MODEL.DISTILL.CWD.TAU``.
 
-    Published weights: 3 on logits for segmentation (CWD paper, Sec. 4.1).
+    Published loss weight on segmentation logits: 3.
     """
 
     def __init__(self, *, weight: float = 1.0, tau: float = 4.0):

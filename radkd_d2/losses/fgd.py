@@ -1,5 +1,6 @@
 """Focal and global distillation, FGD (Yang et al., "Focal and Global Knowledge Distillation
 for Detectors", CVPR 2022)."""
+
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -19,7 +20,7 @@ def fgd_masks(
     device: Optional[torch.device] = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Foreground (scale) and background masks of FGD (FGD paper, Sec. 3.2), B x h x w.
+    """Foreground (scale) and background masks of FGD (FGD paper, focal distillation), B x h x w.
 
     Boxes (x1, y1, x2, y2 in input pixels of a padded batch of ``image_size``) are scaled to
     the feature map, widened to whole cells (floor of the top-left, ceil of the bottom-right,
@@ -41,10 +42,16 @@ def fgd_masks(
         y1 = torch.floor(bx[:, 1] / img_h * h)
         y2 = torch.ceil(bx[:, 3] / img_h * h)
         value = (1.0 / ((y2 + 1 - y1) * (x2 + 1 - x1))).to(dtype)  # N
-        inside_r = (rows[None, :] >= y1[:, None].to(dtype)) & (rows[None, :] <= y2[:, None].to(dtype))
-        inside_c = (cols[None, :] >= x1[:, None].to(dtype)) & (cols[None, :] <= x2[:, None].to(dtype))
+        inside_r = (rows[None, :] >= y1[:, None].to(dtype)) & (
+            rows[None, :] <= y2[:, None].to(dtype)
+        )
+        inside_c = (cols[None, :] >= x1[:, None].to(dtype)) & (
+            cols[None, :] <= x2[:, None].to(dtype)
+        )
         inside = inside_r[:, :, None] & inside_c[:, None, :]  # N x h x w
-        painted = torch.where(inside, value[:, None, None], torch.zeros((), device=device, dtype=dtype))
+        painted = torch.where(
+            inside, value[:, None, None], torch.zeros((), device=device, dtype=dtype)
+        )
         fg[i] = painted.amax(dim=0)
     bg = (fg <= 0).to(dtype)
     bg = bg / bg.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
@@ -52,7 +59,7 @@ def fgd_masks(
 
 
 def fgd_attention(feat: torch.Tensor, temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """FGD spatial and channel attention (FGD paper, Sec. 3.2).
+    """FGD spatial and channel attention (FGD paper, focal distillation).
 
     Returns ``(spatial, channel)``: H*W * softmax over pixels of mean_c |F| / T (B x H x W)
     and C * softmax over channels of mean_hw |F| / T (B x C).
@@ -112,13 +119,14 @@ def fgd_loss(
 ):
     """FGD loss = alpha * L_fg + beta * L_bg + gamma * L_at + lambda * L_global.
 
-    * L_fg / L_bg (focal distillation, FGD Sec. 3.2): squared error weighted by the foreground (scale) or
-      background mask and by the teacher's spatial and channel attention, summed, / B.
-    * L_at (attention loss, Sec. 3.2): L1 between student and teacher spatial attention plus L1 between channel
+    * L_fg / L_bg (focal distillation): squared error weighted by the
+      foreground (scale) or background mask and by the teacher's spatial and channel
       attention, summed, / B.
-    * L_global (global distillation, Sec. 3.3): squared error between GcBlock outputs (student-side block on the
-      student, teacher-side block on the teacher), summed, / B. Skipped when the GcBlocks are
-      not given.
+    * L_at (attention loss): L1 between student and teacher spatial attention plus
+      L1 between channel attention, summed, / B.
+    * L_global (global distillation): squared error between GcBlock outputs
+      (student-side block on the student, teacher-side block on the teacher), summed, / B.
+      Skipped when the GcBlocks are not given.
 
     Defaults are the published RetinaNet values. All sums as in the official code.
 

@@ -1,7 +1,9 @@
 """Raw-feature imitation: naive MSE (Eq. 1), magnitude distillation (Eq. 4), FitNets hints."""
+
 from typing import Any, Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._utils import check_same_shape, float32_math
@@ -25,7 +27,8 @@ def naive_feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
         student, teacher: B x C x H x W features of the same shape.
     """
     check_same_shape(student, teacher, "naive_feature_loss")
-    return (teacher - student).pow(2).mean()
+    # equal-sized samples: the global mean is the batch mean of the per-sample means
+    return F.mse_loss(student, teacher)
 
 
 @float32_math
@@ -44,7 +47,7 @@ def magnitude_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
 
 @float32_math
 def fitnet_hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """FitNets hint loss (Romero et al., ICLR 2015, Eq. 3): 1/2 (u_h - r(v_g))^2.
+    """FitNets hint loss (Romero et al., ICLR 2015, hint-based training): 1/2 (u_h - r(v_g))^2.
 
     ``student`` is the regressor output r(v_g). The paper sums the squared error; here it is
     averaged over the C*H*W elements and the batch (as mmrazor / torchdistill do), keeping the
@@ -52,7 +55,7 @@ def fitnet_hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tens
     constant absorbed by the tap weight).
     """
     check_same_shape(student, teacher, "fitnet_hint_loss")
-    return 0.5 * (student - teacher).pow(2).mean()
+    return 0.5 * F.mse_loss(student, teacher)
 
 
 @register_distill_loss("naive")

@@ -1,6 +1,7 @@
 """Attention-guided feature distillation for detectors, FKD (Zhang & Ma, "Improve Object
 Detection with Feature-based Knowledge Distillation: Towards Accurate and Efficient
 Detectors", ICLR 2021)."""
+
 from typing import Any, Dict, Tuple
 
 import torch
@@ -13,7 +14,7 @@ __all__ = ["fkd_attention", "fkd_loss", "FKDLoss"]
 
 
 def fkd_attention(feat: torch.Tensor, temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """FKD spatial (B x H x W) and channel (B x C) attention (FKD paper, Sec. 3.1).
+    """FKD spatial (B x H x W) and channel (B x C) attention (FKD attention-guided KD).
 
     Spatial: H*W * softmax over pixels of mean_c |F| / T; channel: C * softmax over channels
     of mean_hw |F| / T.
@@ -35,7 +36,7 @@ def fkd_loss(
     detach_masks: bool = True,
     return_terms: bool = False,
 ):
-    """FKD attention-guided distillation (FKD paper, Sec. 3.1), non-local term left out.
+    """FKD attention-guided distillation (FKD paper), non-local term left out.
 
     * Masks: spatial and channel attention of teacher and student, averaged
       ((A_t + A_s) / 2, as in the official code), used as constants (``detach_masks``).

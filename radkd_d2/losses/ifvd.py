@@ -1,5 +1,6 @@
 """Intra-class feature variation distillation, IFVD (Wang et al., "Intra-class Feature
 Variation Distillation for Semantic Segmentation", ECCV 2020)."""
+
 from typing import Optional
 
 import torch
@@ -12,7 +13,7 @@ __all__ = ["ifv_map", "ifvd_loss", "IFVDLoss"]
 
 
 def ifv_map(features: torch.Tensor, labels: torch.Tensor, ignore_value: int = 255) -> torch.Tensor:
-    """IFV map (IFVD paper, Sec. 3): cosine similarity of each pixel to its class prototype.
+    """IFV map (IFVD paper, method section): cosine similarity of each pixel to its class prototype.
 
     Prototypes are per image: the mean feature of the pixels of each class present in that
     image. Pixels with ``ignore_value`` (or a negative label) are compared with themselves,

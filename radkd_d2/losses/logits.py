@@ -1,4 +1,5 @@
 """Pixel-wise logit distillation (Hinton et al., 2015), the paper's L_kd in Eq. 9."""
+
 from typing import Any, Dict, Optional
 
 import torch
@@ -32,7 +33,9 @@ def logits_kd_loss(
             f"{tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)}"
         )
     if student_logits.dim() < 2:
-        raise ValueError(f"logits_kd_loss: expected B x K [x H x W], got {tuple(student_logits.shape)}")
+        raise ValueError(
+            f"logits_kd_loss: expected B x K [x H x W], got {tuple(student_logits.shape)}"
+        )
     log_ps = F.log_softmax(student_logits / temperature, dim=1)
     log_pt = F.log_softmax(teacher_logits / temperature, dim=1)
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)  # B [x H x W]
@@ -64,7 +67,8 @@ class LogitsKDLoss(DistillLoss):
     def from_config(
         cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
     ) -> Dict[str, Any]:
-        temperature = 1.0 if cfg is None else cfg.MODEL.DISTILL.KD_TEMPERATURE
+        # MODEL.DISTILL.KD_TEMPERATURE is declared in radkd_d2/config.py (default 1.0)
+        temperature = 1.0 if cfg is None else cfg.MODEL.DISTILL.get("KD_TEMPERATURE", 1.0)
         return {"weight": weight, "temperature": temperature}
 
     def forward(

@@ -1,7 +1,10 @@
-"""Masked generative distillation, MGD (Yang et al., "Masked Generative Distillation", ECCV 2022)."""
+"""Masked generative distillation, MGD (Yang et al., "Masked Generative Distillation",
+ECCV 2022)."""
+
 from typing import Any, Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._utils import autocast_off, check_4d, check_same_shape, float32_math
@@ -32,7 +35,7 @@ def mgd_loss(
     generation: nn.Module,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """MGD's generation loss (MGD paper, Sec. 3), without the alpha coefficient.
+    """MGD's generation loss (MGD paper, method section), without the alpha coefficient.
 
     The masked student feature ``student * mask`` goes through the generation block, whose
     output must reproduce the full teacher feature; the loss is the squared error summed over
@@ -47,7 +50,7 @@ def mgd_loss(
     check_same_shape(student, teacher, "mgd_loss")
     check_4d(mask, "mgd_loss: mask")
     generated = generation(student * mask.to(student.dtype))
-    return (generated - teacher).pow(2).sum() / student.shape[0]
+    return F.mse_loss(generated, teacher, reduction="sum") / student.shape[0]
 
 
 @register_distill_loss("mgd")
@@ -72,7 +75,9 @@ class MGDLoss(DistillLoss):
         if not teacher_channels:
             raise ValueError("MGDLoss needs teacher_channels to build its generation block")
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"MGDLoss: mask_ratio must be in [0, 1), got mask_ratio={mask_ratio!r}")
+            raise ValueError(
+                f"MGDLoss: mask_ratio must be in [0, 1), got mask_ratio={mask_ratio!r}"
+            )
         self.alpha = float(alpha)
         self.mask_ratio = float(mask_ratio)
         self.align = None
@@ -113,7 +118,9 @@ class MGDLoss(DistillLoss):
                 student = self.align(student)
         if mask is None:
             mask = mgd_random_mask(student, self.mask_ratio)
-        return self.weight * self.alpha * mgd_loss(student, teacher.to(dtype), self.generation, mask)
+        return (
+            self.weight * self.alpha * mgd_loss(student, teacher.to(dtype), self.generation, mask)
+        )
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}, alpha={self.alpha:g}, mask_ratio={self.mask_ratio:g}"

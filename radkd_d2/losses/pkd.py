@@ -1,5 +1,6 @@
 """Pearson-correlation distillation, PKD (Cao et al., "PKD: General Distillation Framework
 for Object Detectors via Pearson Correlation Coefficient", NeurIPS 2022)."""
+
 from typing import Any, Dict
 
 import torch
@@ -28,8 +29,10 @@ def pkd_normalize(x: torch.Tensor, batch_stats: bool = False, eps: float = 1e-6)
 
 
 @float32_math
-def pkd_loss(student: torch.Tensor, teacher: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
-    """PKD (PKD paper, Sec. 3.2): MSE of channel-standardised features, divided by 2.
+def pkd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, batch_stats: bool = False
+) -> torch.Tensor:
+    """PKD feature distillation: MSE of channel-standardised features, divided by 2.
 
     Minimising it maximises the Pearson correlation of student and teacher activations,
     ignoring their magnitudes. Published loss weights: 10 for RetinaNet/FCOS students,

@@ -1,6 +1,7 @@
 """Structured knowledge distillation, SKD (Liu et al., "Structured Knowledge Distillation for
 Semantic Segmentation", CVPR 2019): the pair-wise term, plus the optional holistic
 (Wasserstein adversarial) term."""
+
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -27,7 +28,7 @@ def _pool_nodes(x: torch.Tensor, pool_scale: float) -> torch.Tensor:
 
 @float32_math
 def skd_loss(student: torch.Tensor, teacher: torch.Tensor, pool_scale: float = 0.5) -> torch.Tensor:
-    """SKD pair-wise distillation (SKD paper, Sec. 3.1, "pair-wise distillation").
+    """SKD pair-wise distillation (SKD paper, "pair-wise distillation").
 
     Features are max-pooled into nodes (window = ``pool_scale`` of the map, the published
     beta; 0.5 gives 2x2 nodes), each node's C-vector is L2-normalised, and the node-to-node
@@ -101,8 +102,9 @@ class SKDHolisticDiscriminator(nn.Module):
         if self.image_channels:
             if image is None:
                 raise ValueError("SKDHolisticDiscriminator was built with an image input")
-            image = F.interpolate(image.to(probs.dtype), size=probs.shape[-2:], mode="bilinear",
-                                  align_corners=False)
+            image = F.interpolate(
+                image.to(probs.dtype), size=probs.shape[-2:], mode="bilinear", align_corners=False
+            )
             probs = torch.cat([probs, image], dim=1)
         return self.net(probs).mean(dim=(1, 2, 3))
 
@@ -115,7 +117,7 @@ def skd_holistic_loss(
     gp_weight: float = 10.0,
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """SKD holistic term (SKD paper, Sec. 3.1, "holistic distillation"), WGAN-GP form.
+    """SKD holistic term (SKD paper, "holistic distillation"), WGAN-GP form.
 
     Returns ``(student_term, critic_term)``, meant to be summed and back-propagated once:
 

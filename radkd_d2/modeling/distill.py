@@ -2,6 +2,8 @@
 tap (:class:`FeatureDistiller`), diagnostics, and the teacher-holding mixin."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from numbers import Number
@@ -17,6 +19,8 @@ from radkd_d2.engine.checks import ConfigError
 from radkd_d2.losses import build_distill_loss, feature_stats
 
 from .connectors import build_connector
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -187,3 +191,74 @@ class TeacherMixin:
 
     def student_state_dict(self) -> Dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith(self.DISTILL_PREFIXES)}
+
+
+def init_student_from_teacher(student: nn.Module, teacher: nn.Module, prefixes: Sequence[str]) -> List[str]:
+    """Copy teacher parameters and buffers into ``student`` (in place) for every state-dict key
+    that starts with one of ``prefixes`` and exists in the teacher with the same shape: the
+    MGD/FGD recipe of starting the student's neck and head from the teacher's.
+
+    Every copied key is logged, and so is every skipped one (absent from the teacher, or of
+    another shape).
+
+    Returns:
+        the copied keys, sorted.
+
+    Raises:
+        ConfigError: a prefix matches no student key, or none of its keys could be copied.
+    """
+    s_state, t_state = student.state_dict(), teacher.state_dict()
+    copied, skipped = [], []
+    for prefix in prefixes:
+        keys = sorted(k for k in s_state if k.startswith(prefix))
+        if not keys:
+            roots = sorted({k.split(".")[0] + "." for k in s_state})
+            raise ConfigError(
+                f"MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER: prefix {prefix!r} matches no student "
+                f"parameter or buffer (student keys start with {roots})"
+            )
+        ok = [k for k in keys if k in t_state and t_state[k].shape == s_state[k].shape]
+        if not ok:
+            raise ConfigError(
+                f"MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER: no student key under {prefix!r} has a "
+                f"teacher counterpart of the same shape (e.g. {keys[0]}: student "
+                f"{tuple(s_state[keys[0]].shape)}, teacher "
+                f"{tuple(t_state[keys[0]].shape) if keys[0] in t_state else 'absent'})"
+            )
+        copied += ok
+        skipped += [
+            f"{k}: student {tuple(s_state[k].shape)}, teacher "
+            f"{tuple(t_state[k].shape) if k in t_state else 'absent'}"
+            for k in keys
+            if k not in ok
+        ]
+    copied = sorted(set(copied))
+    with torch.no_grad():
+        for k in copied:
+            s_state[k].copy_(t_state[k])  # state_dict tensors share storage with the student's
+    logger.info(
+        "Initialised %d student tensors from the teacher (%s):\n%s",
+        len(copied), ", ".join(prefixes), "\n".join(f"  {k}" for k in copied),
+    )
+    if skipped:
+        logger.warning(
+            "Not initialised from the teacher (%d keys, shapes differ or absent):\n%s",
+            len(skipped), "\n".join(f"  {k}" for k in sorted(set(skipped))),
+        )
+    return copied
+
+
+_TEACHER_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def teacher_autocast(device: torch.device, dtype: str = "float32"):
+    """Context for the teacher's forward: autocast to ``dtype`` ("float16"/"bfloat16") on CUDA
+    (MODEL.DISTILL.TEACHER.DTYPE); a no-op for "float32" and on CPU."""
+    device = torch.device(device)
+    if dtype == "float32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    if dtype not in _TEACHER_DTYPES:
+        raise ConfigError(
+            f"MODEL.DISTILL.TEACHER.DTYPE = {dtype!r}; choose float32, float16 or bfloat16"
+        )
+    return torch.autocast(device.type, dtype=_TEACHER_DTYPES[dtype])

@@ -1,4 +1,5 @@
 """Helpers shared by the distillation-loss tests (CPU, small tensors)."""
+
 import torch
 
 from radkd_d2.losses import DISTILL_LOSS_REGISTRY, build_distill_loss
@@ -23,7 +24,12 @@ def build_small(name, channels=8, weight=1.0, cfg=None, **overrides):
     if name.lower() == "cirkd_memory":
         overrides = {**SMALL_CIRKD, **overrides}
     return build_distill_loss(
-        name, weight=weight, cfg=cfg, student_channels=channels, teacher_channels=channels, **overrides
+        name,
+        weight=weight,
+        cfg=cfg,
+        student_channels=channels,
+        teacher_channels=channels,
+        **overrides
     )
 
 
@@ -41,4 +47,3 @@ def make_context(batch=2, image_size=(32, 40), seed=0):
         "image_size": tuple(image_size),
         "unused_key": "ignored",
     }
-

@@ -1,4 +1,5 @@
 """LAD / CAD / PAD (Eqs. 5-8), naive (Eq. 1), magnitude (Eq. 4) and Eq. 3 diagnostics."""
+
 import math
 
 import pytest

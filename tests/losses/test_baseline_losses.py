@@ -1,4 +1,5 @@
 """Baselines (CWD, MGD, SKD, IFVD, CIRKD, FGD, PKD, FKD): references, hand cases, gradcheck."""
+
 import math
 
 import pytest
@@ -72,7 +73,9 @@ def test_mgd_hand_case_and_mask():
     expected = ((s - t) ** 2).sum().item() / 2
     assert mgd_loss(s, t, nn.Identity(), ones).item() == pytest.approx(expected, rel=1e-6)
     zeros = torch.zeros(2, 1, 4, 4)
-    assert mgd_loss(s, t, nn.Identity(), zeros).item() == pytest.approx((t**2).sum().item() / 2, rel=1e-6)
+    assert mgd_loss(s, t, nn.Identity(), zeros).item() == pytest.approx(
+        (t**2).sum().item() / 2, rel=1e-6
+    )
 
     g = torch.Generator().manual_seed(3)
     mask = mgd_random_mask(torch.zeros(4, 8, 64, 64), 0.75, generator=g)
@@ -96,7 +99,9 @@ def test_mgd_module_alpha_align_and_grads():
 
 
 def test_mgd_gradcheck():
-    gen = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1)).double()
+    gen = nn.Sequential(
+        nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1)
+    ).double()
     mask = (torch.rand(2, 1, 3, 3) > 0.4).double()
     s = torch.randn(2, 3, 3, 3, dtype=D64, requires_grad=True)
     t = torch.randn(2, 3, 3, 3, dtype=D64, requires_grad=True)
@@ -112,8 +117,14 @@ def ref_skd(s, t, kh, kw):
         out = []
         for i in range(0, H, kh):
             for j in range(0, W, kw):
-                v = [max(float(x[c, a, b]) for a in range(i, min(i + kh, H)) for b in range(j, min(j + kw, W)))
-                     for c in range(C)]
+                v = [
+                    max(
+                        float(x[c, a, b])
+                        for a in range(i, min(i + kh, H))
+                        for b in range(j, min(j + kw, W))
+                    )
+                    for c in range(C)
+                ]
                 n = math.sqrt(sum(q * q for q in v))
                 out.append([q / n for q in v])
         return out
@@ -256,10 +267,14 @@ def test_cirkd_contrast_reference():
     t = F.normalize(torch.randn(10, 6, dtype=D64), dim=1)
     bank = F.normalize(torch.randn(15, 6, dtype=D64), dim=1)
     for fn in (cirkd_pixel_loss, cirkd_region_loss):
-        ref = F.kl_div(
-            F.log_softmax(s @ bank.t() / 0.1 / 2.0, 1), F.softmax(t @ bank.t() / 0.1 / 2.0, 1),
-            reduction="batchmean",
-        ) * 4.0
+        ref = (
+            F.kl_div(
+                F.log_softmax(s @ bank.t() / 0.1 / 2.0, 1),
+                F.softmax(t @ bank.t() / 0.1 / 2.0, 1),
+                reduction="batchmean",
+            )
+            * 4.0
+        )
         assert fn(s, t, bank, 0.1, 2.0).item() == pytest.approx(ref.item(), rel=1e-9)
         assert fn(s, s, bank).item() == pytest.approx(0.0, abs=1e-12)
 
@@ -277,8 +292,15 @@ def test_cirkd_gradcheck():
 def test_cirkd_memory_module():
     torch.manual_seed(0)
     mod = CIRKDMemoryLoss(
-        weight=1.0, num_classes=3, teacher_channels=4, student_channels=4, pixel_memory_size=20,
-        region_memory_size=4, pixel_contrast_size=9, region_contrast_size=6, pixel_update_freq=5,
+        weight=1.0,
+        num_classes=3,
+        teacher_channels=4,
+        student_channels=4,
+        pixel_memory_size=20,
+        region_memory_size=4,
+        pixel_contrast_size=9,
+        region_contrast_size=6,
+        pixel_update_freq=5,
     )
     assert mod.pixel_per_class == 4 and mod.region_per_class == 3  # size // K + 1
     s, t = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
@@ -351,9 +373,16 @@ def ref_fgd(s, t, boxes, image_size, T, a, b_, g, gs, gt, lam):
         sp = torch.zeros(B, H, W, dtype=D64)
         ch = torch.zeros(B, C, dtype=D64)
         for b in range(B):
-            sp_vals = _softmax([float(x[b, :, i, j].abs().mean()) / T for i in range(H) for j in range(W)])
+            sp_vals = _softmax(
+                [float(x[b, :, i, j].abs().mean()) / T for i in range(H) for j in range(W)]
+            )
             sp[b] = torch.tensor(sp_vals, dtype=D64).view(H, W) * H * W
-            ch[b] = torch.tensor(_softmax([float(x[b, c].abs().mean()) / T for c in range(C)]), dtype=D64) * C
+            ch[b] = (
+                torch.tensor(
+                    _softmax([float(x[b, c].abs().mean()) / T for c in range(C)]), dtype=D64
+                )
+                * C
+            )
         return sp, ch
 
     s_sp, s_ch = attention(s)
@@ -393,9 +422,17 @@ def test_fgd_reference_and_identity():
 
 def test_fgd_module_defaults_and_grads():
     mod = build_distill_loss("fgd", weight=1.0, student_channels=6, teacher_channels=4)
-    assert (mod.temperature, mod.alpha, mod.beta, mod.gamma, mod.lambda_) == (0.5, 1e-3, 5e-4, 5e-4, 5e-6)
+    assert (mod.temperature, mod.alpha, mod.beta, mod.gamma, mod.lambda_) == (
+        0.5,
+        1e-3,
+        5e-4,
+        5e-4,
+        5e-6,
+    )
     s, t = torch.randn(2, 6, 4, 5), torch.randn(2, 4, 4, 5)
-    out = mod(s, t, boxes=[torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.zeros(0, 4)], image_size=(16, 20))
+    out = mod(
+        s, t, boxes=[torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.zeros(0, 4)], image_size=(16, 20)
+    )
     out.backward()
     assert all(p.grad is not None for p in mod.parameters())
 
@@ -405,8 +442,18 @@ def test_fgd_gradcheck():
     t = torch.randn(2, 3, 3, 4, dtype=D64, requires_grad=True)
     boxes = [torch.tensor([[0.0, 0.0, 5.0, 5.0]]), torch.zeros(0, 4)]
     gs, gt = _perturbed_gc(3, 3), _perturbed_gc(3, 4)
-    fn = lambda a, b: fgd_loss(a, b, boxes, (12, 16), alpha=1.0, beta=1.0, gamma=1.0, lambda_=1.0,  # noqa: E731
-                               global_student=gs, global_teacher=gt)
+    fn = lambda a, b: fgd_loss(
+        a,
+        b,
+        boxes,
+        (12, 16),
+        alpha=1.0,
+        beta=1.0,
+        gamma=1.0,
+        lambda_=1.0,  # noqa: E731
+        global_student=gs,
+        global_teacher=gt,
+    )
     assert torch.autograd.gradcheck(fn, (s, t))
 
 
@@ -459,9 +506,20 @@ def ref_fkd(s, t, T, wf, wa):
     B, C, H, W = s.shape
 
     def att(x, b):
-        sp = torch.tensor(_softmax([float(x[b, :, i, j].abs().mean()) / T for i in range(H) for j in range(W)]),
-                          dtype=D64) * H * W
-        ch = torch.tensor(_softmax([float(x[b, c].abs().mean()) / T for c in range(C)]), dtype=D64) * C
+        sp = (
+            torch.tensor(
+                _softmax(
+                    [float(x[b, :, i, j].abs().mean()) / T for i in range(H) for j in range(W)]
+                ),
+                dtype=D64,
+            )
+            * H
+            * W
+        )
+        ch = (
+            torch.tensor(_softmax([float(x[b, c].abs().mean()) / T for c in range(C)]), dtype=D64)
+            * C
+        )
         return sp.view(H, W), ch
 
     feat, trans = 0.0, 0.0
@@ -479,7 +537,9 @@ def ref_fkd(s, t, T, wf, wa):
 
 def test_fkd_reference_and_identity():
     s, t = torch.randn(2, 3, 3, 4, dtype=D64), torch.randn(2, 3, 3, 4, dtype=D64)
-    assert fkd_loss(s, t, 0.5, 4e-4, 2e-2).item() == pytest.approx(ref_fkd(s, t, 0.5, 4e-4, 2e-2), rel=1e-6)
+    assert fkd_loss(s, t, 0.5, 4e-4, 2e-2).item() == pytest.approx(
+        ref_fkd(s, t, 0.5, 4e-4, 2e-2), rel=1e-6
+    )
     _, terms = fkd_loss(t, t, return_terms=True)
     assert terms["feature"].item() == pytest.approx(0.0, abs=1e-5)
     assert terms["attention"].item() == pytest.approx(0.0, abs=1e-5)

@@ -1,4 +1,5 @@
 """Pixel-wise logit KD and the FitNets hint loss."""
+
 import math
 
 import pytest
@@ -27,10 +28,14 @@ def ref_kd(s, t, T, ignore=None):
 
 @pytest.mark.parametrize("T", [1.0, 4.0])
 def test_kd_matches_reference(T):
-    s, t = torch.randn(2, 5, 3, 4, dtype=torch.float64), torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    s, t = torch.randn(2, 5, 3, 4, dtype=torch.float64), torch.randn(
+        2, 5, 3, 4, dtype=torch.float64
+    )
     assert logits_kd_loss(s, t, T).item() == pytest.approx(ref_kd(s, t, T), rel=1e-9)
     ignore = torch.rand(2, 3, 4) < 0.4
-    assert logits_kd_loss(s, t, T, ignore).item() == pytest.approx(ref_kd(s, t, T, ignore), rel=1e-9)
+    assert logits_kd_loss(s, t, T, ignore).item() == pytest.approx(
+        ref_kd(s, t, T, ignore), rel=1e-9
+    )
 
 
 def test_kd_known_values():
@@ -40,7 +45,9 @@ def test_kd_known_values():
     # two classes, teacher p = (3/4, 1/4), student uniform, T = 1
     t = torch.tensor([math.log(3.0), 0.0]).view(1, 2, 1, 1)
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert logits_kd_loss(torch.zeros(1, 2, 1, 1), t, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    assert logits_kd_loss(torch.zeros(1, 2, 1, 1), t, 1.0).item() == pytest.approx(
+        expected, rel=1e-6
+    )
     # all pixels ignored -> 0, still differentiable
     x = torch.randn(1, 3, 2, 2, requires_grad=True)
     out = logits_kd_loss(x, s, 1.0, torch.ones(1, 2, 2, dtype=torch.bool))
@@ -76,7 +83,9 @@ def test_kd_gradcheck():
 
 def test_fitnet_hint_value_and_regressor():
     s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
-    expected = 0.5 * sum((float(a) - float(b)) ** 2 for a, b in zip(s.flatten(), t.flatten())) / s.numel()
+    expected = (
+        0.5 * sum((float(a) - float(b)) ** 2 for a, b in zip(s.flatten(), t.flatten())) / s.numel()
+    )
     assert fitnet_hint_loss(s, t).item() == pytest.approx(expected, rel=1e-5)
     assert fitnet_hint_loss(t, t).item() == 0.0
 

@@ -1,4 +1,5 @@
 """Registry, config and numerical robustness of every registered distillation loss."""
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -13,8 +14,23 @@ from radkd_d2.losses import (
 )
 
 EXPECTED_NAMES = {
-    "lad", "cad", "pad", "naive", "magnitude", "md", "fitnet", "kd", "cwd", "mgd", "skd",
-    "ifvd", "cirkd_minibatch", "cirkd_memory", "fgd", "pkd", "fkd",
+    "lad",
+    "cad",
+    "pad",
+    "naive",
+    "magnitude",
+    "md",
+    "fitnet",
+    "kd",
+    "cwd",
+    "mgd",
+    "skd",
+    "ifvd",
+    "cirkd_minibatch",
+    "cirkd_memory",
+    "fgd",
+    "pkd",
+    "fkd",
 }
 LEARNABLE = {"mgd", "fgd", "cirkd_memory"}
 
@@ -88,7 +104,11 @@ def test_config_nodes_and_overrides():
     d = cfg.MODEL.DISTILL
     assert d.CWD.TAU == 4.0 and d.MGD.ALPHA == 2e-5 and d.MGD.MASK_RATIO == 0.75
     assert (d.FGD.TEMPERATURE, d.FGD.ALPHA, d.FGD.BETA, d.FGD.GAMMA, d.FGD.LAMBDA) == (
-        0.5, 1e-3, 5e-4, 5e-4, 5e-6
+        0.5,
+        1e-3,
+        5e-4,
+        5e-4,
+        5e-6,
     )
     d.CWD.TAU = 2.0
     d.MGD.MASK_RATIO = 0.65

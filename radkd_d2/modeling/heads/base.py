@@ -1,7 +1,10 @@
-"""Shared part of the single-input segmentation heads (PSP, DeepLabV3).
+"""Shared part of the segmentation heads (PSP, DeepLabV3, UPerNet).
 
-A subclass only builds its context module and implements :meth:`DilatedSegHead.decode`, which maps
-the input feature to the **decoder** feature (B x conv_dims x h x w). The base class adds what is
+A single-input subclass (PSP, DeepLabV3) only builds its context module and implements
+:meth:`DilatedSegHead.decode`, which maps the input feature to the **decoder** feature
+(B x conv_dims x h x w). A multi-scale subclass (UPerNet) overrides
+:meth:`DilatedSegHead.decode_features` instead, which receives all backbone outputs, and passes its
+finest input as ``in_feature``. The base class adds what is
 common: dropout and the 1x1 classifier (the **logits**), the optional auxiliary FCN head, the
 cross-entropy losses and the ``forward`` contract of Detectron2's ``SemSegFPNHead``, so the stock
 ``SemanticSegmentor`` runs these heads unchanged.
@@ -52,12 +55,12 @@ class FCNHead(nn.Module):
 
 
 class DilatedSegHead(nn.Module):
-    """Base of heads that decode one stride-``common_stride`` feature map into class logits.
+    """Base of heads that decode backbone features into class logits at stride ``common_stride``.
 
     ``layers(features)`` returns the named outputs used by distillation, ``losses(outputs,
     targets)`` the weighted cross-entropy terms, and ``forward`` follows ``SemSegFPNHead``.
     Subclasses set up their modules in ``__init__`` (after calling this one) and implement
-    :meth:`decode`.
+    :meth:`decode` (or :meth:`decode_features`).
     """
 
     def __init__(
@@ -79,7 +82,8 @@ class DilatedSegHead(nn.Module):
         Args:
             input_shape: shapes of the backbone outputs; must contain ``in_feature`` (and
                 ``aux_in_feature`` when ``aux_loss_weight > 0``).
-            in_feature: name of the feature the head decodes (e.g. "res5").
+            in_feature: name of the feature the head decodes (e.g. "res5"); for a multi-scale
+                head, its finest input (the one at the stride of the decoder feature).
             num_classes: number of classes K.
             conv_dims: channels of the decoder feature.
             common_stride: stride of ``in_feature``; logits are upsampled by it.
@@ -156,6 +160,11 @@ class DilatedSegHead(nn.Module):
         """Map the input feature B x C_in x h x w to the decoder feature B x conv_dims x h x w."""
         raise NotImplementedError
 
+    def decode_features(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Map the backbone outputs to the decoder feature (B x conv_dims x h x w, at stride
+        ``common_stride``); single-input heads decode ``features[in_feature]``."""
+        return self.decode(features[self.in_feature])
+
     def layers(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """
         Args:
@@ -166,7 +175,7 @@ class DilatedSegHead(nn.Module):
             ``common_stride``; in training with the auxiliary head also "aux_logits"
             (B x K x h' x w' at the stride of ``aux_in_feature``).
         """
-        decoder = self.decode(features[self.in_feature])
+        decoder = self.decode_features(features)
         outputs = {"decoder": decoder, "logits": self.predictor(self.dropout(decoder))}
         if self.aux_head is not None and self.training:
             outputs["aux_logits"] = self.aux_head(features[self.aux_in_feature])

@@ -1,0 +1,557 @@
+"""Paper-style comparison tables from run folders (Tables 1/5/6 for segmentation, Table 7 for
+detection), as Markdown and CSV.
+
+Each run is described from its own ``config.yaml`` (model, data set, distillation taps and
+weights, teacher config) and the last evaluation in its ``metrics.json``:
+
+* **role**: "teacher", "baseline" (the student trained without KD) or "student" (distilled).
+  ``Distill*`` meta-architectures are students; other runs are teachers when their model is
+  the teacher of some distilled run on the same data set, else baselines (or as given).
+* **method** from the loss names in ``MODEL.DISTILL.TAPS`` ("LAD", "Naive", "CWD", ...), "KD"
+  when only logit KD is on, "none" for plain models; **tap** and **λ** from the same entries,
+  **λ_kd** from ``MODEL.DISTILL.KD_WEIGHT``.
+
+Δ is each distilled run's metric minus that of the no-KD baseline with the same student model
+on the same data set. Runs that are missing or unfinished never enter a table; they are listed
+in a section of their own (and in ``runs.csv``).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from .runs import DET_METRICS, SEM_SEG_METRICS, RunResult, cfg_get, read_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+# registered loss name -> name in the paper's tables
+LOSS_LABELS = {
+    "naive": "Naive", "md": "MD", "magnitude": "MD", "fitnet": "FitNet", "lad": "LAD", "cad": "CAD",
+    "pad": "PAD", "cwd": "CWD", "mgd": "MGD", "skd": "SKD", "ifvd": "IFVD", "cirkd_minibatch": "CIRKD",
+    "cirkd_memory": "CIRKD", "fgd": "FGD", "pkd": "PKD", "fkd": "FKD", "kd": "KD",
+}
+# row order inside a student block: the paper's (prior methods first, ours last)
+METHOD_ORDER = ["none", "KD", "Naive", "MD", "FitNet", "SKD", "IFVD", "CWD", "MGD", "CIRKD", "FKD",
+                "FGD", "PKD", "PAD", "CAD", "LAD"]
+HEAD_NAMES = {"PSPHead": "PSPNet", "DeepLabV3Head": "DeepLabV3", "UPerNetHead": "UPerNet"}
+META_NAMES = {"GeneralizedRCNN": "FasterRCNN"}
+# data set name prefix -> display name (longest prefix wins)
+DATASET_NAMES = {
+    "cityscapes": "Cityscapes", "voc": "VOC", "pascal_voc": "VOC", "ade20k": "ADE20K", "ade": "ADE20K",
+    "camvid": "CamVid", "coco": "COCO", "tiny_coco": "tiny-COCO", "synthetic_sem_seg": "Synthetic",
+    "synthetic_det": "Synthetic-det",
+}
+SEG_CSV_FIELDS = ["role", "dataset", "teacher", "model", "method", "tap", "weight", "kd_weight",
+                  *SEM_SEG_METRICS, "delta", "baseline_run", "iterations", "run", "path"]
+DET_CSV_FIELDS = ["role", "dataset", "teacher", "model", "method", "tap", "weight", "kd_weight",
+                  *DET_METRICS, *[f"delta_{m}" for m in DET_METRICS], "baseline_run", "iterations", "run", "path"]
+RUNS_CSV_FIELDS = ["run", "status", "note", "role", "task", "dataset", "teacher", "model", "method", "tap",
+                   "weight", "kd_weight", "iterations", "path"]
+
+
+@dataclass
+class RunInfo:
+    """A run with what the tables need to know about it (see the module doc)."""
+
+    result: RunResult
+    role: str = "?"
+    task: str = "?"
+    dataset: str = "?"
+    model: str = "?"
+    teacher: str = ""
+    method: str = "?"
+    tap: str = ""
+    weight: Optional[float] = None
+    kd_weight: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.result.name
+
+    @property
+    def status(self) -> str:
+        return self.result.status
+
+    @property
+    def metrics(self) -> dict:
+        return self.result.metrics
+
+    @property
+    def distilled(self) -> bool:
+        return self.method not in ("none", "?")
+
+
+# ---------------------------------------------------------------------------------------------
+# describing a run from its config
+# ---------------------------------------------------------------------------------------------
+def _width_suffix(mult) -> str:
+    if mult is None or float(mult) == 1.0:
+        return ""
+    inv = 1.0 / float(mult)
+    return f"/{inv:g}" if abs(inv - round(inv)) < 1e-6 else f"×{float(mult):g}"
+
+
+def _swin_size(cfg: dict) -> str:
+    embed, depths = cfg_get(cfg, "MODEL.SWIN.EMBED_DIM"), cfg_get(cfg, "MODEL.SWIN.DEPTHS") or []
+    if embed == 96:
+        return "S" if len(depths) > 2 and depths[2] == 18 else "T"
+    return {128: "B", 192: "L"}.get(embed, "")
+
+
+def backbone_name(cfg: dict) -> str:
+    """Short backbone name: "R18/4" (dilated ResNet-18, 1/4 width), "X101", "MV2", "SwinT"."""
+    name = str(cfg_get(cfg, "MODEL.BACKBONE.NAME", "") or "")
+    low = name.lower()
+    if "dilated_resnet" in low:
+        return f"R{cfg_get(cfg, 'MODEL.DRN.DEPTH', '?')}{_width_suffix(cfg_get(cfg, 'MODEL.DRN.WIDTH_MULT'))}"
+    if "resnet" in low:
+        prefix = "X" if (cfg_get(cfg, "MODEL.RESNETS.NUM_GROUPS", 1) or 1) > 1 else "R"
+        return f"{prefix}{cfg_get(cfg, 'MODEL.RESNETS.DEPTH', '?')}"
+    if "mobilenet" in low:
+        return "MV2" + _width_suffix(cfg_get(cfg, "MODEL.MOBILENETV2.WIDTH_MULT"))
+    if "swin" in low:
+        return "Swin" + _swin_size(cfg)
+    return name.removeprefix("build_").removesuffix("_backbone") or "?"
+
+
+def model_name(cfg: dict) -> str:
+    """Display name of the model a config trains (the student of a Distill* config):
+    "PSPNet-R18/4", "DeepLabV3-R101", "RetinaNet-X101"."""
+    meta = str(cfg_get(cfg, "MODEL.META_ARCHITECTURE", "") or "")
+    if meta.startswith("Distill"):
+        meta = cfg_get(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE") or meta[len("Distill"):]
+    if not meta:
+        return "?"
+    if meta == "SemanticSegmentor":
+        head = str(cfg_get(cfg, "MODEL.SEM_SEG_HEAD.NAME", "") or "")
+        arch = HEAD_NAMES.get(head, head.removesuffix("Head") or "SemSeg")
+    else:
+        arch = META_NAMES.get(meta, meta)
+    return f"{arch}-{backbone_name(cfg)}"
+
+
+def dataset_name(name: str) -> str:
+    """Display name of a registered data set: "cityscapes_fine_sem_seg_val" -> "Cityscapes"."""
+    low = (name or "?").lower()
+    for prefix in sorted(DATASET_NAMES, key=len, reverse=True):
+        if low.startswith(prefix):
+            return DATASET_NAMES[prefix] + (" (test)" if "_test" in low else "")
+    return name or "?"
+
+
+def classify_method(meta_arch: str, taps: Sequence, kd_weight: float = 0.0):
+    """``(method, tap, weight, kd_weight)`` of a run from its MODEL.DISTILL keys.
+
+    ``taps`` are ``[student_pos, teacher_pos, loss, weight]`` entries; a ``kd`` entry on the
+    logits counts as logit KD. A meta-architecture that is not ``Distill*`` gives "none".
+    """
+    if not str(meta_arch or "").startswith("Distill"):
+        return "none", "", None, 0.0
+    names, positions, weights = [], [], []
+    kd = float(kd_weight or 0.0)
+    for entry in taps or []:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 4:
+            continue
+        s, t, loss, w = entry
+        if str(loss).lower() == "kd":
+            kd += float(w)
+            continue
+        label = LOSS_LABELS.get(str(loss).lower(), str(loss).upper())
+        if label not in names:
+            names.append(label)
+        pos = s if s == t else f"{s}_to_{t}"
+        if pos not in positions:
+            positions.append(pos)
+        weights.append(float(w))
+    if not names:
+        return ("KD" if kd > 0 else "none"), "", None, kd
+    weight = weights[0] if len(set(weights)) == 1 else None
+    return "+".join(names), ",".join(positions), weight, kd
+
+
+def _find_file(name: str, run_dir: Path) -> Optional[Path]:
+    p = Path(name)
+    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, REPO / p, run_dir / p]):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _set_key(cfg: dict, key: str, value) -> None:
+    node = cfg
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def teacher_name(cfg: dict, run_dir: Path) -> str:
+    """Model name of a Distill* run's teacher, from MODEL.DISTILL.TEACHER.CONFIG_FILE (+ OPTS);
+    the file's stem when it cannot be read."""
+    cfg_file = str(cfg_get(cfg, "MODEL.DISTILL.TEACHER.CONFIG_FILE", "") or "")
+    if not cfg_file:
+        return "?"
+    found = _find_file(cfg_file, run_dir)
+    if found is None:
+        return Path(cfg_file).stem
+    try:
+        import yaml
+        from fvcore.common.config import CfgNode
+
+        tcfg = CfgNode.load_yaml_with_base(str(found), allow_unsafe=False)
+        opts = list(cfg_get(cfg, "MODEL.DISTILL.TEACHER.OPTS", []) or [])
+        for key, value in zip(opts[0::2], opts[1::2]):
+            _set_key(tcfg, str(key), yaml.safe_load(str(value)))
+        return model_name(tcfg)
+    except Exception:  # a broken teacher config must not break the report: name it by file
+        return Path(cfg_file).stem
+
+
+def describe_run(result: RunResult, role: Optional[str] = None) -> RunInfo:
+    """A :class:`RunInfo` from a run's config.yaml and metrics (role as given, else inferred
+    later by :func:`assign_roles`)."""
+    cfg = result.config
+    info = RunInfo(result, role=role or "?")
+    if not cfg:
+        return info
+    meta = cfg_get(cfg, "MODEL.META_ARCHITECTURE", "")
+    info.method, info.tap, info.weight, info.kd_weight = classify_method(
+        meta, cfg_get(cfg, "MODEL.DISTILL.TAPS", []), cfg_get(cfg, "MODEL.DISTILL.KD_WEIGHT", 0.0)
+    )
+    info.model = model_name(cfg)
+    info.dataset = dataset_name((cfg_get(cfg, "DATASETS.TEST") or ["?"])[0])
+    if result.task:
+        info.task = result.task
+    else:
+        student_meta = cfg_get(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE", "") if meta.startswith("Distill") else meta
+        info.task = "sem_seg" if "Semantic" in str(student_meta) else "bbox"
+    if info.distilled:
+        info.teacher = teacher_name(cfg, result.path)
+        info.role = "student"
+    return info
+
+
+def _norm(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def assign_roles(infos: List[RunInfo]) -> None:
+    """Plain (non-distilled) runs without a role: "teacher" when their model teaches some
+    distilled run on the same data set, else "baseline" (the no-KD student). Names are compared
+    case- and punctuation-blind (a teacher config named ``retinanet_x101.yaml`` that could not
+    be read matches "RetinaNet-X101"); matched students then show the teacher run's name."""
+    teachers = {(_norm(i.teacher), i.dataset) for i in infos if i.distilled}
+    for info in infos:
+        if info.role == "?" and info.method == "none":
+            info.role = "teacher" if (_norm(info.model), info.dataset) in teachers else "baseline"
+    names = {(_norm(i.model), i.dataset): i.model for i in infos if i.role == "teacher" and i.model != "?"}
+    for info in infos:
+        if info.distilled:
+            info.teacher = names.get((_norm(info.teacher), info.dataset), info.teacher)
+
+
+def collect_runs(runs: Iterable, teachers: Iterable = (), baselines: Iterable = ()) -> List[RunInfo]:
+    """Read and describe run folders; ``teachers``/``baselines`` force those roles."""
+    infos = []
+    for role, paths in ((None, runs), ("teacher", teachers), ("baseline", baselines)):
+        for p in paths:
+            infos.append(describe_run(read_run(p), role))
+    assign_roles(infos)
+    return infos
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    """Finished runs as table rows plus the runs left out. ``seg_rows``/``det_rows`` are dicts
+    with the CSV fields (SEG_CSV_FIELDS / DET_CSV_FIELDS)."""
+
+    runs: List[RunInfo]
+    seg_rows: List[dict]
+    det_rows: List[dict]
+    seg_metric: str = "mIoU"
+
+    @property
+    def left_out(self) -> List[RunInfo]:
+        return [r for r in self.runs if r.status != "finished"]
+
+
+def _fmt(x, digits=2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _fmt_delta(x, digits=2) -> str:
+    return "" if x is None else f"{x:+.{digits}f}"
+
+
+def _tap_rank(tap: str) -> int:
+    """Backbone stages first, then FPN levels, decoder, logits (the order of Table 5)."""
+    first = (tap or "").split(",")[0].split("_to_")[0]
+    if first[:3] == "res" and first[3:].isdigit():
+        return int(first[3:])
+    if first[:1] == "p" and first[1:].isdigit():
+        return 10 + int(first[1:])
+    return {"decoder": 30, "logits": 40}.get(first, 50)
+
+
+def _order_key(row: dict):
+    role_rank = {"teacher": 0, "baseline": 1, "student": 2}.get(row["role"], 3)
+    method = row["method"].split("+")[0]
+    m_rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    w = row["weight"] if row["weight"] is not None else -1.0
+    return role_rank, _tap_rank(row["tap"]), row["tap"], m_rank, row["method"], w, row["kd_weight"], row["run"]
+
+
+def _base_row(info: RunInfo) -> dict:
+    return {
+        "role": info.role, "dataset": info.dataset, "teacher": info.teacher, "model": info.model,
+        "method": info.method, "tap": info.tap, "weight": info.weight, "kd_weight": info.kd_weight,
+        "baseline_run": "", "iterations": info.result.progress, "run": info.name, "path": str(info.result.path),
+    }
+
+
+def build_report(infos: List[RunInfo], seg_metric: str = "mIoU") -> Report:
+    """Rows for the segmentation and detection tables from the finished runs, with Δ versus
+    the no-KD baseline of the same student model and data set."""
+    if seg_metric not in SEM_SEG_METRICS:
+        raise ValueError(f"segmentation metric {seg_metric!r}: choose one of {SEM_SEG_METRICS}")
+    done = [i for i in infos if i.status == "finished"]
+    baselines: Dict[tuple, RunInfo] = {}
+    for i in done:
+        if i.role == "baseline":
+            baselines.setdefault((i.task, i.model, i.dataset), i)
+    seg_rows, det_rows = [], []
+    for info in done:
+        row = _base_row(info)
+        base = baselines.get((info.task, info.model, info.dataset)) if info.role == "student" else None
+        row["baseline_run"] = base.name if base else ""
+        if info.task == "sem_seg":
+            for m in SEM_SEG_METRICS:
+                row[m] = info.metrics.get(m)
+            v, b = info.metrics.get(seg_metric), base.metrics.get(seg_metric) if base else None
+            row["delta"] = (v - b) if (v is not None and b is not None) else None
+            seg_rows.append(row)
+        else:
+            for m in DET_METRICS:
+                row[m] = info.metrics.get(m)
+                v, b = info.metrics.get(m), base.metrics.get(m) if base else None
+                row[f"delta_{m}"] = (v - b) if (v is not None and b is not None) else None
+            det_rows.append(row)
+    seg_rows.sort(key=lambda r: (r["dataset"],) + _order_key(r))
+    det_rows.sort(key=lambda r: (r["dataset"], _order_key(r)[0], r["model"]) + _order_key(r)[1:])
+    return Report(list(infos), seg_rows, det_rows, seg_metric)
+
+
+def _row_label(row: dict) -> str:
+    if row["role"] == "teacher":
+        return f"T: {row['model']}"
+    if row["role"] == "baseline":
+        return f"S: {row['model']}"
+    return f"+ {row['method']}"
+
+
+def _rank_marks(values: Dict[tuple, float]) -> Dict[tuple, str]:
+    """Best in bold, second best underlined (the paper's marks)."""
+    ranked = sorted({v for v in values.values() if v is not None}, reverse=True)
+    marks = {}
+    for key, v in values.items():
+        if ranked and v == ranked[0]:
+            marks[key] = "bold"
+        elif len(ranked) > 1 and v == ranked[1]:
+            marks[key] = "underline"
+    return marks
+
+
+def _mark(text: str, mark: Optional[str]) -> str:
+    return f"**{text}**" if mark == "bold" else f"<u>{text}</u>" if mark == "underline" else text
+
+
+def _seg_tables(report: Report) -> List[str]:
+    """One Table-1-style table per teacher: rows T / S / + method, one column per data set."""
+    metric = report.seg_metric
+    rows = report.seg_rows
+    datasets = list(OrderedDict.fromkeys(r["dataset"] for r in rows))
+    teachers = list(OrderedDict.fromkeys(r["teacher"] for r in rows if r["role"] == "student"))
+    teachers += [r["model"] for r in rows if r["role"] == "teacher" and r["model"] not in teachers]
+    out = []
+    used_baselines = set()
+    groups = [(t, [r for r in rows if (r["role"] == "student" and r["teacher"] == t)
+                   or (r["role"] == "teacher" and r["model"] == t)]) for t in teachers]
+    students_of = {t: {r["model"] for r in g if r["role"] == "student"} for t, g in groups}
+    for t, g in groups:
+        g += [r for r in rows if r["role"] == "baseline" and r["model"] in students_of[t]]
+        used_baselines.update(r["run"] for r in g if r["role"] == "baseline")
+    orphans = [r for r in rows if r["role"] == "baseline" and r["run"] not in used_baselines]
+    if orphans:
+        groups.append(("", orphans))
+    for t, g in groups:
+        out.append(f"### {'Teacher ' + t if t else 'Models without a distilled student'}: val {metric} (%)")
+        out.append("")
+        out.append(f"Cells: {metric} (Δ vs the no-KD student of the same model). "
+                   "**Best**/<u>second best</u> distilled result per student and data set.")
+        out.append("")
+        out.append("| Method | tap | λ | λ_kd | " + " | ".join(datasets) + " |")
+        out.append("|---|---|---:|---:|" + "---:|" * len(datasets))
+        lines = _table_lines(g, datasets, metric)
+        out += lines + [""]
+    return out
+
+
+def _table_lines(group: List[dict], datasets: List[str], metric: str) -> List[str]:
+    """Markdown lines of one teacher group: teacher rows, then per student its baseline and
+    distilled rows; a row is one (method, tap, λ, λ_kd) setting, a cell one data set."""
+    def key(r):
+        same = (r["role"], r["model"], r["method"], r["tap"], r["weight"], r["kd_weight"])
+        return same
+
+    cells: "OrderedDict[tuple, dict]" = OrderedDict()
+    for r in group:
+        k = key(r)
+        if r["dataset"] in cells.get(k, {}):  # two runs of one setting: keep both, by run name
+            k = k + (r["run"],)
+        cells.setdefault(k, {"row": r})[r["dataset"]] = r
+    teacher_keys = [k for k in cells if k[0] == "teacher"]
+    students = list(OrderedDict.fromkeys(k[1] for k in cells if k[0] != "teacher"))
+    lines = []
+    for k in teacher_keys:
+        lines.append(_md_row(cells[k], datasets, metric, {}, k))
+    for s in students:
+        keys = sorted((k for k in cells if k[0] != "teacher" and k[1] == s), key=lambda k: _order_key(cells[k]["row"]))
+        marks = {}
+        for ds in datasets:
+            vals = {k: cells[k][ds][metric] for k in keys if ds in cells[k] and k[0] == "student"}
+            marks.update({(k, ds): m for k, m in _rank_marks(vals).items()})
+        for k in keys:
+            lines.append(_md_row(cells[k], datasets, metric, marks, k))
+    return lines
+
+
+def _md_row(cell: dict, datasets, metric, marks, k) -> str:
+    r = cell["row"]
+    label = _row_label(r) + (f" ({r['run']})" if len(k) > 6 else "")
+    w = "" if r["weight"] is None else f"{r['weight']:g}"
+    kd = f"{r['kd_weight']:g}" if r["role"] == "student" else ""
+    vals = []
+    for ds in datasets:
+        c = cell.get(ds)
+        if c is None:
+            vals.append("–")
+            continue
+        text = _mark(_fmt(c[metric]), marks.get((k, ds)))
+        if c["role"] == "student":
+            text += f" ({_fmt_delta(c['delta'])})" if c["delta"] is not None else " (no baseline)"
+        vals.append(text)
+    return f"| {label} | {r['tap']} | {w} | {kd} | " + " | ".join(vals) + " |"
+
+
+def _det_tables(report: Report) -> List[str]:
+    """Table-7-style tables, one per data set: teacher, no-KD student, distilled students."""
+    out = []
+    for ds in OrderedDict.fromkeys(r["dataset"] for r in report.det_rows):
+        rows = [r for r in report.det_rows if r["dataset"] == ds]
+        out += [f"### {ds}: box AP (%)", "",
+                "Cells: AP (Δ vs the no-KD student of the same model). **Best**/<u>second best</u> distilled AP.",
+                "",
+                "| Teacher | Student | Method | tap | λ | " + " | ".join(DET_METRICS) + " |",
+                "|---|---|---|---|---:|" + "---:|" * len(DET_METRICS)]
+        marks = {m: _rank_marks({i: r[m] for i, r in enumerate(rows) if r["role"] == "student"}) for m in DET_METRICS}
+        for i, r in enumerate(rows):
+            teacher = r["model"] if r["role"] == "teacher" else r["teacher"]
+            student = "" if r["role"] == "teacher" else r["model"]
+            method = {"teacher": "(teacher)", "baseline": "w/o KD"}.get(r["role"], r["method"])
+            w = "" if r["weight"] is None else f"{r['weight']:g}"
+            vals = []
+            for m in DET_METRICS:
+                text = _mark(_fmt(r[m], 1), marks[m].get(i))
+                if r["role"] == "student" and r[f"delta_{m}"] is not None:
+                    text += f" ({_fmt_delta(r[f'delta_{m}'], 1)})"
+                vals.append(text)
+            out.append(f"| {teacher} | {student} | {method} | {r['tap']} | {w} | " + " | ".join(vals) + " |")
+        out.append("")
+    return out
+
+
+def _left_out_section(report: Report) -> List[str]:
+    out = ["## Runs not in the tables (missing or unfinished)", ""]
+    left = report.left_out
+    if not left:
+        return out + [f"None: all {len(report.runs)} runs finished and are in the tables.", ""]
+    out += ["| run | status | why | iterations | last metrics | folder |", "|---|---|---|---:|---|---|"]
+    for i in left:
+        last = ", ".join(f"{k} {v:.2f}" for k, v in i.metrics.items()) or "–"
+        out.append(f"| {i.name} | {i.status} | {i.result.note} | {i.result.progress or '–'} | {last} | {i.result.path} |")
+    return out + [""]
+
+
+def _runs_section(report: Report) -> List[str]:
+    out = ["## Runs read", "", "| run | status | role | data set | model | teacher | method | tap | λ | λ_kd |",
+           "|---|---|---|---|---|---|---|---|---:|---:|"]
+    for i in report.runs:
+        w = "" if i.weight is None else f"{i.weight:g}"
+        kd = f"{i.kd_weight:g}" if i.distilled else ""
+        out.append(f"| {i.name} | {i.status} | {i.role} | {i.dataset} | {i.model} | {i.teacher} | {i.method} "
+                   f"| {i.tap} | {w} | {kd} |")
+    return out + [""]
+
+
+def report_markdown(report: Report, title: str = "radkd-d2 report") -> str:
+    """The whole report: segmentation tables, detection tables, runs left out, runs read."""
+    lines = [f"# {title}", ""]
+    n_fin = sum(r.status == "finished" for r in report.runs)
+    lines += [f"{len(report.runs)} runs read, {n_fin} finished, {len(report.left_out)} missing or unfinished.", ""]
+    if report.seg_rows:
+        lines += ["## Semantic segmentation", ""] + _seg_tables(report)
+    if report.det_rows:
+        lines += ["## Object detection", ""] + _det_tables(report)
+    if not report.seg_rows and not report.det_rows:
+        lines += ["No finished run: no table.", ""]
+    lines += _left_out_section(report) + _runs_section(report)
+    return "\n".join(lines)
+
+
+def _csv_value(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}".rstrip("0").rstrip(".") if math.isfinite(v) else ""
+    return v
+
+
+def _write_csv(path: Path, fields: List[str], rows: List[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _csv_value(r.get(k)) for k in fields})
+
+
+def write_report(report: Report, out_dir: str | Path, title: str = "radkd-d2 report") -> Dict[str, Path]:
+    """Write ``report.md``, ``segmentation.csv``, ``detection.csv`` (when there are such rows)
+    and ``runs.csv`` (every run with its status) under ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "report.md", "runs": out / "runs.csv"}
+    paths["markdown"].write_text(report_markdown(report, title) + "\n")
+    if report.seg_rows:
+        paths["segmentation"] = out / "segmentation.csv"
+        # the Δ column is named after the metric it is of: delta_mIoU by default
+        fields = [f"delta_{report.seg_metric}" if f == "delta" else f for f in SEG_CSV_FIELDS]
+        rows = [{**r, f"delta_{report.seg_metric}": r["delta"]} for r in report.seg_rows]
+        _write_csv(paths["segmentation"], fields, rows)
+    if report.det_rows:
+        paths["detection"] = out / "detection.csv"
+        _write_csv(paths["detection"], DET_CSV_FIELDS, report.det_rows)
+    runs = [{"run": i.name, "status": i.status, "note": i.result.note, "role": i.role, "task": i.task,
+             "dataset": i.dataset, "teacher": i.teacher, "model": i.model, "method": i.method, "tap": i.tap,
+             "weight": i.weight, "kd_weight": i.kd_weight if i.distilled else None,
+             "iterations": i.result.progress, "path": str(i.result.path)} for i in report.runs]
+    _write_csv(paths["runs"], RUNS_CSV_FIELDS, runs)
+    return paths

@@ -1,0 +1,169 @@
+"""Kill and resume, atomic checkpoints, teacher integrity, distributed equivalence, mixed
+precision and non-finite losses."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from conftest import REPO, load_cfg, read_metrics, run_train_net
+from radkd_d2.engine.train_loop import AtomicCheckpointer, RNGState
+
+DISTILL = REPO / "configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml"
+TEACHER_CFG = REPO / "configs/synthetic/pspnet_r101_tiny.yaml"
+TINY = [
+    "DATASETS.SYNTHETIC.NUM_TRAIN", 16, "DATASETS.SYNTHETIC.NUM_VAL", 4, "DATASETS.SYNTHETIC.SIZE", 64,
+    "INPUT.SEM_SEG.CROP_SIZE", "(64, 64)", "MODEL.DRN.WIDTH_MULT", 0.125, "DATALOADER.NUM_WORKERS", 0,
+    "MODEL.DISTILL.TEACHER.CONFIG_FILE", TEACHER_CFG,
+    "MODEL.DISTILL.TEACHER.OPTS", "['MODEL.DRN.WIDTH_MULT', 0.125, 'MODEL.DRN.DEPTH', 50]",
+]
+
+
+@pytest.fixture(scope="module")
+def teacher_weights(tmp_path_factory, data_root):
+    """A (randomly initialised) teacher checkpoint: what matters here is that it is fixed."""
+    cfg = load_cfg(DISTILL, *TINY, "MODEL.DISTILL.TEACHER.WEIGHTS", "", data_root=data_root, validate=False)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.manual_seed(1)
+    torch.save({"model": build_model(cfg).teacher.state_dict()}, path)
+    return path
+
+
+def _opts(data_root, out, teacher, iters, period, *extra):
+    return [
+        "MODEL.DEVICE", "cpu", "DATASETS.ROOT", data_root, "OUTPUT_DIR", out, *TINY,
+        "MODEL.DISTILL.TEACHER.WEIGHTS", teacher, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", iters,
+        "SOLVER.CHECKPOINT_PERIOD", period, "TEST.EVAL_PERIOD", 0, "SEED", 7, *extra,
+    ]
+
+
+def _final_state(out):
+    return torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+
+
+def test_kill_and_resume_equals_uninterrupted(data_root, teacher_weights, tmp_path):
+    iters, period = 24, 4
+    full = tmp_path / "full"
+    run_train_net("--config-file", DISTILL, *_opts(data_root, full, teacher_weights, iters, period))
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(DISTILL),
+           *map(str, _opts(data_root, killed, teacher_weights, iters, period))]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "model_0000007.pth").exists():  # two checkpoints written
+        assert proc.poll() is None and time.time() < deadline, "training ended before it was killed"
+        time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model_final.pth").exists()
+    last = (killed / "last_checkpoint").read_text().strip()
+    ckpt = torch.load(killed / last, map_location="cpu", weights_only=False)  # never truncated
+    resumed_from = ckpt["iteration"]
+    assert not any(k.startswith("teacher.") for k in ckpt["model"]), "teacher saved in checkpoint"
+
+    proc = run_train_net("--config-file", DISTILL, "--resume", *_opts(data_root, killed, teacher_weights, iters, period))
+    log = (killed / "log.txt").read_text().split("Command line arguments")[-1]  # the resumed run
+    assert f"[Checkpointer] Loading from {killed / last}" in log
+    assert "Teacher unchanged at the end of training" in log
+    a, b = _final_state(full), _final_state(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
+    # at most one checkpoint period was lost: the resume started right after the last save
+    assert resumed_from + 1 >= max(0, resumed_from + 1 - period)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    ckpt = AtomicCheckpointer(model, str(tmp_path))
+    ckpt.save("model_a")
+    good = (tmp_path / "model_a.pth").read_bytes()
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save("model_b")
+    assert not (tmp_path / "model_b.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_a.pth"
+    assert (tmp_path / "model_a.pth").read_bytes() == good
+
+
+def test_rng_state_round_trip():
+    state = RNGState().state_dict()
+    a = (random.random(), float(torch.rand(1)), float(__import__("numpy").random.rand()))
+    RNGState().load_state_dict(state)
+    b = (random.random(), float(torch.rand(1)), float(__import__("numpy").random.rand()))
+    assert a == b
+
+
+def test_two_processes_match_one(data_root, teacher_weights, tmp_path):
+    """Same total batch, deterministic inputs, no BN/dropout randomness across ranks.
+
+    Only per-sample-averaged terms are on (LAD): cross-entropy and KD average over each
+    rank's valid pixels, which is not the average over the whole batch when images have
+    different numbers of ignored pixels, so they differ by design, not by a bug."""
+    same = ["INPUT.SEM_SEG.SCALE_RANGE", "(1.0, 1.0)", "INPUT.SEM_SEG.FLIP", False,
+            "MODEL.DRN.NORM", "", "MODEL.SEM_SEG_HEAD.NORM", "", "MODEL.SEM_SEG_HEAD.DROPOUT", 0.0,
+            "MODEL.DISTILL.CONNECTOR", "conv", "MODEL.DISTILL.ALWAYS_CONNECT", True, "SOLVER.BASE_LR", 0.001,
+            "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", 0.0, "MODEL.DISTILL.KD_WEIGHT", 0.0]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_train_net("--config-file", DISTILL, *_opts(data_root, one, teacher_weights, 6, 6, *same))
+    run_train_net("--config-file", DISTILL, "--num-gpus", 2, *_opts(data_root, two, teacher_weights, 6, 6, *same))
+    l1 = [r["loss_distill_lad_res5"] for r in read_metrics(one) if "loss_distill_lad_res5" in r]
+    l2 = [r["loss_distill_lad_res5"] for r in read_metrics(two) if "loss_distill_lad_res5" in r]
+    assert l1 and l1 == pytest.approx(l2, rel=1e-3)
+    a, b = _final_state(one), _final_state(two)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
+
+
+def _cfg(data_root, teacher, *extra):
+    return load_cfg(DISTILL, *TINY, "MODEL.DISTILL.TEACHER.WEIGHTS", teacher, *extra, data_root=data_root, validate=False)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    return [{"image": torch.rand(3, 64, 64, generator=g) * 255, "sem_seg": torch.randint(0, 6, (64, 64), generator=g)}
+            for _ in range(2)]
+
+
+def test_bf16_autocast_keeps_distillation_losses_fp32(data_root, teacher_weights):
+    model = build_model(_cfg(data_root, teacher_weights))
+    model.train()
+    with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(_batch())
+    for name, value in losses.items():
+        assert torch.isfinite(value), name
+        if name.startswith("loss_distill"):
+            assert value.dtype == torch.float32, (name, value.dtype)
+    sum(losses.values()).backward()
+
+
+def test_amp_training_on_cpu(data_root, teacher_weights, tmp_path):
+    run_train_net("--config-file", DISTILL, *_opts(data_root, tmp_path, teacher_weights, 4, 4,
+                  "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16"))
+    rows = [r for r in read_metrics(tmp_path) if "total_loss" in r]
+    assert rows and all(v == v and abs(v) != float("inf") for r in rows for k, v in r.items() if k.startswith("loss_"))
+
+
+def test_nan_loss_stops_with_term_and_iteration(data_root, teacher_weights, tmp_path):
+    state = torch.load(teacher_weights, weights_only=False)
+    state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, tmp_path / "nan_teacher.pth")
+    proc = run_train_net("--config-file", DISTILL, *_opts(data_root, tmp_path / "out", tmp_path / "nan_teacher.pth", 4, 4),
+                         check=False)
+    assert proc.returncode != 0
+    assert "FloatingPointError: Loss became infinite or NaN at iteration=0" in proc.stderr
+    assert "loss_distill_lad_res5=nan" in proc.stderr
