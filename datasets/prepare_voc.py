@@ -23,6 +23,7 @@ unless ``--overwrite``; rerunning is safe.
 
     python datasets/prepare_voc.py --root datasets --sbd datasets/benchmark_RELEASE
 """
+
 from __future__ import annotations
 
 import struct

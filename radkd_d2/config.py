@@ -24,6 +24,7 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.DRN.NORM = "BN"  # normalisation: "BN", "SyncBN", "FrozenBN", "GN"
     cfg.MODEL.DRN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned by forward()
     cfg.MODEL.DRN.FREEZE_AT = 0  # 0 trains all; 1 freezes the stem; k freezes stem..res(k)
+    cfg.MODEL.DRN.STEM_OUT_CHANNELS = 128  # deep-stem width: 128 (PSPNet/CIRKD), 64 (mmseg V1c)
 
     # Extra keys of the PSP / DeepLabV3 segmentation heads (others: MODEL.SEM_SEG_HEAD.*).
     cfg.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]  # pyramid pooling output sizes (PSPNet)

@@ -17,6 +17,7 @@ a model trained on its own (``<model>`` names a ``configs/models/<model>.yaml``)
 
 so a distilled student has exactly the keys of its own baseline config.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ __all__ = [
     "train_command",
     "format_rows",
     "markdown_tables",
+    "reduced_size_opts",
+    "REDUCED_DISTILL_OPTS",
 ]
 
 
@@ -141,7 +144,10 @@ RECIPES: Dict[str, RecipeSpec] = {
         "CIRKD's setup (Table 3; winycg/CIRKD train_cirkd.py): lr 0.02, 40k iterations, batch 16, "
         "wd 1e-4, ResNet students with an auxiliary head (weight 0.4)",
         solver=(("BASE_LR", 0.02), ("WEIGHT_DECAY", 0.0001)),
-        student_model=(("SEM_SEG_HEAD.AUX_IN_FEATURE", "res4"), ("SEM_SEG_HEAD.AUX_LOSS_WEIGHT", 0.4)),
+        student_model=(
+            ("SEM_SEG_HEAD.AUX_IN_FEATURE", "res4"),
+            ("SEM_SEG_HEAD.AUX_LOSS_WEIGHT", 0.4),
+        ),
         max_iter=40000,
     ),
 }
@@ -375,7 +381,9 @@ def _table6(d: DatasetSpec, col: int) -> List[Row]:
     ]
     for m in ("cwd", "lad", "cad"):
         method = METHODS[(m, _DEFAULT_TAP[m])]
-        rows.append(Row(6, f"+ {method.title}", Run(d, s, paper, "distill", t, method), _T6[m][col]))
+        rows.append(
+            Row(6, f"+ {method.title}", Run(d, s, paper, "distill", t, method), _T6[m][col])
+        )
     return rows
 
 
@@ -409,7 +417,9 @@ def select_rows(table: Optional[int] = None, dataset: Optional[str] = None) -> L
     if table is not None and table not in TABLES:
         raise ValueError(f"table {table} is not in the matrix; choose one of {sorted(TABLES)}")
     if dataset is not None and dataset not in DATASETS:
-        raise ValueError(f"data set {dataset!r} is not in the matrix; choose one of {list(DATASETS)}")
+        raise ValueError(
+            f"data set {dataset!r} is not in the matrix; choose one of {list(DATASETS)}"
+        )
     return [
         r
         for r in all_rows()
@@ -458,3 +468,30 @@ def markdown_tables(rows: Optional[Sequence[Row]] = None, num_gpus: int = 8) -> 
             out.append(f"| {r.label} | {miou} | [`{r.run.name}`]({r.run.path[len('configs/'):]}) |")
         out.append("")
     return "\n".join(out)
+
+
+# KEY VALUE overrides that shrink each backbone family to CPU-test size (configs stay valid).
+_REDUCED = {
+    "build_dilated_resnet_backbone": ["MODEL.DRN.WIDTH_MULT", "0.125"],
+    "build_mobilenetv2_backbone": ["MODEL.MOBILENETV2.WIDTH_MULT", "0.35"],
+    "build_swin_backbone": ["MODEL.SWIN.DEPTHS", "[1, 1, 1, 1]", "MODEL.SWIN.NUM_HEADS",
+                            "[1, 2, 4, 8]", "MODEL.SWIN.WINDOW_SIZE", "4"],
+}  # fmt: skip
+_REDUCED_SWIN_DIM = {96: "16", 128: "24"}  # Swin-T / Swin-B embed dim -> reduced, T != B kept
+REDUCED_DISTILL_OPTS = [  # CIRKD's banks hold 20000 pixels per class at full size (GBs on ADE20K)
+    "MODEL.DISTILL.CIRKD.PIXEL_MEMORY_SIZE", "64", "MODEL.DISTILL.CIRKD.REGION_MEMORY_SIZE", "8",
+    "MODEL.DISTILL.CIRKD.PIXEL_CONTRAST_SIZE", "64", "MODEL.DISTILL.CIRKD.REGION_CONTRAST_SIZE", "16",
+]  # fmt: skip
+
+
+def reduced_size_opts(cfg) -> List[str]:
+    """KEY VALUE overrides (strings, usable as ``MODEL.DISTILL.TEACHER.OPTS``) that shrink the
+    model of ``cfg`` -- a config of a ResNet, MobileNetV2 or Swin model -- for CPU tests:
+    ResNet width 1/8, MobileNetV2 width 0.35, Swin with one block per stage, 16-channel heads."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if name not in _REDUCED:
+        raise ValueError(f"no reduced size known for backbone {name!r}")
+    opts = _REDUCED[name] + ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "16"]
+    if name == "build_swin_backbone":
+        opts += ["MODEL.SWIN.EMBED_DIM", _REDUCED_SWIN_DIM.get(cfg.MODEL.SWIN.EMBED_DIM, "16")]
+    return list(opts)

@@ -1,5 +1,6 @@
 """datasets/prepare_*.py on miniature fake copies of the real layouts, their errors on wrong
 layouts, and the start-up failure of a config whose data set is not prepared."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,9 @@ def fake_cityscapes(root: Path, label_ids: np.ndarray) -> Path:
         gt = folder / "gtFine" / split / city
         save_png(gt / f"{stem}_gtFine_labelIds.png", label_ids)
         save_png(gt / f"{stem}_gtFine_instanceIds.png", label_ids)
-        (gt / f"{stem}_gtFine_polygons.json").write_text(json.dumps({"imgHeight": h, "imgWidth": w}))
+        (gt / f"{stem}_gtFine_polygons.json").write_text(
+            json.dumps({"imgHeight": h, "imgWidth": w})
+        )
     return folder
 
 
@@ -102,6 +105,7 @@ def _el(mi_type: int, payload: bytes) -> bytes:
 def _matrix(value, name: bytes = b"") -> bytes:
     """miMATRIX of an ndarray (uint8 / double stored as uint8), dict (1x1 struct), list (cell)
     or ("sparse",) placeholder."""
+
     def head(mx_class, dims, extra=0):
         return (_el(6, struct.pack("<II", mx_class, extra)) + _el(5, struct.pack(f"<{len(dims)}i", *dims))
                 + _el(1, name))  # fmt: skip
@@ -113,7 +117,9 @@ def _matrix(value, name: bytes = b"") -> bytes:
     elif isinstance(value, list):
         body = head(1, (len(value), 1)) + b"".join(_matrix(v) for v in value)
     elif isinstance(value, tuple):  # a 2x2 sparse matrix with one non-zero: skipped by the reader
-        body = head(5, (2, 2), 1) + _el(5, struct.pack("<i", 1)) + _el(5, struct.pack("<3i", 0, 0, 1))
+        body = (
+            head(5, (2, 2), 1) + _el(5, struct.pack("<i", 1)) + _el(5, struct.pack("<3i", 0, 0, 1))
+        )
         body += _el(9, struct.pack("<d", 1.0))
     else:
         arr = np.asarray(value)
@@ -186,10 +192,12 @@ def test_voc_wrong_layout(tmp_path):
 # ------------------------------------------------------------------------------- ADE20K
 def fake_ade20k(root: Path) -> Path:
     folder = root / "ADEChallengeData2016"
-    for split in ("training", "validation"):
-        name = f"ADE_{split[:5]}_00000001"
-        Image.fromarray(rgb(4, 6)).save(_mkdir(folder / "images" / split) / f"{name}.jpg")
-        save_png(folder / "annotations" / split / f"{name}.png", np.array([[0, 1, 2, 150, 75, 0]] * 4))
+    for split, n in (("training", 2), ("validation", 1)):
+        for k in range(1, n + 1):
+            name = f"ADE_{split[:5]}_0000000{k}"
+            Image.fromarray(rgb(4, 6)).save(_mkdir(folder / "images" / split) / f"{name}.jpg")
+            label = np.array([[0, 1, 2, 150, 75, 0]] * 4)
+            save_png(folder / "annotations" / split / f"{name}.png", label)
     return folder
 
 
@@ -201,11 +209,13 @@ def _mkdir(path: Path) -> Path:
 def test_ade20k_labels_shifted_zero_ignored(tmp_path):
     folder = fake_ade20k(tmp_path)
     run_script("ade20k", "--root", tmp_path)
-    got = np.asarray(Image.open(folder / "annotations_detectron2/validation/ADE_valid_00000001.png"))
+    got = np.asarray(
+        Image.open(folder / "annotations_detectron2/validation/ADE_valid_00000001.png")
+    )
     assert got[0].tolist() == [255, 0, 1, 149, 74, 255]
     assert (folder / "annotations_detectron2" / "training.txt").is_file()
     load_cfg("configs/ade20k/student_pspnet_r18_160k_ade20k.yaml", data_root=tmp_path)
-    assert len(DatasetCatalog.get("ade20k_sem_seg_train")) == 1
+    assert len(DatasetCatalog.get("ade20k_sem_seg_train")) == 2
 
 
 def test_ade20k_wrong_layout(tmp_path):

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_train_loader
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.events import EventStorage
@@ -40,7 +40,8 @@ def taps(method, levels=LEVELS, weight=1.0):
 
 def distill_cfg(tmp_path, *opts, teacher_weights="", config=DISTILL, teacher_cfg=TEACHER_CFG):
     return load_cfg(
-        config, "MODEL.DISTILL.TEACHER.CONFIG_FILE", teacher_cfg, "MODEL.DISTILL.TEACHER.WEIGHTS", teacher_weights,
+        config, "MODEL.DISTILL.TEACHER.CONFIG_FILE", teacher_cfg,
+        "MODEL.DISTILL.TEACHER.WEIGHTS", teacher_weights,
         *SIZE_64, *opts, data_root=tmp_path, validate=False,
     )
 
@@ -108,8 +109,9 @@ def test_teacher_bit_identical_and_not_optimised(tmp_path):
     opt_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert not {id(p) for p in model.teacher.parameters()} & opt_ids, "optimizer holds teacher parameters"
     assert {id(p) for p in model.distiller.parameters()} <= opt_ids
-    losses, _ = train_steps(model, optimizer, steps=3)
-    assert {f"loss_distill_lad_{lv}" for lv in LEVELS} | {"loss_cls", "loss_box_reg", "loss_distill_mgd_p3"} <= set(losses)
+    losses, _ = train_steps(model, optimizer, steps=2)
+    expected = {f"loss_distill_lad_{lv}" for lv in LEVELS} | {"loss_distill_mgd_p3"}
+    assert expected | {"loss_cls", "loss_box_reg"} <= set(losses)
     assert not model.teacher.training and model.training
     after = teacher_state(model)
     for k in before:
@@ -137,7 +139,8 @@ def test_one_loss_per_level_for_each_method(tmp_path, method):
 
 def test_bottom_up_taps_connectors_and_fpn_equivalence(tmp_path):
     cfg = distill_cfg(
-        tmp_path, "MODEL.DISTILL.TAPS", "[['res4', 'res4', 'lad', 1.0], ['p3', 'p3', 'pad', 1.0], ['res3', 'p3', 'cad', 1.0]]",
+        tmp_path,
+        "MODEL.DISTILL.TAPS", "[['res4', 'res4', 'lad', 1.0], ['p3', 'p3', 'pad', 1.0], ['res3', 'p3', 'cad', 1.0]]",
         "MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER", "[]",
     )
     cfg.MODEL.DISTILL.TEACHER.OPTS = ["MODEL.FPN.OUT_CHANNELS", 96]
@@ -241,7 +244,9 @@ def test_bad_configs(tmp_path):
 
 
 def test_teacher_checkpoint_of_another_architecture(tmp_path):
-    seg_cfg = load_teacher_cfg(str(REPO / "configs/synthetic/pspnet_r18_tiny.yaml"), "cpu", ["MODEL.DRN.WIDTH_MULT", 0.125])
+    seg_cfg = load_teacher_cfg(
+        str(REPO / "configs/synthetic/pspnet_r18_tiny.yaml"), "cpu", ["MODEL.DRN.WIDTH_MULT", 0.125]
+    )
     torch.save({"model": build_model(seg_cfg).state_dict()}, tmp_path / "seg.pth")
     with pytest.raises(TeacherLoadError) as err:
         build_model(distill_cfg(tmp_path, teacher_weights=str(tmp_path / "seg.pth")))
@@ -279,7 +284,9 @@ def test_init_student_from_teacher(tmp_path, caplog):
         build_model(cfg)
     # head.cls_score differs in shape only when class counts differ, which is refused earlier;
     # with fewer teacher convs, the student's extra conv keeps its own initialisation
-    cfg = distill_cfg(tmp_path, "MODEL.RETINANET.NUM_CONVS", 3, "MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER", "['head.']")
+    cfg = distill_cfg(
+        tmp_path, "MODEL.RETINANET.NUM_CONVS", 3, "MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER", "['head.']"
+    )
     with capture_radkd_log(caplog, logging.WARNING):
         build_model(cfg)
     assert "head.cls_subnet.4.weight: student (64, 64, 3, 3), teacher absent" in caplog.text
@@ -354,7 +361,7 @@ def test_export_student_round_trip(distill_run, data_root, tmp_path):
 
 def test_train_net_distillation_two_processes(data_root, teacher_ckpt, tmp_path):
     proc = run_train_net(
-        "--config-file", REPO / DISTILL, "--num-gpus", 2, *_opts(data_root, tmp_path, teacher_ckpt, iters=4),
+        "--config-file", REPO / DISTILL, "--num-gpus", 2, *_opts(data_root, tmp_path, teacher_ckpt, iters=3),
         "DATASETS.TEST", "()",
     )
     assert "World size: 2" in proc.stdout + proc.stderr
@@ -383,30 +390,28 @@ def test_tiny_coco_registration():
 
 @needs_tiny_coco
 def test_tiny_coco_fgd_training_iterations(tmp_path):
+    """FGD distillation steps on real COCO images from the stock loader, and a batch holding the
+    image without boxes (kept by FILTER_EMPTY_ANNOTATIONS False)."""
     teacher = tmp_path / "teacher.pth"
     torch.save({"model": build_model(load_teacher_cfg(TINY_COCO_TEACHER, "cpu")).state_dict()}, teacher)
-    # the image without boxes and one with boxes, through the stock mapper, in one batch
     cfg = load_cfg(
         TINY_COCO_DISTILL, "DATASETS.ROOT", SHARED_DATA, "MODEL.DISTILL.TEACHER.CONFIG_FILE", TINY_COCO_TEACHER,
-        "MODEL.DISTILL.TEACHER.WEIGHTS", teacher,
+        "MODEL.DISTILL.TEACHER.WEIGHTS", teacher, "SOLVER.IMS_PER_BATCH", 2,
     )
-    train = DatasetCatalog.get("tiny_coco_train2017")
-    empty = next(d for d in train if not d["annotations"])
-    mapper = DatasetMapper(cfg, is_train=True)
-    inputs = [mapper(empty), mapper(next(d for d in train if d["annotations"]))]
-    assert len(inputs[0]["instances"]) == 0 and len(inputs[1]["instances"]) > 0
     model = build_model(cfg)
     model.train()
-    with EventStorage(0):
-        losses = model(inputs)
-    sum(losses.values()).backward()
-    assert all(torch.isfinite(losses[f"loss_distill_fgd_{lv}"]) for lv in LEVELS)
-    run_train_net(
-        "--config-file", REPO / TINY_COCO_DISTILL, "MODEL.DEVICE", "cpu", "DATASETS.ROOT", SHARED_DATA,
-        "OUTPUT_DIR", tmp_path / "run", "MODEL.DISTILL.TEACHER.WEIGHTS", teacher, "SOLVER.MAX_ITER", 3,
-        "SOLVER.IMS_PER_BATCH", 2, "SOLVER.WARMUP_ITERS", 1, "DATASETS.TEST", "()", "MODEL.DISTILL.DIAGNOSTICS_PERIOD", 1,
-    )
-    rows = read_metrics(tmp_path / "run")
-    for lv in LEVELS:
-        values = [r[f"loss_distill_fgd_{lv}"] for r in rows if f"loss_distill_fgd_{lv}" in r]
-        assert values and all(np.isfinite(values)), lv
+    # an untrained teacher's FPN features are large: a small step keeps the student finite
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    train = DatasetCatalog.get("tiny_coco_train2017")
+    mapper = DatasetMapper(cfg, is_train=True)
+    empty_batch = [mapper(next(d for d in train if not d["annotations"])), mapper(train[0])]
+    assert len(empty_batch[0]["instances"]) == 0 and len(empty_batch[1]["instances"]) > 0
+    loader = iter(build_detection_train_loader(cfg))
+    with EventStorage(0) as storage:
+        for i, inputs in enumerate([empty_batch, next(loader), next(loader)]):
+            storage.iter = i
+            losses = model(inputs)
+            assert all(torch.isfinite(losses[f"loss_distill_fgd_{lv}"]) for lv in LEVELS), (i, losses)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()

@@ -2,8 +2,10 @@
 """Convert a checkpoint of another code base into a Detectron2 checkpoint of this project's model.
 
     python tools/convert_weights.py --source mmseg_pspnet --input pspnet_r101.pth \
-        --output weights/pspnet_r101_teacher.pth --config-file configs/camvid/pspnet_r101_camvid.yaml
-    python tools/train_net.py --config-file CFG MODEL.DISTILL.TEACHER.WEIGHTS weights/pspnet_r101_teacher.pth
+        --output weights/pspnet_r101_teacher.pth \
+        --config-file configs/camvid/pspnet_r101_camvid.yaml
+    python tools/train_net.py --config-file CFG \
+        MODEL.DISTILL.TEACHER.WEIGHTS weights/pspnet_r101_teacher.pth
 
 Sources: torchvision_resnet, torchvision_mobilenetv2, timm_mobilenetv2, torchvision_swin,
 timm_swin, cirkd_resnet, mmseg_pspnet, mmseg_deeplabv3, mmdet_retinanet, d2_pkl (see
@@ -15,6 +17,7 @@ target key and shape mismatch, unless --allow-partial is given: then the matchin
 and the report still lists the rest. Output: {"model": state_dict, "__author__": ...,
 "matching_heuristics": False}.
 """
+
 import argparse
 import logging
 import sys
@@ -68,13 +71,21 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="converted checkpoint (.pth)")
     parser.add_argument("--config-file", default="", help="config of the target model")
     parser.add_argument(
-        "--allow-partial", action="store_true", help="write the matching keys of an incomplete conversion"
+        "--allow-partial",
+        action="store_true",
+        help="write the matching keys of an incomplete conversion",
     )
-    parser.add_argument("--prefix", default=None, help="target key prefix of the backbone (default: found)")
     parser.add_argument(
-        "--trust-pickle", action="store_true", help="unpickle non-tensor objects (trusted files only)"
+        "--prefix", default=None, help="target key prefix of the backbone (default: found)"
     )
-    parser.add_argument("--show-mapping", action="store_true", help="list every source -> target key")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="unpickle non-tensor objects (trusted files only)",
+    )
+    parser.add_argument(
+        "--show-mapping", action="store_true", help="list every source -> target key"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     setup_logger(name="radkd_d2")

@@ -9,6 +9,7 @@ iterations and schedule; evaluates each on the synthetic validation set and writ
 
     python tools/demo.py [--output output/demo] [--iters N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,18 +24,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 warnings.filterwarnings("ignore", category=FutureWarning)
 from radkd_d2.analysis.launch import log_tail, run_training, train_command  # noqa: E402
-from radkd_d2.evaluation.report import build_report, collect_runs, report_markdown, write_report  # noqa: E402
+from radkd_d2.evaluation.report import (
+    build_report,
+    collect_runs,
+    report_markdown,
+    write_report,
+)  # noqa: E402
 
 RUNS = [
     ("teacher PSPNet-R101/4", "configs/synthetic/pspnet_r101_tiny.yaml", "teacher"),
     ("student PSPNet-R18/4, no KD", "configs/synthetic/pspnet_r18_tiny.yaml", "student_nokd"),
-    ("student + LAD (res5) + KD", "configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml", "student_lad"),
+    (
+        "student + LAD (res5) + KD",
+        "configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml",
+        "student_lad",
+    ),
 ]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="output/demo", help="output folder (default output/demo)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output", default="output/demo", help="output folder (default output/demo)"
+    )
     parser.add_argument("--iters", type=int, default=300, help="training iterations per model")
     args = parser.parse_args(argv)
     out = (REPO / args.output).resolve()
@@ -43,26 +57,53 @@ def main(argv=None):
     seconds = {}
     with tqdm(total=len(RUNS) * args.iters, unit="it", desc="demo", dynamic_ncols=True) as bar:
         for i, (label, config, sub) in enumerate(RUNS):
-            extra = ["MODEL.DISTILL.TEACHER.WEIGHTS", str(teacher_weights)] if "distill" in config else []
-            opts = ["OUTPUT_DIR", str(out / sub), "SOLVER.MAX_ITER", str(args.iters),
-                    "SOLVER.CHECKPOINT_PERIOD", str(args.iters), *extra]
+            extra = (
+                ["MODEL.DISTILL.TEACHER.WEIGHTS", str(teacher_weights)]
+                if "distill" in config
+                else []
+            )
+            opts = [
+                "OUTPUT_DIR",
+                str(out / sub),
+                "SOLVER.MAX_ITER",
+                str(args.iters),
+                "SOLVER.CHECKPOINT_PERIOD",
+                str(args.iters),
+                *extra,
+            ]
             start = time.time()
             log = out / sub / "demo_stdout.log"
-            rc = run_training(train_command(REPO / config, opts), log, bar=bar, offset=i * args.iters,
-                              max_iter=args.iters, label=f"[{i + 1}/{len(RUNS)}] {label}")
+            rc = run_training(
+                train_command(REPO / config, opts),
+                log,
+                bar=bar,
+                offset=i * args.iters,
+                max_iter=args.iters,
+                label=f"[{i + 1}/{len(RUNS)}] {label}",
+            )
             seconds[sub] = time.time() - start
             if rc != 0:
                 bar.close()
                 print(f"\n{label} failed (exit {rc}); last lines of {log}:\n{log_tail(log)}")
                 sys.exit(rc)
-    infos = collect_runs([out / "student_lad"], teachers=[out / "teacher"], baselines=[out / "student_nokd"])
+    infos = collect_runs(
+        [out / "student_lad"], teachers=[out / "teacher"], baselines=[out / "student_nokd"]
+    )
     report = build_report(infos)
     title = f"radkd-d2 demo: synthetic scenes, {args.iters} iterations per model, CPU"
     write_report(report, out / "report", title)  # report.md + CSV tables
     pacc = {i.result.path.name: i.metrics.get("pACC", float("nan")) for i in infos}
-    lines = [report_markdown(report, title), "## Pixel accuracy and time", "",
-             "| run | pixel acc (%) | train+eval time (s) |", "|---|---:|---:|"]
-    lines += [f"| {label} ({sub}) | {pacc.get(sub, float('nan')):.2f} | {seconds[sub]:.0f} |" for label, _, sub in RUNS]
+    lines = [
+        report_markdown(report, title),
+        "## Pixel accuracy and time",
+        "",
+        "| run | pixel acc (%) | train+eval time (s) |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {label} ({sub}) | {pacc.get(sub, float('nan')):.2f} | {seconds[sub]:.0f} |"
+        for label, _, sub in RUNS
+    ]
     lines += ["", f"Total wall time: {time.time() - t0:.0f} s. Runs: {out}"]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)

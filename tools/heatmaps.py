@@ -13,6 +13,7 @@ the config's MODEL.DISTILL.TEACHER.*; --weights is the distillation run's checkp
 connectors). Taps: a configured tap (res5), any position (res4, decoder, logits), or
 student:teacher.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,23 +31,45 @@ from radkd_d2.engine.setup import load_config  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="distillation config (DistillSemanticSegmentor)")
-    parser.add_argument("--weights", default="", help="checkpoint of the distillation run ('' = random student)")
-    parser.add_argument("--images", nargs="+", help="image files (default: the test set's first --num-images)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", required=True, help="distillation config (DistillSemanticSegmentor)"
+    )
+    parser.add_argument(
+        "--weights", default="", help="checkpoint of the distillation run ('' = random student)"
+    )
+    parser.add_argument(
+        "--images", nargs="+", help="image files (default: the test set's first --num-images)"
+    )
     parser.add_argument("--num-images", type=int, default=4)
-    parser.add_argument("--tap", default="res5", help="tap key or position, or student:teacher (default res5)")
+    parser.add_argument(
+        "--tap", default="res5", help="tap key or position, or student:teacher (default res5)"
+    )
     parser.add_argument("--out", default="heatmaps.png", help="PNG path")
     parser.add_argument("--width", type=int, default=1200, help="figure width in pixels")
     parser.add_argument("--row-height", type=int, default=360, help="pixels per image row")
-    parser.add_argument("--non-strict", action="store_true", help="load a checkpoint that matches only in part")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides (last)")
+    parser.add_argument(
+        "--non-strict", action="store_true", help="load a checkpoint that matches only in part"
+    )
+    parser.add_argument(
+        "--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides (last)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.opts, validate=False)
-    out = heatmaps_from_config(cfg, args.weights, args.out, tap=args.tap, images=args.images,
-                               num_images=args.num_images, strict=not args.non_strict,
-                               width=args.width, row_height=args.row_height)
+    out = heatmaps_from_config(
+        cfg,
+        args.weights,
+        args.out,
+        tap=args.tap,
+        images=args.images,
+        num_images=args.num_images,
+        strict=not args.non_strict,
+        width=args.width,
+        row_height=args.row_height,
+    )
     print(f"heatmaps written to {out}")
     return 0
 

@@ -8,6 +8,7 @@
 The rows come from ``radkd_d2/configs_index.py`` (as do the files, via
 ``tools/make_config_matrix.py``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _index():
     # Loaded from its file so listing does not import torch through the radkd_d2 package.
-    spec = importlib.util.spec_from_file_location("configs_index", REPO / "radkd_d2" / "configs_index.py")
+    spec = importlib.util.spec_from_file_location(
+        "configs_index", REPO / "radkd_d2" / "configs_index.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)

@@ -9,6 +9,7 @@ teacher norm m = ‖F_t‖ (dashed) and the student norm n = ‖F_s‖ (solid), 
 iterations. The values are logged by distillation runs every MODEL.DISTILL.DIAGNOSTICS_PERIOD
 iterations as distill/<tap>/{m,n,mn_over_N}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,22 +23,38 @@ from radkd_d2.analysis.plots import plot_magnitudes  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="distillation run folders")
     parser.add_argument("--out", default="fig2.png", help="PNG path (default fig2.png)")
-    parser.add_argument("--taps", nargs="+", help="taps to draw (default: all logged, e.g. res5 logits)")
+    parser.add_argument(
+        "--taps", nargs="+", help="taps to draw (default: all logged, e.g. res5 logits)"
+    )
     parser.add_argument("--labels", nargs="+", help="legend label per run (default: folder names)")
-    parser.add_argument("--yscale", default="auto", choices=("auto", "log", "linear"),
-                        help="auto: log when values span more than 10x")
-    parser.add_argument("--size", nargs=2, type=int, default=(1000, 800), metavar=("W", "H"), help="pixels")
+    parser.add_argument(
+        "--yscale",
+        default="auto",
+        choices=("auto", "log", "linear"),
+        help="auto: log when values span more than 10x",
+    )
+    parser.add_argument(
+        "--size", nargs=2, type=int, default=(1000, 800), metavar=("W", "H"), help="pixels"
+    )
     parser.add_argument("--dpi", type=int, default=100)
     args = parser.parse_args(argv)
     labels = args.labels or [Path(r).resolve().name for r in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"{len(args.runs)} runs but {len(labels)} --labels")
     try:
-        out = plot_magnitudes(list(zip(labels, args.runs)), args.out, taps=args.taps, size=tuple(args.size),
-                              dpi=args.dpi, yscale=args.yscale)
+        out = plot_magnitudes(
+            list(zip(labels, args.runs)),
+            args.out,
+            taps=args.taps,
+            size=tuple(args.size),
+            dpi=args.dpi,
+            yscale=args.yscale,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ or unfinished, and every run read), ``<out>/segmentation.csv``, ``<out>/detectio
 ``<out>/runs.csv``; prints the Markdown. Plain runs given positionally are classified as teacher
 or no-KD baseline from the distilled runs' teacher configs; --teacher/--baseline force it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,26 +20,43 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from radkd_d2.evaluation.report import build_report, collect_runs, report_markdown, write_report  # noqa: E402
+from radkd_d2.evaluation.report import (
+    build_report,
+    collect_runs,
+    report_markdown,
+    write_report,
+)  # noqa: E402
 from radkd_d2.evaluation.runs import SEM_SEG_METRICS  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run output folders (Detectron2 OUTPUT_DIR)")
-    parser.add_argument("--teacher", nargs="+", default=[], metavar="DIR", help="teacher run folder(s)")
-    parser.add_argument("--baseline", nargs="+", default=[], metavar="DIR", help="no-KD student run folder(s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "runs", nargs="*", metavar="RUN_DIR", help="run output folders (Detectron2 OUTPUT_DIR)"
+    )
+    parser.add_argument(
+        "--teacher", nargs="+", default=[], metavar="DIR", help="teacher run folder(s)"
+    )
+    parser.add_argument(
+        "--baseline", nargs="+", default=[], metavar="DIR", help="no-KD student run folder(s)"
+    )
     parser.add_argument("--out", default="report", help="output folder (default: ./report)")
-    parser.add_argument("--metric", default="mIoU", choices=SEM_SEG_METRICS, help="segmentation metric")
+    parser.add_argument(
+        "--metric", default="mIoU", choices=SEM_SEG_METRICS, help="segmentation metric"
+    )
     parser.add_argument("--title", default="radkd-d2 report", help="title of report.md")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a run is missing or unfinished")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a run is missing or unfinished"
+    )
     args = parser.parse_args(argv)
     if not (args.runs or args.teacher or args.baseline):
         parser.error("give at least one run folder")
     infos = collect_runs(args.runs, args.teacher, args.baseline)
     report = build_report(infos, seg_metric=args.metric)
     paths = write_report(report, args.out, args.title)
-    print(report_markdown(report, args.title))
+    print(report_markdown(report, args.title), end="")
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 1 if args.strict and report.left_out else 0
 

@@ -15,6 +15,7 @@ Runs go to ``<out>/<method>_w<λ>/``, sequentially, each through tools/train_net
 progress bar (iterations of the whole grid, ETA). Finished runs are skipped and unfinished ones
 resumed. The plot goes to ``<out>/sweep.png`` unless --plot says otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,28 +44,52 @@ def _reference(path, metric, what):
         return None
     res = read_run(path)
     if res.status != "finished" or metric not in res.metrics:
-        print(f"{what} run {path}: {res.status}{' — ' + res.note if res.note else ''}; no {what} line")
+        print(
+            f"{what} run {path}: {res.status}{' — ' + res.note if res.note else ''}; "
+            f"no {what} line"
+        )
         return None
     return res.metrics[metric]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="base distillation config (needed unless --collect)")
-    parser.add_argument("--methods", nargs="+", help="feature losses: naive md lad cad pad ... (default naive lad)")
+    parser.add_argument(
+        "--methods", nargs="+", help="feature losses: naive md lad cad pad ... (default naive lad)"
+    )
     parser.add_argument("--weights", nargs="+", type=float, help="λ values (default 1 10 100 1000)")
-    parser.add_argument("--tap", default="res5", help="distilled position, or student:teacher (default res5)")
-    parser.add_argument("--out", required=True, help="sweep folder; runs go to <out>/<method>_w<λ>/")
-    parser.add_argument("--max-iter", type=int, help="SOLVER.MAX_ITER of every run (default: the config's)")
-    parser.add_argument("--collect", action="store_true", help="do not train: read the runs under --out")
+    parser.add_argument(
+        "--tap", default="res5", help="distilled position, or student:teacher (default res5)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="sweep folder; runs go to <out>/<method>_w<λ>/"
+    )
+    parser.add_argument(
+        "--max-iter", type=int, help="SOLVER.MAX_ITER of every run (default: the config's)"
+    )
+    parser.add_argument(
+        "--collect", action="store_true", help="do not train: read the runs under --out"
+    )
     parser.add_argument("--force", action="store_true", help="retrain finished runs")
-    parser.add_argument("--dry-run", action="store_true", help="print the train_net commands and stop")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the train_net commands and stop"
+    )
     parser.add_argument("--baseline", help="no-KD student run folder (horizontal line)")
     parser.add_argument("--teacher", help="teacher run folder (horizontal line)")
     parser.add_argument("--metric", default="mIoU", choices=SEM_SEG_METRICS)
     parser.add_argument("--plot", help="PNG path (default <out>/sweep.png)")
-    parser.add_argument("--size", nargs=2, type=int, default=(900, 600), metavar=("W", "H"), help="pixels")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides for every run (last)")
+    parser.add_argument(
+        "--size", nargs=2, type=int, default=(900, 600), metavar=("W", "H"), help="pixels"
+    )
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="KEY VALUE overrides for every run (last)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
 
@@ -81,14 +106,36 @@ def main(argv=None) -> int:
         from radkd_d2.engine.setup import load_config  # torch + Detectron2: only when launching
 
         cfg = load_config(str(Path(args.config).resolve()), opts, validate=False)  # typos fail here
+        from radkd_d2.losses import DISTILL_LOSS_REGISTRY
+
+        unknown = [m for m in methods if m.lower() not in DISTILL_LOSS_REGISTRY]
+        if unknown:
+            parser.error(
+                f"unknown losses {unknown}; registered: {sorted(n for n, _ in DISTILL_LOSS_REGISTRY)}"
+            )
         if args.dry_run:
             for p in points:
-                print(" ".join(train_command(Path(args.config).resolve(), [*opts, *point_opts(p, args.tap)])))
+                print(
+                    " ".join(
+                        train_command(
+                            Path(args.config).resolve(), [*opts, *point_opts(p, args.tap)]
+                        )
+                    )
+                )
             return 0
-        print(f"sweep: {len(points)} runs ({', '.join(methods)} × λ {', '.join(f'{w:g}' for w in weights)}) "
-              f"on {args.tap}, {cfg.SOLVER.MAX_ITER} iterations each, into {out}")
-        outcome = launch_sweep(str(Path(args.config).resolve()), points, tap=args.tap, opts=opts,
-                               max_iter=cfg.SOLVER.MAX_ITER, force=args.force)
+        print(
+            f"sweep: {len(points)} runs ({', '.join(methods)} × "
+            f"λ {', '.join(f'{w:g}' for w in weights)}) "
+            f"on {args.tap}, {cfg.SOLVER.MAX_ITER} iterations each, into {out}"
+        )
+        outcome = launch_sweep(
+            str(Path(args.config).resolve()),
+            points,
+            tap=args.tap,
+            opts=opts,
+            max_iter=cfg.SOLVER.MAX_ITER,
+            force=args.force,
+        )
         failed = any(v.startswith("failed") for v in outcome.values())
         collected = collect_sweep(out, methods, weights)
     else:

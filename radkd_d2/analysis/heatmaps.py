@@ -5,6 +5,7 @@ student's after its connector, as the loss sees it), each upsampled to the image
 (no padding) and scaled to [0, 1] on its own. Features come from the explicit returns of the
 distillation model (``teacher_features`` and ``seg_taps``); no forward hooks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,7 +58,9 @@ def build_distill_model(cfg, weights: str = "", *, strict: bool = True):
         try:
             load_weights_strictly(model, weights, strict=strict, what="distilled student")
         except TeacherLoadError as e:
-            raise TeacherLoadError(f"{e}\n(heatmaps: pass --non-strict to load the matching part)") from e
+            raise TeacherLoadError(
+                f"{e}\n(heatmaps: pass --non-strict to load the matching part)"
+            ) from e
     else:
         logger.warning("no student weights given: the student is randomly initialised")
     return model.eval()
@@ -84,15 +87,20 @@ def _resolve_tap(model, tap: str):
 def _map(feature: torch.Tensor, padded: Tuple[int, int], size: Tuple[int, int]) -> np.ndarray:
     """Channel mean of |F| (1, C, h, w) at the padded input size, cropped to ``size``, in [0, 1]."""
     m = feature.float().abs().mean(dim=1, keepdim=True)
-    m = F.interpolate(m, size=padded, mode="bilinear", align_corners=False)[0, 0, : size[0], : size[1]]
+    m = F.interpolate(m, size=padded, mode="bilinear", align_corners=False)[
+        0, 0, : size[0], : size[1]
+    ]
     lo, hi = m.min(), m.max()
     m = (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
     return m.cpu().numpy()
 
 
 def _padded_size(model, h: int, w: int) -> Tuple[int, int]:
-    il = ImageList.from_tensors([torch.zeros(1, h, w)], model.backbone.size_divisibility,
-                                padding_constraints=model.backbone.padding_constraints)
+    il = ImageList.from_tensors(
+        [torch.zeros(1, h, w)],
+        model.backbone.size_divisibility,
+        padding_constraints=model.backbone.padding_constraints,
+    )
     return tuple(il.tensor.shape[-2:])
 
 
@@ -104,9 +112,14 @@ def _teacher_feats(model, batched: List[dict], position: str):
     if position in feats:
         return feats
     t = model.teacher
-    images = teacher_input_tensors(batched, model.input_format, model.teacher_input_format, t.device)
-    images = ImageList.from_tensors([(x - t.pixel_mean) / t.pixel_std for x in images], t.backbone.size_divisibility,
-                                    padding_constraints=t.backbone.padding_constraints)
+    images = teacher_input_tensors(
+        batched, model.input_format, model.teacher_input_format, t.device
+    )
+    images = ImageList.from_tensors(
+        [(x - t.pixel_mean) / t.pixel_std for x in images],
+        t.backbone.size_divisibility,
+        padding_constraints=t.backbone.padding_constraints,
+    )
     return seg_taps(t, images.tensor, need_head=True)
 
 
@@ -118,25 +131,38 @@ def tap_maps(model, image: np.ndarray, tap: str, name: str = "") -> TapMaps:
     h, w = image.shape[:2]
     x = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
     batched = [{"image": x, "height": h, "width": w}]
-    st = ImageList.from_tensors([(x.to(model.device) - model.pixel_mean) / model.pixel_std],
-                                model.backbone.size_divisibility, padding_constraints=model.backbone.padding_constraints)
+    st = ImageList.from_tensors(
+        [(x.to(model.device) - model.pixel_mean) / model.pixel_std],
+        model.backbone.size_divisibility,
+        padding_constraints=model.backbone.padding_constraints,
+    )
     s_feats = seg_taps(model, st.tensor, need_head=s_pos in HEAD_POSITIONS)
     t_feats = _teacher_feats(model, batched, t_pos)
     for side, pos, feats in (("student", s_pos, s_feats), ("teacher", t_pos, t_feats)):
         if pos not in feats:
-            raise ConfigError(f"tap {tap!r}: the {side} has no position {pos!r}; it provides {sorted(feats)}")
+            raise ConfigError(
+                f"tap {tap!r}: the {side} has no position {pos!r}; it provides {sorted(feats)}"
+            )
     t = t_feats[t_pos]
     s = model.distiller.align(tap_obj, s_feats[s_pos], t) if tap_obj is not None else s_feats[s_pos]
     rgb = image[:, :, ::-1] if model.input_format == "BGR" else image
-    return TapMaps(name, np.ascontiguousarray(rgb), _map(t, _padded_size(model.teacher, h, w), (h, w)),
-                   _map(s, tuple(st.tensor.shape[-2:]), (h, w)))
+    return TapMaps(
+        name,
+        np.ascontiguousarray(rgb),
+        _map(t, _padded_size(model.teacher, h, w), (h, w)),
+        _map(s, tuple(st.tensor.shape[-2:]), (h, w)),
+    )
 
 
-def compute_heatmaps(model, paths: Sequence[str], tap: str, input_format: str = "RGB") -> List[TapMaps]:
+def compute_heatmaps(
+    model, paths: Sequence[str], tap: str, input_format: str = "RGB"
+) -> List[TapMaps]:
     """:func:`tap_maps` for image files, with a progress bar."""
     out = []
     for p in tqdm(list(paths), desc=f"heatmaps @ {tap}", unit="img"):
-        out.append(tap_maps(model, utils.read_image(str(p), format=input_format), tap, Path(p).name))
+        out.append(
+            tap_maps(model, utils.read_image(str(p), format=input_format), tap, Path(p).name)
+        )
     return out
 
 
@@ -172,7 +198,9 @@ def plot_heatmaps(
             ax.set_yticks([])
         cb = fig.colorbar(im, ax=list(row), fraction=0.03, pad=0.01)
         cb.set_label("mean |F| over channels,\nscaled to [0, 1] per map", fontsize="x-small")
-    fig.suptitle(f"Feature activations at {tap}: channel mean of |F|, each map normalised to [0, 1]")
+    fig.suptitle(
+        f"Feature activations at {tap}: channel mean of |F|, each map normalised to [0, 1]"
+    )
     return save_figure(fig, out)
 
 
@@ -194,5 +222,12 @@ def heatmaps_from_config(
     maps = compute_heatmaps(model, paths, tap, cfg.INPUT.FORMAT)
     tap_obj = _resolve_tap(model, tap)[2]
     connected = tap_obj is not None and tap_obj.key in model.distiller.connectors
-    return plot_heatmaps(maps, out, tap=tap, teacher=teacher_name(cfg, Path.cwd()), student=model_name(cfg),
-                         connector=connected, **plot_kwargs)
+    return plot_heatmaps(
+        maps,
+        out,
+        tap=tap,
+        teacher=teacher_name(cfg, Path.cwd()),
+        student=model_name(cfg),
+        connector=connected,
+        **plot_kwargs,
+    )

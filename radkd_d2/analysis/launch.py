@@ -3,6 +3,7 @@
 Detectron2's ``CommonMetricPrinter`` logs ``eta: ... iter: N`` every 20 iterations; those lines
 move the bar, and the whole output goes to a log file in the run folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,9 @@ TRAIN_NET = REPO / "tools" / "train_net.py"
 _ITER_RE = re.compile(r"eta: \S+\s+iter: (\d+)")
 
 
-def train_command(config: str | Path, opts: Sequence[str] = (), *, resume: bool = False) -> list[str]:
+def train_command(
+    config: str | Path, opts: Sequence[str] = (), *, resume: bool = False
+) -> list[str]:
     """``python tools/train_net.py --config-file CONFIG [--resume] KEY VALUE ...``."""
     cmd = [sys.executable, str(TRAIN_NET), "--config-file", str(config)]
     if resume:
@@ -48,8 +51,14 @@ def run_training(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore::FutureWarning")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(list(cmd), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for line in proc.stdout:
             log.write(line)
             if bar is None:

@@ -4,6 +4,7 @@ metric versus distillation loss weight (Figs. 1 and 5).
 Figures are built with matplotlib's object API on an Agg canvas (no pyplot, no display), at an
 exact pixel size: ``size=(width, height)`` in pixels at ``dpi``.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -46,7 +47,7 @@ def magnitude_series(run_dir: str | Path) -> "OrderedDict[str, Dict[str, Series]
     ``distill/<tap>/<stat>`` scalars that FeatureDistiller writes to metrics.json."""
     taps: "OrderedDict[str, Dict[str, Series]]" = OrderedDict()
     for key, series in read_scalars(run_dir, "distill/").items():
-        tap, _, stat = key[len("distill/"):].rpartition("/")
+        tap, _, stat = key[len("distill/") :].rpartition("/")
         if tap:
             taps.setdefault(tap, {})[stat] = series
     return taps
@@ -83,7 +84,8 @@ def plot_magnitudes(
     if not curves:
         names = ", ".join(str(p) for _, p in runs)
         raise ValueError(
-            f"no distill/<tap>/{{m,n,mn_over_N}} scalars{' for taps ' + ','.join(taps) if taps else ''} "
+            "no distill/<tap>/{m,n,mn_over_N} scalars"
+            f"{' for taps ' + ','.join(taps) if taps else ''} "
             f"in the metrics.json of {names}; they are logged by distillation runs every "
             "MODEL.DISTILL.DIAGNOSTICS_PERIOD iterations (> 0)"
         )

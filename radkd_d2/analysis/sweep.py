@@ -2,9 +2,9 @@
 only in the feature loss and its weight on one tap, launched sequentially through
 ``tools/train_net.py`` or collected from their folders ``<out>/<method>_w<λ>/``.
 """
+
 from __future__ import annotations
 
-import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,8 +17,6 @@ from radkd_d2.evaluation.report import LOSS_LABELS, describe_run
 from radkd_d2.evaluation.runs import RunResult, read_run
 
 from .launch import log_tail, run_training, train_command
-
-logger = logging.getLogger(__name__)
 
 SWEEP_METHODS = ("naive", "md", "lad", "cad", "pad")  # Fig. 1: naive, md; Fig. 5: lad, cad (pad)
 DEFAULT_WEIGHTS = (1.0, 10.0, 100.0, 1000.0)
@@ -43,9 +41,15 @@ def run_dir_name(method: str, weight: float) -> str:
     return f"{method}_w{weight:g}"
 
 
-def plan_sweep(out: str | Path, methods: Sequence[str], weights: Sequence[float]) -> List[SweepPoint]:
+def plan_sweep(
+    out: str | Path, methods: Sequence[str], weights: Sequence[float]
+) -> List[SweepPoint]:
     """The grid ``methods × weights`` under ``out``, method-major."""
-    return [SweepPoint(m.lower(), float(w), Path(out) / run_dir_name(m.lower(), w)) for m in methods for w in weights]
+    return [
+        SweepPoint(m.lower(), float(w), Path(out) / run_dir_name(m.lower(), w))
+        for m in methods
+        for w in weights
+    ]
 
 
 def parse_tap(tap: str) -> Tuple[str, str]:
@@ -57,7 +61,12 @@ def parse_tap(tap: str) -> Tuple[str, str]:
 def point_opts(point: SweepPoint, tap: str) -> List[str]:
     """Config overrides of a grid point: its single tap entry and its output folder."""
     s, t = parse_tap(tap)
-    return ["MODEL.DISTILL.TAPS", repr([[s, t, point.method, point.weight]]), "OUTPUT_DIR", str(point.path)]
+    return [
+        "MODEL.DISTILL.TAPS",
+        repr([[s, t, point.method, point.weight]]),
+        "OUTPUT_DIR",
+        str(point.path),
+    ]
 
 
 def launch_sweep(
@@ -73,7 +82,8 @@ def launch_sweep(
     """Train the grid points one after the other with ``tools/train_net.py``.
 
     Finished points are skipped unless ``force``; unfinished ones are resumed from their last
-    checkpoint (``--resume``). One tqdm bar counts the iterations of the whole grid and gives
+    checkpoint (``--resume``); a point started afresh moves an old metrics.json to
+    ``metrics.json.prev``. One tqdm bar counts the iterations of the whole grid and gives
     the ETA. A failed run is reported (with the tail of its log) and the sweep goes on.
 
     Args:
@@ -95,10 +105,20 @@ def launch_sweep(
     with tqdm(total=len(todo) * max_iter, unit="it", desc="sweep", dynamic_ncols=True) as bar:
         for i, p in enumerate(todo):
             resume = not force and (p.path / "last_checkpoint").is_file()
+            metrics = p.path / "metrics.json"
+            if not resume and metrics.is_file():
+                # Detectron2 appends to metrics.json: keep an old run's rows out of the new one
+                metrics.replace(p.path / "metrics.json.prev")
             cmd = train_command(config, [*opts, *point_opts(p, tap)], resume=resume)
             log = p.path / "sweep_stdout.log"
-            rc = run_training(cmd, log, bar=bar, offset=i * max_iter, max_iter=max_iter,
-                              label=f"[{i + 1}/{len(todo)}] {p.name}")
+            rc = run_training(
+                cmd,
+                log,
+                bar=bar,
+                offset=i * max_iter,
+                max_iter=max_iter,
+                label=f"[{i + 1}/{len(todo)}] {p.name}",
+            )
             if rc == 0:
                 outcome[p.name] = "done"
             else:
@@ -108,7 +128,9 @@ def launch_sweep(
 
 
 def collect_sweep(
-    out: str | Path, methods: Optional[Sequence[str]] = None, weights: Optional[Sequence[float]] = None
+    out: str | Path,
+    methods: Optional[Sequence[str]] = None,
+    weights: Optional[Sequence[float]] = None,
 ) -> "OrderedDict[str, List[Tuple[float, RunResult]]]":
     """Read a sweep's runs: ``method -> [(λ, RunResult), ...]`` sorted by λ.
 
@@ -123,7 +145,11 @@ def collect_sweep(
         points = []
         for d in sorted(out.iterdir()) if out.is_dir() else []:
             m = _DIR_RE.match(d.name)
-            if d.is_dir() and m and (not methods or m.group("method") in [x.lower() for x in methods]):
+            if (
+                d.is_dir()
+                and m
+                and (not methods or m.group("method") in [x.lower() for x in methods])
+            ):
                 points.append(SweepPoint(m.group("method"), float(m.group("weight")), d))
     result: "OrderedDict[str, List[Tuple[float, RunResult]]]" = OrderedDict()
     for p in points:
@@ -146,7 +172,14 @@ def method_label(method: str) -> str:
 def sweep_curves(collected, metric: str = "mIoU") -> "OrderedDict[str, List[Tuple[float, float]]]":
     """``method label -> [(λ, metric), ...]`` of the finished runs only."""
     return OrderedDict(
-        (method_label(m), [(w, r.metrics[metric]) for w, r in pts if r.status == "finished" and metric in r.metrics])
+        (
+            method_label(m),
+            [
+                (w, r.metrics[metric])
+                for w, r in pts
+                if r.status == "finished" and metric in r.metrics
+            ],
+        )
         for m, pts in collected.items()
     )
 
@@ -161,8 +194,13 @@ def spreads(curves) -> "OrderedDict[str, dict]":
             out[method] = {"min": None, "max": None, "spread": None, "best_weight": None, "n": 0}
             continue
         best_w = max(pts, key=lambda x: x[1])[0]
-        out[method] = {"min": min(vals), "max": max(vals), "spread": max(vals) - min(vals),
-                       "best_weight": best_w, "n": len(vals)}
+        out[method] = {
+            "min": min(vals),
+            "max": max(vals),
+            "spread": max(vals) - min(vals),
+            "best_weight": best_w,
+            "n": len(vals),
+        }
     return out
 
 
@@ -171,8 +209,10 @@ def format_sweep(collected, metric: str = "mIoU") -> str:
     grid points that are missing or unfinished."""
     curves = sweep_curves(collected, metric)
     weights = sorted({w for pts in collected.values() for w, _ in pts})
-    lines = [f"{metric} (%) per loss weight λ:",
-             "method   " + "".join(f"{'λ=' + format(w, 'g'):>10}" for w in weights) + f"{'spread':>10}"]
+    lines = [
+        f"{metric} (%) per loss weight λ:",
+        "method   " + "".join(f"{'λ=' + format(w, 'g'):>10}" for w in weights) + f"{'spread':>10}",
+    ]
     stats = spreads(curves)
     for m, pts in collected.items():
         label = method_label(m)
@@ -180,18 +220,37 @@ def format_sweep(collected, metric: str = "mIoU") -> str:
         cells = []
         for w in weights:
             r = by_w.get(w)
-            cells.append("—" if r is None else (f"{r.metrics[metric]:.2f}" if r.status == "finished" and metric in r.metrics else r.status))
+            cells.append(
+                "—"
+                if r is None
+                else (
+                    f"{r.metrics[metric]:.2f}"
+                    if r.status == "finished" and metric in r.metrics
+                    else r.status
+                )
+            )
         s = stats[label]["spread"]
-        lines.append(f"{label:<9}" + "".join(f"{c:>10}" for c in cells) + f"{'n/a' if s is None else format(s, '.2f'):>10}")
+        lines.append(
+            f"{label:<9}"
+            + "".join(f"{c:>10}" for c in cells)
+            + f"{'n/a' if s is None else format(s, '.2f'):>10}"
+        )
     lines.append("")
     lines.append(f"spread = max − min of {metric} across λ (finished runs only):")
     for label, st in stats.items():
         if st["spread"] is None:
             lines.append(f"  {label}: no finished run")
         else:
-            lines.append(f"  {label}: spread {st['spread']:.2f} (min {st['min']:.2f}, max {st['max']:.2f} "
-                         f"at λ={st['best_weight']:g}, {st['n']} runs)")
-    left = [(method_label(m), w, r) for m, pts in collected.items() for w, r in pts if r.status != "finished"]
+            lines.append(
+                f"  {label}: spread {st['spread']:.2f} (min {st['min']:.2f}, max {st['max']:.2f} "
+                f"at λ={st['best_weight']:g}, {st['n']} runs)"
+            )
+    left = [
+        (method_label(m), w, r)
+        for m, pts in collected.items()
+        for w, r in pts
+        if r.status != "finished"
+    ]
     if left:
         lines.append("not in the plot (missing or unfinished):")
         lines += [f"  {r.name}: {r.status}{' — ' + r.note if r.note else ''}" for _, _, r in left]

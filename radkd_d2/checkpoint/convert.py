@@ -140,7 +140,9 @@ class Rule:
         fn, inv: optional tensor transform applied when converting src -> dst, and its inverse.
     """
 
-    def __init__(self, src: str, dst: str, fn: Optional[Transform] = None, inv: Optional[Transform] = None):
+    def __init__(
+        self, src: str, dst: str, fn: Optional[Transform] = None, inv: Optional[Transform] = None
+    ):
         self.src, self.dst = _Pattern(src), _Pattern(dst)
         self.fn, self.inv = fn, inv
 
@@ -267,7 +269,9 @@ def _run(
                 out[key] = torch.zeros_like(ref)
                 report.defaulted[key] = "no BatchNorm step counter in the source: 0"
                 continue
-            default = next(((fn, why) for regex, fn, why in plan.defaults if regex.search(key)), None)
+            default = next(
+                ((fn, why) for regex, fn, why in plan.defaults if regex.search(key)), None
+            )
             if default is not None:
                 out[key] = default[0](ref.shape).to(ref.dtype)
                 report.defaulted[key] = default[1]
@@ -291,7 +295,11 @@ def _find_prefix(keys: Sequence[str], suffix: str, what: str, prefix: Optional[s
     if prefix is not None:
         return prefix
     found = sorted(
-        {k[: -len(suffix)] for k in keys if k.endswith(suffix) and (k == suffix or k[-len(suffix) - 1] == ".")}
+        {
+            k[: -len(suffix)]
+            for k in keys
+            if k.endswith(suffix) and (k == suffix or k[-len(suffix) - 1] == ".")
+        }
     )
     if len(found) == 1:
         return found[0]
@@ -326,7 +334,9 @@ def _stock_stem_rules(src: str, dst: str) -> List[Rule]:
     return [Rule(src + "conv1", dst + "stem.conv1"), Rule(src + "bn1", dst + "stem.conv1.norm")]
 
 
-def _resnet_prefix(target_keys: Optional[Sequence[str]], prefix: Optional[str], default: str) -> str:
+def _resnet_prefix(
+    target_keys: Optional[Sequence[str]], prefix: Optional[str], default: str
+) -> str:
     if target_keys is None:
         return default if prefix is None else prefix
     return _find_prefix(target_keys, "res2.0.conv1.weight", "ResNet backbone", prefix)
@@ -362,7 +372,9 @@ def _plan_torchvision_resnet(source_keys, target_keys, prefix=None) -> _Plan:
     return _Plan(rules, scope=(p,), ignore=[_ignore(r"^fc\.", _CLASSIFIER)], notes=notes)
 
 
-def convert_torchvision_resnet(state_dict, target: Target = None, *, prefix=None, allow_partial=False):
+def convert_torchvision_resnet(
+    state_dict, target: Target = None, *, prefix=None, allow_partial=False
+):
     """torchvision ``resnet18/34/50/101`` (``conv1``, ``bn1``, ``layer{1-4}.{j}.conv{k}/bn{k}``,
     ``downsample.{0,1}``, ``fc``) -> Detectron2 ResNet names under the target's backbone prefix.
 
@@ -375,10 +387,12 @@ def convert_torchvision_resnet(state_dict, target: Target = None, *, prefix=None
       same rule as torchvision's ``replace_stride_with_dilation`` for bottleneck ResNets.
     - ``fc`` (the ImageNet classifier) is ignored. Scope: the backbone.
     """
-    return _convert("torchvision_resnet", state_dict, target, prefix=prefix, allow_partial=allow_partial)
+    return _convert(
+        "torchvision_resnet", state_dict, target, prefix=prefix, allow_partial=allow_partial
+    )
 
 
-def _strip(keys: Sequence[str], prefix: str) -> bool:
+def _has_prefix(keys: Sequence[str], prefix: str) -> bool:
     return any(k.startswith(prefix) for k in keys)
 
 
@@ -414,15 +428,20 @@ def _cirkd_head_rules(head: str, dst: str) -> List[Rule]:
     ]
     # CIRKD's PSPNet names its classifier head.classifier (older code: head.block.4, as DeepLabV3);
     # the first rule is the one to_source_naming writes.
-    classifier = [Rule("head.classifier", dst + "predictor"), Rule("head.block.4", dst + "predictor")]
+    classifier = [
+        Rule("head.classifier", dst + "predictor"),
+        Rule("head.block.4", dst + "predictor"),
+    ]
     if head == "deeplab":
         classifier.reverse()
     return psp + aspp + common + classifier
 
 
-def _plan_cirkd_resnet(source_keys, target_keys, prefix=None, *, stem=None, full=None, head=None) -> _Plan:
+def _plan_cirkd_resnet(
+    source_keys, target_keys, prefix=None, *, stem=None, full=None, head=None
+) -> _Plan:
     if full is None:
-        full = source_keys is not None and _strip(source_keys, "pretrained.")
+        full = source_keys is not None and _has_prefix(source_keys, "pretrained.")
     src = "pretrained." if full else ""
     p = _resnet_prefix(target_keys, prefix, "backbone.")
     variant = _cirkd_stem_variant(source_keys, src, stem)
@@ -466,7 +485,14 @@ def _plan_cirkd_resnet(source_keys, target_keys, prefix=None, *, stem=None, full
 
 
 def convert_cirkd_resnet(
-    state_dict, target: Target = None, *, prefix=None, allow_partial=False, stem=None, full=None, head=None
+    state_dict,
+    target: Target = None,
+    *,
+    prefix=None,
+    allow_partial=False,
+    stem=None,
+    full=None,
+    head=None,
 ):
     """CIRKD deep-stem ResNetV1b (``resnet{18,50,101}_v1s``) backbones and full CIRKD PSPNet /
     DeepLabV3 checkpoints -> :class:`DilatedResNet` (+ ``PSPHead`` / ``DeepLabV3Head``).
@@ -489,13 +515,21 @@ def convert_cirkd_resnet(
     ``head`` ("psp"/"deeplab", detected from the target).
     """
     return _convert(
-        "cirkd_resnet", state_dict, target, prefix=prefix, allow_partial=allow_partial,
-        stem=stem, full=full, head=head,
+        "cirkd_resnet",
+        state_dict,
+        target,
+        prefix=prefix,
+        allow_partial=allow_partial,
+        stem=stem,
+        full=full,
+        head=head,
     )
 
 
-def _mmseg_backbone_rules(src: str, p: str, deep_stem_target: bool, target_known: bool) -> List[Rule]:
-    rules = [
+def _mmseg_backbone_rules(src: str, p: str, deep_stem_target: Optional[bool]) -> List[Rule]:
+    """ResNetV1c deep stem ``stem.{0,1,3,4,6,7}`` (and the 7x7 ``conv1``/``bn1`` of mmseg's plain
+    ResNet unless the target has a deep stem) + the ``layer*`` blocks."""
+    deep = [
         Rule(src + "stem.0", p + "stem.conv1"),
         Rule(src + "stem.1", p + "stem.conv1.norm"),
         Rule(src + "stem.3", p + "stem.conv2"),
@@ -503,9 +537,13 @@ def _mmseg_backbone_rules(src: str, p: str, deep_stem_target: bool, target_known
         Rule(src + "stem.6", p + "stem.conv3"),
         Rule(src + "stem.7", p + "stem.conv3.norm"),
     ]
-    if not deep_stem_target and target_known:
-        rules += _stock_stem_rules(src, p)
-    return rules + _resnet_block_rules(src, p)
+    if deep_stem_target:
+        stem = deep
+    elif deep_stem_target is None:  # unknown target: read either stem
+        stem = deep + _stock_stem_rules(src, p)
+    else:  # stock target first, so to_source_naming writes conv1/bn1
+        stem = _stock_stem_rules(src, p) + deep
+    return stem + _resnet_block_rules(src, p)
 
 
 _MMSEG_AUX = [
@@ -516,10 +554,11 @@ _MMSEG_AUX = [
 
 
 def _plan_mmseg(source_keys, target_keys, prefix, head: str) -> _Plan:
-    full = source_keys is None or _strip(source_keys, "backbone.")
+    full = source_keys is None or _has_prefix(source_keys, "backbone.")
     src = "backbone." if full else ""
     p = _resnet_prefix(target_keys, prefix, "backbone.")
-    rules = _mmseg_backbone_rules(src, p, _is_deep_stem(target_keys, p), target_keys is not None)
+    deep = None if target_keys is None else _is_deep_stem(target_keys, p)
+    rules = _mmseg_backbone_rules(src, p, deep)
     notes = [
         "mmseg ResNetV1c BasicBlocks (R18/34) do not dilate their second 3x3 conv, the dilated "
         "ResNet (CIRKD rule) does: R18/34 weights load but compute a slightly different function "
@@ -583,7 +622,9 @@ def convert_mmseg_deeplabv3(state_dict, target: Target = None, *, prefix=None, a
     (``decode_head.bottleneck``, unused) where ``DeepLabV3Head`` has a 1x1 projection and a 3x3
     conv (``aspp.project``, ``bottleneck``: missing).
     """
-    return _convert("mmseg_deeplabv3", state_dict, target, prefix=prefix, allow_partial=allow_partial)
+    return _convert(
+        "mmseg_deeplabv3", state_dict, target, prefix=prefix, allow_partial=allow_partial
+    )
 
 
 def mmdet_anchor_permutation(num_scales: int, num_ratios: int) -> List[int]:
@@ -614,7 +655,9 @@ def _plan_mmdet_retinanet(source_keys, target_keys, prefix=None, *, anchor_grid=
     if target_keys is not None:
         fpn = _find_prefix(target_keys, "top_block.p6.weight", "FPN with P6/P7", None)
         levels = sorted(
-            int(m.group(1)) for k in target_keys if (m := re.fullmatch(re.escape(fpn) + r"fpn_lateral(\d+)\.weight", k))
+            int(m.group(1))
+            for k in target_keys
+            if (m := re.fullmatch(re.escape(fpn) + r"fpn_lateral(\d+)\.weight", k))
         )
         head_norm = "head.cls_subnet.1.weight" in target_keys
     else:
@@ -639,8 +682,18 @@ def _plan_mmdet_retinanet(source_keys, target_keys, prefix=None, *, anchor_grid=
         Rule("neck.fpn_convs.{i}.conv", fpn + "fpn_output{i+%d}" % first),
         Rule("bbox_head.cls_convs.{i}.conv", "head.cls_subnet.{i*%d}" % k),
         Rule("bbox_head.reg_convs.{i}.conv", "head.bbox_subnet.{i*%d}" % k),
-        Rule("bbox_head.retina_cls", "head.cls_score", _permute_anchors(perm), _permute_anchors(inverse)),
-        Rule("bbox_head.retina_reg", "head.bbox_pred", _permute_anchors(perm), _permute_anchors(inverse)),
+        Rule(
+            "bbox_head.retina_cls",
+            "head.cls_score",
+            _permute_anchors(perm),
+            _permute_anchors(inverse),
+        ),
+        Rule(
+            "bbox_head.retina_reg",
+            "head.bbox_pred",
+            _permute_anchors(perm),
+            _permute_anchors(inverse),
+        ),
     ]
     if head_norm:
         rules += [
@@ -650,10 +703,10 @@ def _plan_mmdet_retinanet(source_keys, target_keys, prefix=None, *, anchor_grid=
     notes = [
         f"anchors reordered from mmdet's ratio-major to Detectron2's size-major order "
         f"({scales} sizes x {ratios} ratios per location)",
-        "mmdet's RetinaNet FPN (relu_before_extra_convs=False) computes P7 = conv(P6); Detectron2's "
-        "LastLevelP6P7 computes P7 = conv(relu(P6)): P7 outputs differ after conversion",
-        "mmdet (pytorch style) strides in the 3x3 conv: set RESNETS.STRIDE_IN_1X1 False; X101-32x4d: "
-        "NUM_GROUPS 32, WIDTH_PER_GROUP 4; inputs RGB with ImageNet mean/std",
+        "mmdet's RetinaNet FPN (relu_before_extra_convs=False) computes P7 = conv(P6), "
+        "Detectron2's LastLevelP6P7 P7 = conv(relu(P6)): P7 outputs differ after conversion",
+        "mmdet (pytorch style) strides in the 3x3 conv: set RESNETS.STRIDE_IN_1X1 False; "
+        "X101-32x4d: NUM_GROUPS 32, WIDTH_PER_GROUP 4; inputs RGB with ImageNet mean/std",
     ]
     return _Plan(rules, scope=("",), notes=notes)
 
@@ -674,7 +727,11 @@ def convert_mmdet_retinanet(
       (:func:`mmdet_anchor_permutation`; ``anchor_grid`` = (sizes, ratios) per location).
     """
     return _convert(
-        "mmdet_retinanet", state_dict, target, prefix=prefix, allow_partial=allow_partial,
+        "mmdet_retinanet",
+        state_dict,
+        target,
+        prefix=prefix,
+        allow_partial=allow_partial,
         anchor_grid=tuple(anchor_grid),
     )
 
@@ -687,30 +744,39 @@ def convert_mmdet_retinanet(
 _MV2_BLOCKS = (1, 2, 3, 4, 3, 3, 1)
 
 
+def _timm_prefix(target_keys, prefix, suffix: str, what: str) -> str:
+    if target_keys is None:
+        return prefix if prefix is not None else "backbone.body."
+    return _find_prefix(target_keys, suffix, what, prefix)
+
+
 def _plan_timm_mobilenetv2(source_keys, target_keys, prefix=None) -> _Plan:
-    p = (
-        _find_prefix(target_keys, "conv_stem.weight", "timm MobileNetV2", prefix)
-        if target_keys is not None
-        else (prefix if prefix is not None else "backbone.body.")
-    )
+    p = _timm_prefix(target_keys, prefix, "conv_stem.weight", "timm MobileNetV2")
     ignore = [
-        _ignore(r"^(conv_head|bn2)\.", "final 1x1 conv to 1280 channels: MobileNetV2 ends at res5 (320 ch)"),
+        _ignore(
+            r"^(conv_head|bn2)\.",
+            "final 1x1 conv to 1280 channels: MobileNetV2 ends at res5 (320 ch)",
+        ),
         _ignore(r"^classifier\.", _CLASSIFIER),
     ]
     return _Plan([Rule("{*}", p + "{*}")], scope=(p,), ignore=ignore)
 
 
-def convert_timm_mobilenetv2(state_dict, target: Target = None, *, prefix=None, allow_partial=False):
+def convert_timm_mobilenetv2(
+    state_dict, target: Target = None, *, prefix=None, allow_partial=False
+):
     """timm ``mobilenetv2_*`` -> :class:`MobileNetV2`: timm's names under the target's
-    ``backbone.body.`` (``conv_stem``, ``bn1``, ``blocks.*``). ``conv_head``/``bn2`` (the 1280-channel
-    conv) and ``classifier`` are ignored: the backbone ends at the 320-channel stage. A target built
-    with fewer ``OUT_FEATURES`` drops the later blocks, which then show up as unused."""
-    return _convert("timm_mobilenetv2", state_dict, target, prefix=prefix, allow_partial=allow_partial)
+    ``backbone.body.`` (``conv_stem``, ``bn1``, ``blocks.*``). ``conv_head``/``bn2`` (the
+    1280-channel conv) and ``classifier`` are ignored: the backbone ends at the 320-channel stage.
+    A target built with fewer ``OUT_FEATURES`` drops the later blocks, which then show up as
+    unused."""
+    return _convert(
+        "timm_mobilenetv2", state_dict, target, prefix=prefix, allow_partial=allow_partial
+    )
 
 
 def _plan_torchvision_mobilenetv2(source_keys, target_keys, prefix=None) -> _Plan:
-    plan = _plan_timm_mobilenetv2(None, target_keys, prefix)
-    p = plan.rules[0].dst.text[: -len("{*}")]
+    p = _timm_prefix(target_keys, prefix, "conv_stem.weight", "timm MobileNetV2")
     rules = [
         Rule("features.0.0", p + "conv_stem"),
         Rule("features.0.1", p + "bn1"),
@@ -734,21 +800,29 @@ def _plan_torchvision_mobilenetv2(source_keys, target_keys, prefix=None) -> _Pla
             index += 1
     last = index  # features.18: 1x1 conv to 1280 channels
     ignore = [
-        _ignore(rf"^features\.{last}\.", "final 1x1 conv to 1280 channels: MobileNetV2 ends at res5 (320 ch)"),
+        _ignore(
+            rf"^features\.{last}\.",
+            "final 1x1 conv to 1280 channels: MobileNetV2 ends at res5 (320 ch)",
+        ),
         _ignore(r"^classifier\.", _CLASSIFIER),
     ]
-    return _Plan(rules, scope=plan.scope, ignore=ignore)
+    return _Plan(rules, scope=(p,), ignore=ignore)
 
 
-def convert_torchvision_mobilenetv2(state_dict, target: Target = None, *, prefix=None, allow_partial=False):
+def convert_torchvision_mobilenetv2(
+    state_dict, target: Target = None, *, prefix=None, allow_partial=False
+):
     """torchvision ``mobilenet_v2`` -> :class:`MobileNetV2` (timm's layout under ``body.``).
 
     ``features.0.{0,1}`` -> ``conv_stem``/``bn1``; ``features.1.conv.{0.0,0.1,1,2}`` ->
-    ``blocks.0.0.{conv_dw,bn1,conv_pw,bn2}``; ``features.{n}.conv.{0.0,0.1,1.0,1.1,2,3}`` (n = 2..17)
-    -> ``blocks.{s}.{b}.{conv_pw,bn1,conv_dw,bn2,conv_pwl,bn3}`` with (s, b) from the stage sizes
-    1, 2, 3, 4, 3, 3, 1. ``features.18`` (1280-channel conv) and ``classifier`` are ignored.
+    ``blocks.0.0.{conv_dw,bn1,conv_pw,bn2}``; ``features.{n}.conv.{0.0,0.1,1.0,1.1,2,3}``
+    (n = 2..17) -> ``blocks.{s}.{b}.{conv_pw,bn1,conv_dw,bn2,conv_pwl,bn3}`` with (s, b) from the
+    stage sizes 1, 2, 3, 4, 3, 3, 1. ``features.18`` (1280-channel conv) and ``classifier`` are
+    ignored.
     """
-    return _convert("torchvision_mobilenetv2", state_dict, target, prefix=prefix, allow_partial=allow_partial)
+    return _convert(
+        "torchvision_mobilenetv2", state_dict, target, prefix=prefix, allow_partial=allow_partial
+    )
 
 
 _SWIN_NORMS = "per-stage output LayerNorm added by SwinBackbone: default init (weight 1, bias 0)"
@@ -760,14 +834,16 @@ _SWIN_IGNORE = [
 
 
 def _swin_prefix(target_keys, prefix) -> str:
-    if target_keys is None:
-        return prefix if prefix is not None else "backbone.body."
-    return _find_prefix(target_keys, "patch_embed.proj.weight", "timm Swin transformer", prefix)
+    return _timm_prefix(target_keys, prefix, "patch_embed.proj.weight", "timm Swin transformer")
+
+
+def _outer(p: str) -> str:
+    """``backbone.body.`` -> ``backbone.``: SwinBackbone's own norms sit next to ``body``."""
+    return p[: -len("body.")] if p.endswith("body.") else p
 
 
 def _swin_defaults(p: str) -> List[Tuple["re.Pattern", Callable, str]]:
-    # The LayerNorms sit next to body. (backbone.norms.res*): strip "body." from the prefix.
-    outer = p[: -len("body.")] if p.endswith("body.") else p
+    outer = _outer(p)
     return [
         (re.compile("^" + re.escape(outer) + r"norms\.res\d\.weight$"), torch.ones, _SWIN_NORMS),
         (re.compile("^" + re.escape(outer) + r"norms\.res\d\.bias$"), torch.zeros, _SWIN_NORMS),
@@ -783,12 +859,18 @@ def _plan_timm_swin(source_keys, target_keys, prefix=None) -> _Plan:
         rules.append(Rule("layers.{i}.downsample", p + "layers.{i+1}.downsample"))
         notes.append("original Swin layout (downsample at the end of each stage) shifted to timm's")
     rules.append(Rule("{*}", p + "{*}"))
-    return _Plan(rules, scope=(p[: -len("body.")] if p.endswith("body.") else p,), ignore=list(_SWIN_IGNORE),
-                 defaults=_swin_defaults(p), notes=notes)
+    return _Plan(
+        rules,
+        scope=(_outer(p),),
+        ignore=list(_SWIN_IGNORE),
+        defaults=_swin_defaults(p),
+        notes=notes,
+    )
 
 
 def convert_timm_swin(state_dict, target: Target = None, *, prefix=None, allow_partial=False):
-    """timm ``SwinTransformer`` (v1) -> :class:`SwinBackbone`: timm's names under ``backbone.body.``.
+    """timm ``SwinTransformer`` (v1) -> :class:`SwinBackbone`: timm's names under
+    ``backbone.body.``.
 
     Also reads the original Microsoft layout (``layers.{i}.downsample`` at the end of stage i,
     moved to stage i+1). ``norm``/``head`` (classifier) and the ``relative_position_index`` /
@@ -811,11 +893,12 @@ def _plan_torchvision_swin(source_keys, target_keys, prefix=None) -> _Plan:
         Rule("features.{s*2}.reduction", p + "layers.{s}.downsample.reduction"),
         Rule("features.{s*2}.norm", p + "layers.{s}.downsample.norm"),
     ]
-    scope = (p[: -len("body.")] if p.endswith("body.") else p,)
-    return _Plan(rules, scope=scope, ignore=list(_SWIN_IGNORE), defaults=_swin_defaults(p))
+    return _Plan(rules, scope=(_outer(p),), ignore=list(_SWIN_IGNORE), defaults=_swin_defaults(p))
 
 
-def convert_torchvision_swin(state_dict, target: Target = None, *, prefix=None, allow_partial=False):
+def convert_torchvision_swin(
+    state_dict, target: Target = None, *, prefix=None, allow_partial=False
+):
     """torchvision ``swin_t/s/b`` (v1) -> :class:`SwinBackbone` (timm's layout under ``body.``).
 
     ``features.0.{0,2}`` -> ``patch_embed.{proj,norm}``; ``features.{2s+1}.{j}`` ->
@@ -824,7 +907,9 @@ def convert_torchvision_swin(state_dict, target: Target = None, *, prefix=None, 
     ``relative_position_index`` are ignored, ``backbone.norms.res*`` defaulted (1/0). Swin V2
     (``swin_v2_*``: ``cpb_mlp``, ``logit_scale``) has no counterpart and fails.
     """
-    return _convert("torchvision_swin", state_dict, target, prefix=prefix, allow_partial=allow_partial)
+    return _convert(
+        "torchvision_swin", state_dict, target, prefix=prefix, allow_partial=allow_partial
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1044,4 +1129,6 @@ def verify_loadable(model: nn.Module, path: str, report: ConversionReport) -> No
     if differ:
         problems.append("values differ after loading: " + ", ".join(differ[:20]))
     if problems:
-        raise WeightConversionError(f"{path} does not load as converted:\n" + "\n".join(problems), report)
+        raise WeightConversionError(
+            f"{path} does not load as converted:\n" + "\n".join(problems), report
+        )

@@ -65,16 +65,22 @@ class ConversionReport:
         """Multi-line report: the summary, then every key of each non-empty list."""
         lines = [self.summary()]
         if not self.target_checked:
-            lines.append("no target model given: names converted, completeness and shapes NOT checked")
+            lines.append(
+                "no target model given: names converted, completeness and shapes NOT checked"
+            )
         if self.unused:
             lines.append(f"{len(self.unused)} unused source keys:")
             for src, dst in self.unused:
                 lines.append(f"  {src}" if dst is None else f"  {src} -> {dst} (not in the target)")
         if self.missing:
-            lines.append(f"{len(self.missing)} missing target keys (nothing in the source fills them):")
+            lines.append(
+                f"{len(self.missing)} missing target keys (nothing in the source fills them):"
+            )
             lines += [f"  {k}" for k in self.missing]
         if self.mismatched:
-            lines.append(f"{len(self.mismatched)} shape mismatches (source -> target: source vs target):")
+            lines.append(
+                f"{len(self.mismatched)} shape mismatches (source -> target: source vs target):"
+            )
             lines += [
                 f"  {src} -> {dst}: {tuple(a)} vs {tuple(b)}" for src, dst, a, b in self.mismatched
             ]

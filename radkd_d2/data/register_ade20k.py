@@ -10,6 +10,7 @@ Expected layout under ``<root>/ADEChallengeData2016`` (the official ``ADEChallen
 Names: ``ade20k_sem_seg_{train,val}`` -- Detectron2's built-in names and metadata, re-registered
 here under ``DATASETS.ROOT`` with the start-up metadata (``required_paths``, ``prepare_hint``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,8 @@ Expected layout under ``<root>/camvid``::
 
     train/*.png  trainannot/*.png  val/*.png  valannot/*.png  [test/*.png  testannot/*.png]
 
+Images may also be .jpg (a compressed copy); labels are always .png with the image's stem.
+
 Names: ``camvid_train``, ``camvid_val`` (and ``camvid_test`` when the folder exists).
 """
 from __future__ import annotations
@@ -29,16 +31,16 @@ def load_camvid(folder: Path, split: str) -> list[dict]:
     images, labels = folder / split, folder / f"{split}annot"
     require_folder(images, f"CamVid {split} images", _FIX)
     require_folder(labels, f"CamVid {split} labels", _FIX)
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() == ".png")
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not files:
-        raise FileNotFoundError(f"CamVid {split} images: no .png file in {images}. {_FIX}")
-    missing = [p.name for p in files if not (labels / p.name).is_file()]
+        raise FileNotFoundError(f"CamVid {split} images: no .png/.jpg file in {images}. {_FIX}")
+    missing = [p.name for p in files if not (labels / f"{p.stem}.png").is_file()]
     if missing:
         raise FileNotFoundError(
             f"CamVid {split}: {len(missing)} images have no label in {labels}, e.g. {missing[:3]}"
         )
     return [
-        {"file_name": str(p), "sem_seg_file_name": str(labels / p.name), "image_id": p.stem}
+        {"file_name": str(p), "sem_seg_file_name": str(labels / f"{p.stem}.png"), "image_id": p.stem}
         for p in files
     ]
 

@@ -11,6 +11,7 @@ the start-up check requires, so data that was downloaded but not prepared fails 
 here under ``DATASETS.ROOT`` with ``evaluator_type="sem_seg"`` (Detectron2's
 ``cityscapes_sem_seg`` evaluator needs cityscapesscripts; mIoU over the 19 train ids is the same).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

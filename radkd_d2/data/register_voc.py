@@ -11,6 +11,7 @@ The start-up check requires ``train_aug.txt`` for both splits: the preparation s
 it after every label (val included), so a finished preparation is what it detects.
 Names: ``voc_aug_sem_seg_train`` (train_aug) and ``voc_aug_sem_seg_val`` (val).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,7 +51,9 @@ def load_voc_aug(voc: Path, split: str, hint: str) -> list[dict]:
         image, label = images / f"{i}.jpg", labels / f"{i}.png"
         for path in (image, label):
             if not path.is_file():
-                raise FileNotFoundError(f"VOC {split}: {path} (listed in {id_list}) is missing. {hint}")
+                raise FileNotFoundError(
+                    f"VOC {split}: {path} (listed in {id_list}) is missing. {hint}"
+                )
         dicts.append({"file_name": str(image), "sem_seg_file_name": str(label), "image_id": i})
     return dicts
 

@@ -15,6 +15,7 @@ weights, teacher config) and the last evaluation in its ``metrics.json``:
 on the same data set. Runs that are missing or unfinished never enter a table; they are listed
 in a section of their own (and in ``runs.csv``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,27 +31,106 @@ REPO = Path(__file__).resolve().parents[2]
 
 # registered loss name -> name in the paper's tables
 LOSS_LABELS = {
-    "naive": "Naive", "md": "MD", "magnitude": "MD", "fitnet": "FitNet", "lad": "LAD", "cad": "CAD",
-    "pad": "PAD", "cwd": "CWD", "mgd": "MGD", "skd": "SKD", "ifvd": "IFVD", "cirkd_minibatch": "CIRKD",
-    "cirkd_memory": "CIRKD", "fgd": "FGD", "pkd": "PKD", "fkd": "FKD", "kd": "KD",
+    "naive": "Naive",
+    "md": "MD",
+    "magnitude": "MD",
+    "fitnet": "FitNet",
+    "lad": "LAD",
+    "cad": "CAD",
+    "pad": "PAD",
+    "cwd": "CWD",
+    "mgd": "MGD",
+    "skd": "SKD",
+    "ifvd": "IFVD",
+    "cirkd_minibatch": "CIRKD",
+    "cirkd_memory": "CIRKD",
+    "fgd": "FGD",
+    "pkd": "PKD",
+    "fkd": "FKD",
+    "kd": "KD",
 }
 # row order inside a student block: the paper's (prior methods first, ours last)
-METHOD_ORDER = ["none", "KD", "Naive", "MD", "FitNet", "SKD", "IFVD", "CWD", "MGD", "CIRKD", "FKD",
-                "FGD", "PKD", "PAD", "CAD", "LAD"]
+METHOD_ORDER = [
+    "none",
+    "KD",
+    "Naive",
+    "MD",
+    "FitNet",
+    "SKD",
+    "IFVD",
+    "CWD",
+    "MGD",
+    "CIRKD",
+    "FKD",
+    "FGD",
+    "PKD",
+    "PAD",
+    "CAD",
+    "LAD",
+]
 HEAD_NAMES = {"PSPHead": "PSPNet", "DeepLabV3Head": "DeepLabV3", "UPerNetHead": "UPerNet"}
 META_NAMES = {"GeneralizedRCNN": "FasterRCNN"}
 # data set name prefix -> display name (longest prefix wins)
 DATASET_NAMES = {
-    "cityscapes": "Cityscapes", "voc": "VOC", "pascal_voc": "VOC", "ade20k": "ADE20K", "ade": "ADE20K",
-    "camvid": "CamVid", "coco": "COCO", "tiny_coco": "tiny-COCO", "synthetic_sem_seg": "Synthetic",
+    "cityscapes": "Cityscapes",
+    "voc": "VOC",
+    "pascal_voc": "VOC",
+    "ade20k": "ADE20K",
+    "ade": "ADE20K",
+    "camvid": "CamVid",
+    "coco": "COCO",
+    "tiny_coco": "tiny-COCO",
+    "synthetic_sem_seg": "Synthetic",
     "synthetic_det": "Synthetic-det",
 }
-SEG_CSV_FIELDS = ["role", "dataset", "teacher", "model", "method", "tap", "weight", "kd_weight",
-                  *SEM_SEG_METRICS, "delta", "baseline_run", "iterations", "run", "path"]
-DET_CSV_FIELDS = ["role", "dataset", "teacher", "model", "method", "tap", "weight", "kd_weight",
-                  *DET_METRICS, *[f"delta_{m}" for m in DET_METRICS], "baseline_run", "iterations", "run", "path"]
-RUNS_CSV_FIELDS = ["run", "status", "note", "role", "task", "dataset", "teacher", "model", "method", "tap",
-                   "weight", "kd_weight", "iterations", "path"]
+SEG_CSV_FIELDS = [
+    "role",
+    "dataset",
+    "teacher",
+    "model",
+    "method",
+    "tap",
+    "weight",
+    "kd_weight",
+    *SEM_SEG_METRICS,
+    "delta",
+    "baseline_run",
+    "iterations",
+    "run",
+    "path",
+]
+DET_CSV_FIELDS = [
+    "role",
+    "dataset",
+    "teacher",
+    "model",
+    "method",
+    "tap",
+    "weight",
+    "kd_weight",
+    *DET_METRICS,
+    *[f"delta_{m}" for m in DET_METRICS],
+    "baseline_run",
+    "iterations",
+    "run",
+    "path",
+]
+RUNS_CSV_FIELDS = [
+    "run",
+    "status",
+    "note",
+    "role",
+    "task",
+    "dataset",
+    "teacher",
+    "model",
+    "method",
+    "tap",
+    "weight",
+    "kd_weight",
+    "iterations",
+    "path",
+]
 
 
 @dataclass
@@ -107,7 +187,8 @@ def backbone_name(cfg: dict) -> str:
     name = str(cfg_get(cfg, "MODEL.BACKBONE.NAME", "") or "")
     low = name.lower()
     if "dilated_resnet" in low:
-        return f"R{cfg_get(cfg, 'MODEL.DRN.DEPTH', '?')}{_width_suffix(cfg_get(cfg, 'MODEL.DRN.WIDTH_MULT'))}"
+        depth, width = cfg_get(cfg, "MODEL.DRN.DEPTH", "?"), cfg_get(cfg, "MODEL.DRN.WIDTH_MULT")
+        return f"R{depth}{_width_suffix(width)}"
     if "resnet" in low:
         prefix = "X" if (cfg_get(cfg, "MODEL.RESNETS.NUM_GROUPS", 1) or 1) > 1 else "R"
         return f"{prefix}{cfg_get(cfg, 'MODEL.RESNETS.DEPTH', '?')}"
@@ -123,7 +204,7 @@ def model_name(cfg: dict) -> str:
     "PSPNet-R18/4", "DeepLabV3-R101", "RetinaNet-X101"."""
     meta = str(cfg_get(cfg, "MODEL.META_ARCHITECTURE", "") or "")
     if meta.startswith("Distill"):
-        meta = cfg_get(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE") or meta[len("Distill"):]
+        meta = cfg_get(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE") or meta[len("Distill") :]
     if not meta:
         return "?"
     if meta == "SemanticSegmentor":
@@ -227,7 +308,11 @@ def describe_run(result: RunResult, role: Optional[str] = None) -> RunInfo:
     if result.task:
         info.task = result.task
     else:
-        student_meta = cfg_get(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE", "") if meta.startswith("Distill") else meta
+        student_meta = (
+            cfg_get(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE", "")
+            if meta.startswith("Distill")
+            else meta
+        )
         info.task = "sem_seg" if "Semantic" in str(student_meta) else "bbox"
     if info.distilled:
         info.teacher = teacher_name(cfg, result.path)
@@ -248,13 +333,19 @@ def assign_roles(infos: List[RunInfo]) -> None:
     for info in infos:
         if info.role == "?" and info.method == "none":
             info.role = "teacher" if (_norm(info.model), info.dataset) in teachers else "baseline"
-    names = {(_norm(i.model), i.dataset): i.model for i in infos if i.role == "teacher" and i.model != "?"}
+    names = {
+        (_norm(i.model), i.dataset): i.model
+        for i in infos
+        if i.role == "teacher" and i.model != "?"
+    }
     for info in infos:
         if info.distilled:
             info.teacher = names.get((_norm(info.teacher), info.dataset), info.teacher)
 
 
-def collect_runs(runs: Iterable, teachers: Iterable = (), baselines: Iterable = ()) -> List[RunInfo]:
+def collect_runs(
+    runs: Iterable, teachers: Iterable = (), baselines: Iterable = ()
+) -> List[RunInfo]:
     """Read and describe run folders; ``teachers``/``baselines`` force those roles."""
     infos = []
     for role, paths in ((None, runs), ("teacher", teachers), ("baseline", baselines)):
@@ -307,14 +398,32 @@ def _order_key(row: dict):
     method = row["method"].split("+")[0]
     m_rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
     w = row["weight"] if row["weight"] is not None else -1.0
-    return role_rank, _tap_rank(row["tap"]), row["tap"], m_rank, row["method"], w, row["kd_weight"], row["run"]
+    return (
+        role_rank,
+        _tap_rank(row["tap"]),
+        row["tap"],
+        m_rank,
+        row["method"],
+        w,
+        row["kd_weight"],
+        row["run"],
+    )
 
 
 def _base_row(info: RunInfo) -> dict:
     return {
-        "role": info.role, "dataset": info.dataset, "teacher": info.teacher, "model": info.model,
-        "method": info.method, "tap": info.tap, "weight": info.weight, "kd_weight": info.kd_weight,
-        "baseline_run": "", "iterations": info.result.progress, "run": info.name, "path": str(info.result.path),
+        "role": info.role,
+        "dataset": info.dataset,
+        "teacher": info.teacher,
+        "model": info.model,
+        "method": info.method,
+        "tap": info.tap,
+        "weight": info.weight,
+        "kd_weight": info.kd_weight,
+        "baseline_run": "",
+        "iterations": info.result.progress,
+        "run": info.name,
+        "path": str(info.result.path),
     }
 
 
@@ -331,7 +440,9 @@ def build_report(infos: List[RunInfo], seg_metric: str = "mIoU") -> Report:
     seg_rows, det_rows = [], []
     for info in done:
         row = _base_row(info)
-        base = baselines.get((info.task, info.model, info.dataset)) if info.role == "student" else None
+        base = (
+            baselines.get((info.task, info.model, info.dataset)) if info.role == "student" else None
+        )
         row["baseline_run"] = base.name if base else ""
         if info.task == "sem_seg":
             for m in SEM_SEG_METRICS:
@@ -383,8 +494,18 @@ def _seg_tables(report: Report) -> List[str]:
     teachers += [r["model"] for r in rows if r["role"] == "teacher" and r["model"] not in teachers]
     out = []
     used_baselines = set()
-    groups = [(t, [r for r in rows if (r["role"] == "student" and r["teacher"] == t)
-                   or (r["role"] == "teacher" and r["model"] == t)]) for t in teachers]
+    groups = [
+        (
+            t,
+            [
+                r
+                for r in rows
+                if (r["role"] == "student" and r["teacher"] == t)
+                or (r["role"] == "teacher" and r["model"] == t)
+            ],
+        )
+        for t in teachers
+    ]
     students_of = {t: {r["model"] for r in g if r["role"] == "student"} for t, g in groups}
     for t, g in groups:
         g += [r for r in rows if r["role"] == "baseline" and r["model"] in students_of[t]]
@@ -393,10 +514,14 @@ def _seg_tables(report: Report) -> List[str]:
     if orphans:
         groups.append(("", orphans))
     for t, g in groups:
-        out.append(f"### {'Teacher ' + t if t else 'Models without a distilled student'}: val {metric} (%)")
+        out.append(
+            f"### {'Teacher ' + t if t else 'Models without a distilled student'}: val {metric} (%)"
+        )
         out.append("")
-        out.append(f"Cells: {metric} (Δ vs the no-KD student of the same model). "
-                   "**Best**/<u>second best</u> distilled result per student and data set.")
+        out.append(
+            f"Cells: {metric} (Δ vs the no-KD student of the same model). "
+            "**Best**/<u>second best</u> distilled result per student and data set."
+        )
         out.append("")
         out.append("| Method | tap | λ | λ_kd | " + " | ".join(datasets) + " |")
         out.append("|---|---|---:|---:|" + "---:|" * len(datasets))
@@ -408,6 +533,7 @@ def _seg_tables(report: Report) -> List[str]:
 def _table_lines(group: List[dict], datasets: List[str], metric: str) -> List[str]:
     """Markdown lines of one teacher group: teacher rows, then per student its baseline and
     distilled rows; a row is one (method, tap, λ, λ_kd) setting, a cell one data set."""
+
     def key(r):
         same = (r["role"], r["model"], r["method"], r["tap"], r["weight"], r["kd_weight"])
         return same
@@ -424,7 +550,10 @@ def _table_lines(group: List[dict], datasets: List[str], metric: str) -> List[st
     for k in teacher_keys:
         lines.append(_md_row(cells[k], datasets, metric, {}, k))
     for s in students:
-        keys = sorted((k for k in cells if k[0] != "teacher" and k[1] == s), key=lambda k: _order_key(cells[k]["row"]))
+        keys = sorted(
+            (k for k in cells if k[0] != "teacher" and k[1] == s),
+            key=lambda k: _order_key(cells[k]["row"]),
+        )
         marks = {}
         for ds in datasets:
             vals = {k: cells[k][ds][metric] for k in keys if ds in cells[k] and k[0] == "student"}
@@ -457,12 +586,19 @@ def _det_tables(report: Report) -> List[str]:
     out = []
     for ds in OrderedDict.fromkeys(r["dataset"] for r in report.det_rows):
         rows = [r for r in report.det_rows if r["dataset"] == ds]
-        out += [f"### {ds}: box AP (%)", "",
-                "Cells: AP (Δ vs the no-KD student of the same model). **Best**/<u>second best</u> distilled AP.",
-                "",
-                "| Teacher | Student | Method | tap | λ | " + " | ".join(DET_METRICS) + " |",
-                "|---|---|---|---|---:|" + "---:|" * len(DET_METRICS)]
-        marks = {m: _rank_marks({i: r[m] for i, r in enumerate(rows) if r["role"] == "student"}) for m in DET_METRICS}
+        out += [
+            f"### {ds}: box AP (%)",
+            "",
+            "Cells: AP (Δ vs the no-KD student of the same model). "
+            "**Best**/<u>second best</u> distilled AP.",
+            "",
+            "| Teacher | Student | Method | tap | λ | " + " | ".join(DET_METRICS) + " |",
+            "|---|---|---|---|---:|" + "---:|" * len(DET_METRICS),
+        ]
+        marks = {
+            m: _rank_marks({i: r[m] for i, r in enumerate(rows) if r["role"] == "student"})
+            for m in DET_METRICS
+        }
         for i, r in enumerate(rows):
             teacher = r["model"] if r["role"] == "teacher" else r["teacher"]
             student = "" if r["role"] == "teacher" else r["model"]
@@ -474,7 +610,11 @@ def _det_tables(report: Report) -> List[str]:
                 if r["role"] == "student" and r[f"delta_{m}"] is not None:
                     text += f" ({_fmt_delta(r[f'delta_{m}'], 1)})"
                 vals.append(text)
-            out.append(f"| {teacher} | {student} | {method} | {r['tap']} | {w} | " + " | ".join(vals) + " |")
+            out.append(
+                f"| {teacher} | {student} | {method} | {r['tap']} | {w} | "
+                + " | ".join(vals)
+                + " |"
+            )
         out.append("")
     return out
 
@@ -484,21 +624,34 @@ def _left_out_section(report: Report) -> List[str]:
     left = report.left_out
     if not left:
         return out + [f"None: all {len(report.runs)} runs finished and are in the tables.", ""]
-    out += ["| run | status | why | iterations | last metrics | folder |", "|---|---|---|---:|---|---|"]
+    out += [
+        "| run | status | why | iterations | last metrics | folder |",
+        "|---|---|---|---:|---|---|",
+    ]
     for i in left:
         last = ", ".join(f"{k} {v:.2f}" for k, v in i.metrics.items()) or "–"
-        out.append(f"| {i.name} | {i.status} | {i.result.note} | {i.result.progress or '–'} | {last} | {i.result.path} |")
+        out.append(
+            f"| {i.name} | {i.status} | {i.result.note} | {i.result.progress or '–'} | {last} "
+            f"| {i.result.path} |"
+        )
     return out + [""]
 
 
 def _runs_section(report: Report) -> List[str]:
-    out = ["## Runs read", "", "| run | status | role | data set | model | teacher | method | tap | λ | λ_kd |",
-           "|---|---|---|---|---|---|---|---|---:|---:|"]
+    out = [
+        "## Runs read",
+        "",
+        "| run | status | role | data set | model | teacher | method | tap | λ | λ_kd |",
+        "|---|---|---|---|---|---|---|---|---:|---:|",
+    ]
     for i in report.runs:
         w = "" if i.weight is None else f"{i.weight:g}"
         kd = f"{i.kd_weight:g}" if i.distilled else ""
-        out.append(f"| {i.name} | {i.status} | {i.role} | {i.dataset} | {i.model} | {i.teacher} | {i.method} "
-                   f"| {i.tap} | {w} | {kd} |")
+        out.append(
+            f"| {i.name} | {i.status} | {i.role} | {i.dataset} | {i.model} | {i.teacher} "
+            f"| {i.method} "
+            f"| {i.tap} | {w} | {kd} |"
+        )
     return out + [""]
 
 
@@ -506,7 +659,11 @@ def report_markdown(report: Report, title: str = "radkd-d2 report") -> str:
     """The whole report: segmentation tables, detection tables, runs left out, runs read."""
     lines = [f"# {title}", ""]
     n_fin = sum(r.status == "finished" for r in report.runs)
-    lines += [f"{len(report.runs)} runs read, {n_fin} finished, {len(report.left_out)} missing or unfinished.", ""]
+    lines += [
+        f"{len(report.runs)} runs read, {n_fin} finished, "
+        f"{len(report.left_out)} missing or unfinished.",
+        "",
+    ]
     if report.seg_rows:
         lines += ["## Semantic segmentation", ""] + _seg_tables(report)
     if report.det_rows:
@@ -514,7 +671,7 @@ def report_markdown(report: Report, title: str = "radkd-d2 report") -> str:
     if not report.seg_rows and not report.det_rows:
         lines += ["No finished run: no table.", ""]
     lines += _left_out_section(report) + _runs_section(report)
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _csv_value(v):
@@ -533,13 +690,15 @@ def _write_csv(path: Path, fields: List[str], rows: List[dict]) -> None:
             w.writerow({k: _csv_value(r.get(k)) for k in fields})
 
 
-def write_report(report: Report, out_dir: str | Path, title: str = "radkd-d2 report") -> Dict[str, Path]:
+def write_report(
+    report: Report, out_dir: str | Path, title: str = "radkd-d2 report"
+) -> Dict[str, Path]:
     """Write ``report.md``, ``segmentation.csv``, ``detection.csv`` (when there are such rows)
     and ``runs.csv`` (every run with its status) under ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "runs": out / "runs.csv"}
-    paths["markdown"].write_text(report_markdown(report, title) + "\n")
+    paths["markdown"].write_text(report_markdown(report, title))
     if report.seg_rows:
         paths["segmentation"] = out / "segmentation.csv"
         # the Δ column is named after the metric it is of: delta_mIoU by default
@@ -549,9 +708,24 @@ def write_report(report: Report, out_dir: str | Path, title: str = "radkd-d2 rep
     if report.det_rows:
         paths["detection"] = out / "detection.csv"
         _write_csv(paths["detection"], DET_CSV_FIELDS, report.det_rows)
-    runs = [{"run": i.name, "status": i.status, "note": i.result.note, "role": i.role, "task": i.task,
-             "dataset": i.dataset, "teacher": i.teacher, "model": i.model, "method": i.method, "tap": i.tap,
-             "weight": i.weight, "kd_weight": i.kd_weight if i.distilled else None,
-             "iterations": i.result.progress, "path": str(i.result.path)} for i in report.runs]
+    runs = [
+        {
+            "run": i.name,
+            "status": i.status,
+            "note": i.result.note,
+            "role": i.role,
+            "task": i.task,
+            "dataset": i.dataset,
+            "teacher": i.teacher,
+            "model": i.model,
+            "method": i.method,
+            "tap": i.tap,
+            "weight": i.weight,
+            "kd_weight": i.kd_weight if i.distilled else None,
+            "iterations": i.result.progress,
+            "path": str(i.result.path),
+        }
+        for i in report.runs
+    ]
     _write_csv(paths["runs"], RUNS_CSV_FIELDS, runs)
     return paths

@@ -4,6 +4,7 @@ A run folder holds what ``tools/train_net.py`` writes: ``config.yaml`` (the full
 ``metrics.json`` (one JSON object per logged iteration, with the EvalHook's ``sem_seg/mIoU`` or
 ``bbox/AP`` rows) and ``log.txt``. Nothing here needs torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -142,7 +143,11 @@ def _log_eval_metrics(log: Path, default_dataset: str) -> Tuple[Dict[str, dict],
         if len(lines) == 2 and task in EVAL_TASKS:
             header, values = lines[0].split(","), lines[1].split(",")
             try:
-                parsed = {k: float(v) for k, v in zip(header, values) if k in SEM_SEG_METRICS + DET_METRICS}
+                parsed = {
+                    k: float(v)
+                    for k, v in zip(header, values)
+                    if k in SEM_SEG_METRICS + DET_METRICS
+                }
             except ValueError:
                 continue
             by_ds.setdefault(dataset, {}).update(parsed)
@@ -188,10 +193,27 @@ def read_run(path: str | Path, name: str | None = None, max_iter: int | None = N
         by_ds, task = _log_eval_metrics(path / "log.txt", default_ds)
         if by_ds:  # evaluated by `train_net.py --eval-only`
             first = by_ds.get(default_ds) or next(iter(by_ds.values()))
-            return RunResult(name, path, "finished", first, -1, None, max_iter, task, by_ds,
-                             "evaluation only (from log.txt)", config)
+            return RunResult(
+                name,
+                path,
+                "finished",
+                first,
+                -1,
+                None,
+                max_iter,
+                task,
+                by_ds,
+                "evaluation only (from log.txt)",
+                config,
+            )
         if not (path / "log.txt").is_file() and not config:
-            return RunResult(name, path, "missing", max_iter=max_iter, note="no metrics.json, log.txt or config.yaml")
+            return RunResult(
+                name,
+                path,
+                "missing",
+                max_iter=max_iter,
+                note="no metrics.json, log.txt or config.yaml",
+            )
         note = crash or "started, but no iteration logged yet"
         return RunResult(name, path, "unfinished", max_iter=max_iter, note=note, config=config)
 
@@ -211,8 +233,19 @@ def read_run(path: str | Path, name: str | None = None, max_iter: int | None = N
         note += "" if metrics else ", never evaluated"
     else:
         note = "trained but not evaluated"
-    return RunResult(name, path, "finished" if done else "unfinished", metrics, last_iter, train_seconds,
-                     max_iter, task, by_ds, note, config)
+    return RunResult(
+        name,
+        path,
+        "finished" if done else "unfinished",
+        metrics,
+        last_iter,
+        train_seconds,
+        max_iter,
+        task,
+        by_ds,
+        note,
+        config,
+    )
 
 
 def read_scalars(path: str | Path, prefix: str = "") -> Dict[str, List[Tuple[int, float]]]:

@@ -170,6 +170,18 @@ class TeacherMixin:
 
     TEACHER_PREFIX = "teacher."
     DISTILL_PREFIXES = ("teacher.", "distiller.")
+    teacher_dtype: torch.dtype = torch.float32  # MODEL.DISTILL.TEACHER.DTYPE, used on GPU only
+
+    def teacher_context(self):
+        """Context for teacher forwards: no autograd graph, and autocast to ``teacher_dtype``
+        on GPU (fp16/bf16 halves the teacher's cost there; losses compute in fp32 anyway)."""
+        device_type = next(self.teacher.parameters()).device.type
+        low = self.teacher_dtype != torch.float32 and device_type == "cuda"
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        if low:
+            stack.enter_context(torch.autocast(device_type, dtype=self.teacher_dtype))
+        return stack
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -193,7 +205,9 @@ class TeacherMixin:
         return {k: v for k, v in self.state_dict().items() if not k.startswith(self.DISTILL_PREFIXES)}
 
 
-def init_student_from_teacher(student: nn.Module, teacher: nn.Module, prefixes: Sequence[str]) -> List[str]:
+def init_student_from_teacher(
+    student: nn.Module, teacher: nn.Module, prefixes: Sequence[str]
+) -> List[str]:
     """Copy teacher parameters and buffers into ``student`` (in place) for every state-dict key
     that starts with one of ``prefixes`` and exists in the teacher with the same shape: the
     MGD/FGD recipe of starting the student's neck and head from the teacher's.
@@ -247,18 +261,3 @@ def init_student_from_teacher(student: nn.Module, teacher: nn.Module, prefixes: 
         )
     return copied
 
-
-_TEACHER_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def teacher_autocast(device: torch.device, dtype: str = "float32"):
-    """Context for the teacher's forward: autocast to ``dtype`` ("float16"/"bfloat16") on CUDA
-    (MODEL.DISTILL.TEACHER.DTYPE); a no-op for "float32" and on CPU."""
-    device = torch.device(device)
-    if dtype == "float32" or device.type != "cuda":
-        return contextlib.nullcontext()
-    if dtype not in _TEACHER_DTYPES:
-        raise ConfigError(
-            f"MODEL.DISTILL.TEACHER.DTYPE = {dtype!r}; choose float32, float16 or bfloat16"
-        )
-    return torch.autocast(device.type, dtype=_TEACHER_DTYPES[dtype])

@@ -1,4 +1,4 @@
-"""MobileNetV2 and Swin backbones (timm wrappers), the UPerNet head, and SemanticSegmentors on them."""
+"""MobileNetV2 and Swin backbones (timm wrappers), the UPerNet head, and segmentors on them."""
 
 import math
 
@@ -80,7 +80,8 @@ def _check_shapes(backbone, size, names=STAGES):
     assert list(features) == list(shapes) == list(names)
     for name, feature in features.items():
         spec = shapes[name]
-        expected = (2, spec.channels, math.ceil(size[0] / spec.stride), math.ceil(size[1] / spec.stride))
+        height, width = (math.ceil(side / spec.stride) for side in size)
+        expected = (2, spec.channels, height, width)
         assert feature.shape == expected, name
         assert torch.isfinite(feature).all()
     return shapes

@@ -81,7 +81,9 @@ def test_backbone_shapes(depth, width_mult, output_stride, channels):
 
 def test_deep_stem_and_dilations():
     r18 = DilatedResNet(depth=18, width_mult=0.25, output_stride=8)
-    assert [getattr(r18.stem, f"conv{i}").out_channels for i in (1, 2, 3)] == [8, 8, 16]
+    assert [getattr(r18.stem, f"conv{i}").out_channels for i in (1, 2, 3)] == [16, 16, 32]
+    v1c = DilatedResNet(depth=18, width_mult=1.0, output_stride=8, stem_out_channels=64)
+    assert [getattr(v1c.stem, f"conv{i}").out_channels for i in (1, 2, 3)] == [32, 32, 64]
     assert [getattr(r18.stem, f"conv{i}").stride for i in (1, 2, 3)] == [(2, 2), (1, 1), (1, 1)]
     # First 3x3 conv of a dilated stage's first block uses half the stage dilation.
     assert r18.res4[0].conv1.dilation == (1, 1) and r18.res4[0].conv2.dilation == (2, 2)

@@ -3,6 +3,7 @@
 Called from :func:`radkd_d2.config.add_radkd_config`; the dilated ResNet keys (``MODEL.DRN``) live
 there.
 """
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_backbone_config"]
@@ -17,7 +18,7 @@ def add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.MOBILENETV2.NORM = "BN"  # "BN", "SyncBN" or "FrozenBN" (timm builds BatchNorm2d)
     cfg.MODEL.MOBILENETV2.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned
 
-    # Swin Transformer (timm SwinTransformer); defaults are Swin-T, Swin-B is 128/[2,2,18,2]/[4..32].
+    # Swin Transformer (timm SwinTransformer). Defaults: Swin-T; Swin-B: 128, [2,2,18,2], [4..32].
     cfg.MODEL.SWIN = CN()
     cfg.MODEL.SWIN.EMBED_DIM = 96  # channels of res2; doubled at every later stage
     cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # transformer blocks per stage
@@ -25,4 +26,4 @@ def add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.SWIN.WINDOW_SIZE = 7  # side of the attention windows (in tokens)
     cfg.MODEL.SWIN.MLP_RATIO = 4.0  # hidden width of the MLPs / channels
     cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3  # stochastic depth (0.3 in the Swin UPerNet recipes)
-    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned (strides 4..32)
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned, strides 4..32

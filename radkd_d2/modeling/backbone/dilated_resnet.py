@@ -3,7 +3,7 @@
 The network is Detectron2's :class:`~detectron2.modeling.backbone.ResNet` with a different stem and
 with atrous (dilated) convolutions replacing the strides of the last stages:
 
-- stem: three 3x3 convs (32, 32, 64 channels, strides 2, 1, 1; each conv + norm + ReLU), then a
+- stem: three 3x3 convs (64, 64, 128 channels by default, MODEL.DRN.STEM_OUT_CHANNELS; strides 2, 1, 1; each conv + norm + ReLU), then a
   3x3 max-pool with stride 2. Stride 4.
 - res2..res5: BasicBlock (depth 18, 34) or BottleneckBlock (depth 50, 101) stages with widths
   64, 128, 256, 512 (x4 output channels for bottlenecks).
@@ -53,7 +53,7 @@ _DILATION_PLAN = {
     32: ((2, 1), (2, 1)),
 }
 _STAGE_WIDTHS = (64, 128, 256, 512)
-_STEM_WIDTHS = (32, 32, 64)
+_STEM_WIDTHS = (64, 64, 128)
 
 
 def scale_width(channels: int, width_mult: float) -> int:
@@ -225,6 +225,7 @@ class DilatedResNet(ResNet):
         out_features: Optional[Sequence[str]] = ("res5",),
         freeze_at: int = 0,
         in_channels: int = 3,
+        stem_out_channels: int = 128,
     ):
         """
         Args:
@@ -236,6 +237,8 @@ class DilatedResNet(ResNet):
             freeze_at: 0 trains everything; 1 freezes the stem; k >= 2 freezes stem..res(k)
                 (parameters get ``requires_grad=False``, BatchNorm becomes FrozenBatchNorm2d).
             in_channels: channels of the input image.
+            stem_out_channels: stem output channels at width 1 (convs: half, half, all):
+                128 as in PSPNet/CIRKD checkpoints, 64 as in mmseg's ResNetV1c.
         """
         if depth not in _DEPTHS:
             raise ValueError(f"DilatedResNet depth must be one of {sorted(_DEPTHS)}, got {depth}")
@@ -245,7 +248,8 @@ class DilatedResNet(ResNet):
                 f"got {output_stride}"
             )
         num_blocks, bottleneck = _DEPTHS[depth]
-        stem = DeepStem(in_channels, [scale_width(c, width_mult) for c in _STEM_WIDTHS], norm=norm)
+        stem_widths = (stem_out_channels // 2, stem_out_channels // 2, stem_out_channels)
+        stem = DeepStem(in_channels, [scale_width(c, width_mult) for c in stem_widths], norm=norm)
         plan: Tuple[Tuple[int, int], ...] = ((1, 1), (2, 1), *_DILATION_PLAN[output_stride])
         stages = []
         channels = stem.out_channels
@@ -288,4 +292,5 @@ def build_dilated_resnet_backbone(cfg, input_shape: ShapeSpec) -> DilatedResNet:
         out_features=cfg.MODEL.DRN.OUT_FEATURES,
         freeze_at=cfg.MODEL.DRN.FREEZE_AT,
         in_channels=input_shape.channels,
+        stem_out_channels=cfg.MODEL.DRN.STEM_OUT_CHANNELS,
     )

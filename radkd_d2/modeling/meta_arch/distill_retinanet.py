@@ -3,6 +3,7 @@
 Total loss: focal classification + box regression + Σ_taps Σ_losses λ·L(connector(F_s), F_t),
 one term per FPN level (p3..p7) and loss, plus any tapped bottom-up stage (res3..res5).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Mapping
@@ -18,7 +19,7 @@ from torch.nn import functional as F
 
 from radkd_d2.engine.checks import ConfigError
 
-from ..distill import FeatureDistiller, TeacherMixin, init_student_from_teacher, parse_taps, teacher_autocast
+from ..distill import FeatureDistiller, TeacherMixin, init_student_from_teacher, parse_taps
 from ..teacher import build_teacher, teacher_input_tensors
 
 
@@ -60,7 +61,9 @@ def fpn_from_bottom_up(fpn: FPN, bottom_up: Mapping[str, torch.Tensor]) -> Dict[
     return results
 
 
-def retinanet_taps(backbone: nn.Module, images: torch.Tensor, with_bottom_up: bool) -> Dict[str, torch.Tensor]:
+def retinanet_taps(
+    backbone: nn.Module, images: torch.Tensor, with_bottom_up: bool
+) -> Dict[str, torch.Tensor]:
     """Backbone outputs (p3..p7) for a normalised, padded B x 3 x H x W batch, plus the
     bottom-up stages (res3..res5) when ``with_bottom_up``."""
     if not with_bottom_up:
@@ -101,7 +104,7 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
         self.teacher = teacher
         self.distiller = distiller
         self.teacher_input_format = teacher_input_format
-        self.teacher_dtype = teacher_dtype
+        self.teacher_dtype = getattr(torch, teacher_dtype)
         self.teacher.eval()
         # bottom-up stages are gathered only when a tap asks for one
         self._student_bottom_up = bool(distiller.student_positions - set(self.backbone.output_shape()))
@@ -117,7 +120,10 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
                 "segmentation; set it to 0.0 for DistillRetinaNet and distil features via TAPS"
             )
         teacher, tcfg = build_teacher(
-            dcfg.TEACHER.CONFIG_FILE, dcfg.TEACHER.WEIGHTS, device=cfg.MODEL.DEVICE, strict=dcfg.TEACHER.STRICT,
+            dcfg.TEACHER.CONFIG_FILE,
+            dcfg.TEACHER.WEIGHTS,
+            device=cfg.MODEL.DEVICE,
+            strict=dcfg.TEACHER.STRICT,
             opts=dcfg.TEACHER.OPTS,
         )
         if not isinstance(teacher, RetinaNet):
@@ -156,20 +162,21 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
         ret.update(teacher=teacher, teacher_input_format=tcfg.INPUT.FORMAT, teacher_dtype=dcfg.TEACHER.DTYPE)
         return ret
 
-    @torch.no_grad()
     def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
         """The teacher's tapped features (float32) for a batch, from its own normalisation and
-        channel order."""
+        channel order, without autograd (autocast to MODEL.DISTILL.TEACHER.DTYPE on GPU)."""
         t = self.teacher
-        images = teacher_input_tensors(batched_inputs, self.input_format, self.teacher_input_format, t.device)
-        images = ImageList.from_tensors(
-            [(x - t.pixel_mean) / t.pixel_std for x in images],
-            t.backbone.size_divisibility,
-            padding_constraints=t.backbone.padding_constraints,
-        )
-        with teacher_autocast(t.device, self.teacher_dtype):
+        with self.teacher_context():
+            images = teacher_input_tensors(
+                batched_inputs, self.input_format, self.teacher_input_format, t.device
+            )
+            images = ImageList.from_tensors(
+                [(x - t.pixel_mean) / t.pixel_std for x in images],
+                t.backbone.size_divisibility,
+                padding_constraints=t.backbone.padding_constraints,
+            )
             feats = retinanet_taps(t.backbone, images.tensor, self._teacher_bottom_up)
-        return {k: feats[k].float() for k in self.distiller.teacher_positions}
+            return {k: feats[k].float() for k in self.distiller.teacher_positions}
 
     def forward(self, batched_inputs: List[dict]):
         if not self.training:

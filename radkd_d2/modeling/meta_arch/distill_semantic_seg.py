@@ -58,12 +58,14 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
         distiller: FeatureDistiller,
         input_format: str = "RGB",
         teacher_input_format: str = "RGB",
+        teacher_dtype: str = "float32",
     ):
         super().__init__(backbone=backbone, sem_seg_head=sem_seg_head, pixel_mean=pixel_mean, pixel_std=pixel_std)
         self.teacher = teacher
         self.distiller = distiller
         self.input_format = input_format
         self.teacher_input_format = teacher_input_format
+        self.teacher_dtype = getattr(torch, teacher_dtype)
         self.teacher.eval()
 
     @classmethod
@@ -96,12 +98,20 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
             loss_cfg=cfg,
             diagnostics_period=dcfg.DIAGNOSTICS_PERIOD,
         )
-        ret.update(teacher=teacher, input_format=cfg.INPUT.FORMAT, teacher_input_format=tcfg.INPUT.FORMAT)
+        ret.update(
+            teacher=teacher,
+            input_format=cfg.INPUT.FORMAT,
+            teacher_input_format=tcfg.INPUT.FORMAT,
+            teacher_dtype=dcfg.TEACHER.DTYPE,
+        )
         return ret
 
-    @torch.no_grad()
     def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
         """The teacher's tapped features for a batch (its own normalisation and channel order)."""
+        with self.teacher_context():
+            return self._teacher_features(batched_inputs)
+
+    def _teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
         t = self.teacher
         images = teacher_input_tensors(batched_inputs, self.input_format, self.teacher_input_format, t.device)
         images = ImageList.from_tensors(

@@ -1,0 +1,240 @@
+"""The config matrix of Tables 1, 3, 5 and 6: generated files up to date, every config loads with
+the keys the index says, every teacher/student builds (reduced size) with its taps, and one
+distillation step per (table, method, student family) gives finite losses."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import pytest
+import torch
+import yaml
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from conftest import REPO, load_cfg
+from radkd_d2.configs_index import (
+    DATASETS,
+    REDUCED_DISTILL_OPTS,
+    TABLES,
+    all_rows,
+    all_runs,
+    reduced_size_opts,
+    select_rows,
+)
+from radkd_d2.modeling.distill import FeatureDistiller, parse_taps
+from radkd_d2.modeling.meta_arch.distill_semantic_seg import seg_tap_shapes
+from radkd_d2.modeling.teacher import load_teacher_cfg
+
+RUNS = all_runs()
+DISTILL = [r for r in RUNS if r.role == "distill"]
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str, opts: tuple):
+    return load_cfg(path, *opts, validate=False)
+
+
+def load_run(run, *opts):
+    """The run's config (cached: each file is read once per session), a mutable copy."""
+    cfg = _load(run.path, tuple(map(str, opts))).clone()
+    cfg.defrost()
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def teacher_cfg(config_file: str):
+    return load_teacher_cfg(str(REPO / config_file), "cpu")
+
+
+def test_generator_check_passes():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "make_config_matrix.py"), "--check"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_generator_check_detects_an_edit(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "make_config_matrix", REPO / "tools" / "make_config_matrix.py"
+    )
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    files = gen.expected_files()
+    assert files == gen.expected_files()  # deterministic
+    shutil.copytree(REPO / "configs" / "models", tmp_path / "configs" / "models")
+    monkeypatch.setattr(gen, "REPO", tmp_path)
+    assert gen.main(["--check"]) == 1  # nothing written yet
+    assert gen.main([]) == 0 and gen.main(["--check"]) == 0
+    target = tmp_path / DISTILL[0].path
+    target.write_text(target.read_text().replace("KD_WEIGHT", "KD_WEIGHT: 1.0\n    #"))
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0 and gen.main(["--check"]) == 0
+    stale = tmp_path / "configs" / "voc" / "old_run_voc.yaml"  # a file no longer generated
+    stale.write_text(gen.GENERATED + "\n")
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0 and not stale.exists() and gen.main(["--check"]) == 0
+
+
+def test_matrix_covers_the_tables():
+    names = {r.name for r in RUNS}
+    assert len(names) == len(RUNS) and len(DISTILL) >= 90
+    counts = defaultdict(int)
+    for row in all_rows():
+        counts[row.table, row.dataset] += 1
+    # Table 1: teacher + 4 students x (baseline + 5 or 6 methods); 3: 5 rows; 5: 12; 6: 5
+    for d in ("cityscapes", "voc", "ade20k"):
+        assert (counts[1, d], counts[3, d], counts[5, d]) == (1 + 4 + 22, 5, 12)
+    assert counts[6, "cityscapes"] == counts[6, "ade20k"] == 5 and (6, "voc") not in counts
+    for row in all_rows():
+        assert (REPO / row.run.path).is_file(), row.run.path
+        assert row.paper_miou is not None and 15 < row.paper_miou < 90
+
+
+def test_listing_tool_prints_every_row():
+    tool = REPO / "tools" / "list_configs.py"
+    for table in TABLES:
+        out = subprocess.run([sys.executable, str(tool), "--table", str(table)], capture_output=True,
+                             text=True, timeout=60, check=True).stdout  # fmt: skip
+        for row in select_rows(table):
+            assert row.run.path in out
+            assert f"--config-file {row.run.path} --num-gpus 8" in out
+    readme = (REPO / "configs" / "README.md").read_text()
+    assert all(row.run.name in readme for row in all_rows())
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda r: r.name)
+def test_config_loads_as_indexed(run):
+    cfg = load_run(run)
+    d = DATASETS[run.dataset.key]
+    assert cfg.DATASETS.TRAIN == (d.train,) and cfg.DATASETS.TEST == (d.test,)
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == d.num_classes
+    assert tuple(cfg.INPUT.SEM_SEG.CROP_SIZE) == d.crop and cfg.SOLVER.IMS_PER_BATCH == 16
+    assert cfg.SOLVER.MAX_ITER == run.recipe.iterations(d) and cfg.OUTPUT_DIR == run.output_dir
+    # the model section is that of configs/models/<model>.yaml
+    model = yaml.safe_load((REPO / "configs" / "models" / f"{run.model.key}.yaml").read_text())
+    for node, values in model["MODEL"].items():
+        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+            if run.role != "teacher" and f"{node}.{key}" in dict(run.recipe.student_model):
+                continue
+            got = cfg.MODEL[node][key] if key else cfg.MODEL[node]
+            assert (list(got) if isinstance(got, tuple) else got) == value, (node, key)
+    if run.role == "distill":
+        dcfg = cfg.MODEL.DISTILL
+        assert cfg.MODEL.META_ARCHITECTURE == "DistillSemanticSegmentor"
+        assert [tuple(t) for t in dcfg.TAPS] == list(run.method.taps)
+        assert dcfg.KD_WEIGHT == run.method.kd_weight
+        assert dcfg.TEACHER.CONFIG_FILE == run.teacher_run.path
+        assert dcfg.TEACHER.WEIGHTS == f"{run.teacher_run.output_dir}/model_final.pth"
+        tcfg = teacher_cfg(dcfg.TEACHER.CONFIG_FILE)
+        assert tcfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == d.num_classes
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Reduced-size models, built once per distinct MODEL section (shared by the configs)."""
+    cache = {}
+
+    def get(cfg):
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+        cfg.MODEL.DISTILL.TAPS, cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = [], ""
+        cfg.merge_from_list(reduced_size_opts(cfg))
+        key = cfg.MODEL.dump()
+        if key not in cache:
+            cache[key] = build_model(cfg)
+        return cache[key]
+
+    return get
+
+
+def test_every_distillation_builds_teacher_student_and_taps(built):
+    """All distillation configs: student and teacher (reduced) build and every tap resolves."""
+    for run in DISTILL:
+        cfg = load_run(run, *REDUCED_DISTILL_OPTS)
+        student = built(cfg)
+        teacher = built(teacher_cfg(cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE))
+        distiller = FeatureDistiller(
+            parse_taps(cfg.MODEL.DISTILL.TAPS, cfg.MODEL.DISTILL.KD_WEIGHT),
+            seg_tap_shapes(student),
+            seg_tap_shapes(teacher),
+            connector=cfg.MODEL.DISTILL.CONNECTOR,
+            loss_cfg=cfg,
+        )
+        assert len(distiller.losses) == len(run.method.taps) + (run.method.kd_weight > 0), run.name
+
+
+def _step_samples():
+    """One distillation config per (table, method, student family), rotating over the data sets
+    (and, in Table 5, the positions); a file already sampled is not run twice. Every config's
+    parts are built by test_every_distillation_builds_teacher_student_and_taps."""
+    by_key = defaultdict(list)
+    for row in all_rows():
+        run = row.run
+        if run.role == "distill":  # Table 5 (one family): one per method, positions rotate
+            tap = "" if row.table == 5 else run.method.tap
+            by_key[row.table, run.method.key, tap, run.model.family].append(run)
+    samples = {}
+    for i, runs in enumerate(by_key.values()):
+        run = runs[i % len(runs)]
+        samples.setdefault(run.path, run)
+    return list(samples.values())
+
+
+STEP_TIMES = defaultdict(list)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny convs gain nothing from two, and idle threads spin on a
+    shared machine (and would count in the CPU time reported)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("run", _step_samples(), ids=lambda r: r.name)
+def test_one_distillation_step(run, one_thread):
+    cfg = load_run(
+        run, "MODEL.DISTILL.TEACHER.WEIGHTS", "", *REDUCED_DISTILL_OPTS
+    )  # random teacher
+    tcfg = teacher_cfg(cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE)
+    cfg.merge_from_list(reduced_size_opts(cfg))
+    cfg.MODEL.DISTILL.TEACHER.OPTS = reduced_size_opts(tcfg)
+    cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = str(REPO / cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE)
+    model = build_model(cfg)
+    model.train()
+    k = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    batch = []
+    for _ in range(2):
+        label = torch.randint(0, k, (64, 64))
+        label[:4] = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        batch.append({"image": torch.randint(0, 256, (3, 64, 64)).float(), "sem_seg": label})
+    with EventStorage():
+        start = time.process_time()
+        losses = model(batch)
+        sum(losses.values()).backward()
+        STEP_TIMES[run.model.family].append(time.process_time() - start)
+    assert any(k.startswith("loss_distill_") for k in losses), losses
+    for name, value in losses.items():
+        assert math.isfinite(value.item()), (name, value.item())
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert any(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_report_step_times():
+    """CPU seconds of one reduced-size distillation step per student family (run with -s)."""
+    for family, times in sorted(STEP_TIMES.items()):
+        print(
+            f"{family:16s} {min(times):.3f}s min  {sum(times) / len(times):.3f}s mean  ({len(times)} configs)"
+        )
