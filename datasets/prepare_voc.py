@@ -7,7 +7,8 @@ Expected layout (VOCtrainval_11-May-2012.tar and SBD's benchmark.tgz unpacked)::
     <root>/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
     <root>/VOCdevkit/VOC2012/SegmentationClass/<id>.png        (palette PNGs)
     <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt
-    <sbd>/dataset/cls/<id>.mat  <sbd>/dataset/{train,val}.txt  (default <sbd>: <root>/benchmark_RELEASE)
+    <sbd>/dataset/cls/<id>.mat  <sbd>/dataset/{train,val}.txt   (<sbd>: --sbd, default
+                                                                <root>/benchmark_RELEASE)
 
 Writes, under ``VOCdevkit/VOC2012``:
 

@@ -202,7 +202,8 @@ _METHOD_LIST = [
     ),
     MethodSpec(
         "cirkd", "decoder", "CIRKD",
-        (("decoder", "decoder", "cirkd_minibatch", 1.0), ("decoder", "decoder", "cirkd_memory", 1.0)),
+        (("decoder", "decoder", "cirkd_minibatch", 1.0),
+         ("decoder", "decoder", "cirkd_memory", 1.0)),
         1.0,
         "CIRKD (Yang et al., CVPR 2022), winycg/CIRKD train_cirkd.py: on the feature after ASPP "
         "(decoder), mini-batch pixel-to-pixel weight 1 (--lambda-minibatch-pixel 1), memory "
@@ -301,8 +302,10 @@ _T1 = {  # Cityscapes, VOC, ADE20K
                       "cad": (77.36, 74.91, 37.91), "lad": (77.47, 74.93, 39.66)},
 }  # fmt: skip
 _T1_TEACHER = (79.76, 78.52, 44.39)
-_T3 = {"teacher": (78.07, 77.67, 42.70), "student": (74.21, 73.21, 33.91),
-       "cirkd": (76.38, 74.50, 35.41), "cad": (76.81, 74.94, 37.18), "lad": (76.78, 75.53, 38.61)}  # fmt: skip
+_T3 = {  # Cityscapes, VOC, ADE20K
+    "teacher": (78.07, 77.67, 42.70), "student": (74.21, 73.21, 33.91),
+    "cirkd": (76.38, 74.50, 35.41), "cad": (76.81, 74.94, 37.18), "lad": (76.78, 75.53, 38.61),
+}  # fmt: skip
 _T5 = {  # (method, tap) -> Cityscapes, VOC, ADE20K
     ("naive", "res5"): (74.50, 71.98, 35.36), ("pad", "res5"): (75.52, 74.81, 39.36),
     ("cad", "res5"): (76.77, 75.72, 38.99), ("lad", "res5"): (76.86, 75.74, 39.63),
@@ -311,8 +314,10 @@ _T5 = {  # (method, tap) -> Cityscapes, VOC, ADE20K
     ("naive", "logits"): (73.73, 63.84, 29.68), ("pad", "logits"): (75.25, 69.43, 31.18),
     ("cad", "logits"): (75.19, 71.40, 37.92), ("lad", "logits"): (74.96, 70.11, 31.18),
 }  # fmt: skip
-_T6 = {"teacher": (81.17, 47.99), "student": (77.94, 43.72), "cwd": (79.38, 45.08),
-       "lad": (79.51, 45.47), "cad": (79.54, 46.12)}  # Cityscapes, ADE20K  # fmt: skip
+_T6 = {  # Cityscapes, ADE20K
+    "teacher": (81.17, 47.99), "student": (77.94, 43.72), "cwd": (79.38, 45.08),
+    "lad": (79.51, 45.47), "cad": (79.54, 46.12),
+}  # fmt: skip
 
 _T1_METHODS = {  # Table 1 row order per student (no MGD rows for the DeepLabV3 students)
     "pspnet_r18": ("skd", "ifvd", "cwd", "mgd", "cad", "lad"),
@@ -326,7 +331,7 @@ _TAP_TITLE = {"res5": "backbone", "decoder": "decoder", "logits": "logits"}
 
 TABLES = {
     1: "Table 1: teacher PSPNet-R101 -> four students, val mIoU (Cityscapes, VOC, ADE20K)",
-    3: "Table 3: CIRKD's setup, DeepLabV3-R101 -> DeepLabV3-R18 (rows marked * are CIRKD's numbers)",
+    3: "Table 3: CIRKD's setup, DeepLabV3-R101 -> DeepLabV3-R18 (* rows: CIRKD's numbers)",
     5: "Table 5: distillation position, PSPNet-R101 -> PSPNet-R18",
     6: "Table 6: UPerNet-SwinB -> UPerNet-SwinT",
 }
@@ -462,6 +467,12 @@ def markdown_tables(rows: Optional[Sequence[Row]] = None, num_gpus: int = 8) -> 
     out = []
     for (table, dataset), group in _groups(rows):
         out += [f"### {TABLES[table]} -- {DATASETS[dataset].title}", ""]
+        out += [
+            f"Train a row: `python tools/train_net.py --config-file configs/{dataset}/<config>.yaml"
+            f" --num-gpus {num_gpus}`; distillation rows need their teacher (a `teacher_*`"
+            " config) trained first.",
+            "",
+        ]
         out += ["| Row | Paper mIoU | Config |", "| --- | ---: | --- |"]
         for r in group:
             miou = f"{r.paper_miou:.2f}" if r.paper_miou is not None else "-"
@@ -480,7 +491,8 @@ _REDUCED = {
 _REDUCED_SWIN_DIM = {96: "16", 128: "24"}  # Swin-T / Swin-B embed dim -> reduced, T != B kept
 REDUCED_DISTILL_OPTS = [  # CIRKD's banks hold 20000 pixels per class at full size (GBs on ADE20K)
     "MODEL.DISTILL.CIRKD.PIXEL_MEMORY_SIZE", "64", "MODEL.DISTILL.CIRKD.REGION_MEMORY_SIZE", "8",
-    "MODEL.DISTILL.CIRKD.PIXEL_CONTRAST_SIZE", "64", "MODEL.DISTILL.CIRKD.REGION_CONTRAST_SIZE", "16",
+    "MODEL.DISTILL.CIRKD.PIXEL_CONTRAST_SIZE", "64",
+    "MODEL.DISTILL.CIRKD.REGION_CONTRAST_SIZE", "16",
 ]  # fmt: skip
 
 

@@ -102,8 +102,8 @@ def test_matrix_covers_the_tables():
 def test_listing_tool_prints_every_row():
     tool = REPO / "tools" / "list_configs.py"
     for table in TABLES:
-        out = subprocess.run([sys.executable, str(tool), "--table", str(table)], capture_output=True,
-                             text=True, timeout=60, check=True).stdout  # fmt: skip
+        cmd = [sys.executable, str(tool), "--table", str(table)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
         for row in select_rows(table):
             assert row.run.path in out
             assert f"--config-file {row.run.path} --num-gpus 8" in out
@@ -235,6 +235,5 @@ def test_one_distillation_step(run, one_thread):
 def test_report_step_times():
     """CPU seconds of one reduced-size distillation step per student family (run with -s)."""
     for family, times in sorted(STEP_TIMES.items()):
-        print(
-            f"{family:16s} {min(times):.3f}s min  {sum(times) / len(times):.3f}s mean  ({len(times)} configs)"
-        )
+        mean = sum(times) / len(times)
+        print(f"{family:16s} {min(times):.3f}s min  {mean:.3f}s mean  ({len(times)} configs)")

@@ -7,7 +7,11 @@ from detectron2.modeling import build_model
 
 from conftest import REPO, load_cfg
 
-CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
+# The paper's config matrix (cityscapes/, voc/, ade20k/) is generated from radkd_d2/configs_index.py
+# and every file of it is loaded and built at reduced size by tests/test_config_matrix.py.
+MATRIX_DIRS = ("cityscapes", "voc", "ade20k")
+ALL_CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
+CONFIGS = [c for c in ALL_CONFIGS if c.parts[1] not in MATRIX_DIRS]
 
 
 def _shrink(cfg):
@@ -45,7 +49,7 @@ def test_configs_found():
 
 
 def test_base_paths_stay_inside_configs():
-    for config in CONFIGS:
+    for config in ALL_CONFIGS:
         for line in (REPO / config).read_text().splitlines():
             if line.startswith("_BASE_"):
                 base = (REPO / config).parent / line.split(":", 1)[1].strip().strip("\"'")

@@ -107,8 +107,8 @@ def _matrix(value, name: bytes = b"") -> bytes:
     or ("sparse",) placeholder."""
 
     def head(mx_class, dims, extra=0):
-        return (_el(6, struct.pack("<II", mx_class, extra)) + _el(5, struct.pack(f"<{len(dims)}i", *dims))
-                + _el(1, name))  # fmt: skip
+        flags = _el(6, struct.pack("<II", mx_class, extra))
+        return flags + _el(5, struct.pack(f"<{len(dims)}i", *dims)) + _el(1, name)
 
     if isinstance(value, dict):
         names = b"".join(k.encode().ljust(32, b"\0") for k in value)
@@ -129,8 +129,12 @@ def _matrix(value, name: bytes = b"") -> bytes:
 
 
 def write_sbd_mat(path: Path, seg: np.ndarray, compressed: bool) -> None:
-    gt = {"Boundaries": [("sparse",), ("sparse",)], "Segmentation": seg.astype(np.uint8),
-          "CategoriesPresent": np.unique(seg[seg > 0]).astype(np.float64).reshape(-1, 1)}  # fmt: skip
+    present = np.unique(seg[seg > 0]).astype(np.float64).reshape(-1, 1)
+    gt = {
+        "Boundaries": [("sparse",), ("sparse",)],
+        "Segmentation": seg.astype(np.uint8),
+        "CategoriesPresent": present,
+    }
     element = _matrix(gt, b"GTcls")
     if compressed:
         data = zlib.compress(element)

@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num-gpus", type=int, default=8, help="--num-gpus of the commands")
     args = parser.parse_args(argv)
     rows = index.select_rows(args.table, args.dataset)
+    if not rows:
+        print(f"no rows: Table {args.table} has no {args.dataset} column", file=sys.stderr)
+        return 1
     if args.format == "markdown":
         print(index.markdown_tables(rows))
     elif args.format == "commands":

@@ -159,8 +159,8 @@ def load_model(key: str) -> tuple[dict, List[str]]:
     data = yaml.safe_load(text) or {}
     if data.get("_BASE_") != "../Base-SemSeg.yaml" or set(data) - {"_BASE_", "MODEL"}:
         raise ValueError(
-            f'{path.relative_to(REPO)}: a model base must be `_BASE_: "../Base-SemSeg.yaml"` plus a '
-            f"MODEL section only (found keys {sorted(data)})"
+            f'{path.relative_to(REPO)}: a model base must be `_BASE_: "../Base-SemSeg.yaml"` '
+            f"plus a MODEL section only (found keys {sorted(data)})"
         )
     owned = flat_keys(recipe_dict(next(iter(DATASETS.values()))))
     clash = sorted(flat_keys({"MODEL": data["MODEL"]}) & owned)

@@ -7,8 +7,10 @@ Expected layout under ``<root>/cityscapes`` (the official download)::
 
 ``*_gtFine_labelTrainIds.png`` is not in the download: ``datasets/prepare_cityscapes.py`` writes
 it, and last ``gtFine/<split>_labelTrainIds.txt`` (the list of files it wrote), whose presence
-the start-up check requires, so data that was downloaded but not prepared fails early. Names: ``cityscapes_fine_sem_seg_{train,val}`` -- Detectron2's built-in names, re-registered
-here under ``DATASETS.ROOT`` with ``evaluator_type="sem_seg"`` (Detectron2's
+the start-up check requires, so data that was downloaded but not prepared fails early.
+
+Names: ``cityscapes_fine_sem_seg_{train,val}`` -- Detectron2's built-in names, re-registered here
+under ``DATASETS.ROOT`` with ``evaluator_type="sem_seg"`` (Detectron2's
 ``cityscapes_sem_seg`` evaluator needs cityscapesscripts; mIoU over the 19 train ids is the same).
 """
 
