@@ -131,7 +131,8 @@ def test_torchvision_resnet_to_detectron2_resnet_parity(depth, norm):
 
 def test_torchvision_resnet_into_deep_stem_needs_allow_partial_and_keeps_dilation():
     tv = _randomize(torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True]))
-    ours = DilatedResNet(depth=50, output_stride=8, out_features=["res5"]).eval()
+    # torchvision layer1 expects a 64-channel stem output: the mmseg-V1c-width deep stem
+    ours = DilatedResNet(depth=50, output_stride=8, out_features=["res5"], stem_out_channels=64).eval()
     with pytest.raises(WeightConversionError) as err:
         CONVERTERS["torchvision_resnet"](tv.state_dict(), ours)
     message = str(err.value)
@@ -346,13 +347,13 @@ def test_cirkd_backbone_checkpoint_ignores_classifier(psp_model):
 
 
 def test_cirkd_released_stem_width_is_reported_as_shape_mismatch(psp_model):
-    """CIRKD's resnet*_v1s stems are 64/64/128 wide (ours 32/32/64 x WIDTH_MULT): listed."""
+    """A stem of another width (CIRKD's 64/64/128 vs a narrowed model) is listed with shapes."""
     exported, _ = to_source_naming("cirkd_resnet", psp_model.state_dict(), full=True)
     exported["pretrained.conv1.weight"] = torch.zeros(64, 3, 3, 3)
     with pytest.raises(WeightConversionError) as err:
         CONVERTERS["cirkd_resnet"](exported, psp_model)
     assert (
-        "pretrained.conv1.weight -> backbone.stem.conv1.weight: (64, 3, 3, 3) vs (8, 3, 3, 3)"
+        "pretrained.conv1.weight -> backbone.stem.conv1.weight: (64, 3, 3, 3) vs (16, 3, 3, 3)"
         in str(err.value)
     )
     state, report = CONVERTERS["cirkd_resnet"](exported, psp_model, allow_partial=True)

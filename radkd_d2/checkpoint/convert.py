@@ -465,8 +465,8 @@ def _plan_cirkd_resnet(
     notes = [
         f"CIRKD stem naming: {variant} ("
         + ("conv1.{0,1,3,4,6} + bn1" if variant == "sequential" else "conv1-3 + bn1-3")
-        + "); CIRKD's released ResNetV1s stems are 64/64/128 channels wide, the dilated ResNet's "
-        "32/32/64 (x WIDTH_MULT): such checkpoints show shape mismatches in the stem and res2.0"
+        + "); CIRKD's released ResNetV1s stems are 64/64/128 channels wide, as the dilated "
+        "ResNet's default MODEL.DRN.STEM_OUT_CHANNELS 128 at WIDTH_MULT 1"
     ]
     scope: Tuple[str, ...] = (p,)
     if full:
