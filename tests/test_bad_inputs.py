@@ -52,3 +52,68 @@ def test_bad_config_values(tmp_path, key, value, match):
 
 def test_unknown_config_key(tmp_path):
     _fails(tmp_path, "--config-file", SEG, "MODEL.DISTILL.TAPZ", "[]", match="MODEL.DISTILL.TAPZ")
+
+
+def _no_results(out):
+    """Nothing half-written: no checkpoint, no training metrics (Detectron2's writers may
+    leave an empty metrics.json when a run stops before its first iteration)."""
+    metrics = out / "metrics.json"
+    return not list(out.rglob("*.pth")) and (not metrics.exists() or not metrics.read_text().strip())
+
+
+def test_output_dir_not_writable(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match="OUTPUT_DIR = .* is not writable: .*a_file is a file"):
+        load_cfg(SEG, "OUTPUT_DIR", tmp_path / "a_file" / "run", data_root=tmp_path)
+
+
+def test_corrupt_image_file_names_it(tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    small = ["DATASETS.SYNTHETIC.NUM_TRAIN", 4, "DATASETS.SYNTHETIC.NUM_VAL", 2, "DATASETS.SYNTHETIC.SIZE", 64,
+             "INPUT.SEM_SEG.CROP_SIZE", "(64, 64)", "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 2]
+    root = tmp_path / "data"
+    load_cfg(SEG, *small, data_root=root)
+    dicts = DatasetCatalog.get("synthetic_sem_seg_train")  # generates the files
+    for d in dicts:
+        open(d["file_name"], "wb").write(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    proc = run_train_net("--config-file", SEG, "MODEL.DEVICE", "cpu", "DATASETS.ROOT", root, *small,
+                         "OUTPUT_DIR", out, check=False, timeout=180)
+    assert proc.returncode != 0
+    assert re.search(r"ValueError: cannot read \S+/images/\d+\.png", proc.stderr), proc.stderr[-2000:]
+    assert _no_results(out)
+
+
+def _coco_folder(root, images, annotations, name="mini"):
+    import json
+
+    (root / name / "annotations").mkdir(parents=True)
+    (root / name / "train2017").mkdir()
+    (root / name / "train2017" / "a.jpg").write_bytes(b"x")
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+    (root / name / "annotations" / "instances_train2017.json").write_text(json.dumps(coco))
+
+
+def test_coco_box_outside_image(tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    from radkd_d2.data import register_coco_folder
+
+    _coco_folder(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+                 [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [30, 5, 20, 10], "area": 200, "iscrowd": 0}])
+    register_coco_folder("mini", str(tmp_path), splits=("train2017",))
+    with pytest.raises(ValueError, match=r"annotation 7 of image 1 has bbox \[30, 5, 20, 10\] .* outside the 40x30 image"):
+        DatasetCatalog.get("mini_train2017")
+
+
+def test_empty_dataset(tmp_path):
+    _coco_folder(tmp_path / "data", [], [], name="tiny_coco")  # a COCO folder with no image
+    out = tmp_path / "out"
+    proc = run_train_net(
+        "--config-file", REPO / "configs/synthetic/retinanet_r18_tiny.yaml", "MODEL.DEVICE", "cpu",
+        "DATASETS.ROOT", tmp_path / "data", "DATASETS.TRAIN", "('tiny_coco_train2017',)",
+        "DATASETS.TEST", "()", "OUTPUT_DIR", out, check=False, timeout=180,
+    )
+    assert proc.returncode != 0 and "Dataset 'tiny_coco_train2017' is empty!" in proc.stderr
+    assert _no_results(out)

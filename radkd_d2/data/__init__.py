@@ -1,6 +1,6 @@
 """Dataset registration and mappers. Importing registers the default data sets."""
 from .common import datasets_root
-from .mappers import RandomScale, SemSegDatasetMapper
+from .mappers import RandomScale, ReadableDatasetMapper, SemSegDatasetMapper
 from .register_ade20k import register_ade20k
 from .register_camvid import register_camvid
 from .register_cityscapes import register_cityscapes

@@ -46,7 +46,19 @@ def build_sem_seg_train_augmentation(cfg) -> list[T.Augmentation]:
     return augs
 
 
-class SemSegDatasetMapper(DatasetMapper):
+class ReadableDatasetMapper(DatasetMapper):
+    """Detectron2's DatasetMapper; an image or label file that cannot be decoded fails with
+    one error naming the file (instead of a PIL traceback from inside a data-loader worker)."""
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
+            files = [dataset_dict.get(k) for k in ("file_name", "sem_seg_file_name") if dataset_dict.get(k)]
+            raise ValueError(f"cannot read {' / '.join(files)}: {type(e).__name__}: {e}") from e
+
+
+class SemSegDatasetMapper(ReadableDatasetMapper):
     """Detectron2's DatasetMapper for semantic segmentation, plus a label check: every label
     value must be a class index (< number of classes) or the dataset's ignore label; anything
     else is an error naming the file, instead of silent garbage in the loss."""

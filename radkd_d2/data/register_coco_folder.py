@@ -21,10 +21,26 @@ def load_coco_folder(json_file: Path, image_root: Path, name: str) -> list[dict]
     if not json_file.is_file():
         raise FileNotFoundError(f"{name}: annotation file {json_file} does not exist. {fix}")
     try:
-        json.loads(json_file.read_text())
+        coco = json.loads(json_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{name}: {json_file} is not valid JSON ({e}).") from None
+    check_boxes_inside(coco, json_file)
     return load_coco_json(str(json_file), str(image_root), name)
+
+
+def check_boxes_inside(coco: dict, json_file, tolerance: float = 1.0) -> None:
+    """Fail naming the annotation when a box has a non-positive size or leaves its image by
+    more than ``tolerance`` pixels (COCO's own rounding stays inside that)."""
+    sizes = {img["id"]: (img.get("width"), img.get("height")) for img in coco.get("images", [])}
+    for ann in coco.get("annotations", []):
+        x, y, w, h = ann["bbox"]
+        iw, ih = sizes.get(ann["image_id"], (None, None))
+        outside = iw is not None and (x < -tolerance or y < -tolerance or x + w > iw + tolerance or y + h > ih + tolerance)
+        if w <= 0 or h <= 0 or outside:
+            raise ValueError(
+                f"{json_file}: annotation {ann.get('id')} of image {ann['image_id']} has bbox "
+                f"{[x, y, w, h]} (xywh) outside the {iw}x{ih} image or of empty size"
+            )
 
 
 def register_coco_folder(name: str, root: str = "", splits=("train2017", "val2017")) -> None:

@@ -67,6 +67,24 @@ def _check_sem_seg_meta(cfg, name, meta) -> None:
         )
 
 
+def check_output_dir(cfg) -> None:
+    """OUTPUT_DIR can be created and written (probed with a temporary file, then removed)."""
+    path = Path(cfg.OUTPUT_DIR)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r} is not writable: {existing} is a file")
+    import os
+    import tempfile
+
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r} is not writable: no write permission on {existing}")
+    if existing is not None:
+        try:
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as e:
+            raise ConfigError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r} is not writable: {e}") from None
+
+
 def validate_config(cfg) -> None:
     """All start-up checks of a training/evaluation config (run before the output dir is made)."""
     check_choice(
@@ -92,3 +110,4 @@ def validate_config(cfg) -> None:
     check_range(cfg, "MODEL.DISTILL.KD_WEIGHT", low=0)
     check_range(cfg, "MODEL.DISTILL.KD_TEMPERATURE", low=0, low_inclusive=False)
     check_datasets(cfg)
+    check_output_dir(cfg)

@@ -15,7 +15,7 @@ from detectron2.engine import DefaultTrainer, create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from radkd_d2.data import SemSegDatasetMapper
+from radkd_d2.data import ReadableDatasetMapper, SemSegDatasetMapper
 from radkd_d2.evaluation import build_evaluator
 from radkd_d2.solver import build_lr_scheduler
 
@@ -81,7 +81,8 @@ class Trainer(DefaultTrainer):
 
     def build_train_loader(self, cfg):
         """Train loader (an instance method here, so the resumable sampler can be kept)."""
-        mapper = SemSegDatasetMapper(cfg, True) if _is_sem_seg(cfg.DATASETS.TRAIN[0]) else None
+        mapper_cls = SemSegDatasetMapper if _is_sem_seg(cfg.DATASETS.TRAIN[0]) else ReadableDatasetMapper
+        mapper = mapper_cls(cfg, True)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             self._train_sampler = None
             return build_detection_train_loader(cfg, mapper=mapper)
@@ -101,7 +102,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        mapper = SemSegDatasetMapper(cfg, False) if _is_sem_seg(dataset_name) else None
+        mapper = (SemSegDatasetMapper if _is_sem_seg(dataset_name) else ReadableDatasetMapper)(cfg, False)
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
