@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The main job: teacher -> student distillation on the embedded synthetic data, with a report.
 
-Trains (1) the teacher PSPNet-R101 (1/4 width), (2) the student PSPNet-R18 (1/4 width) without
+Trains (1) the teacher PSPNet-R18 at 1/2 width, (2) the student PSPNet-R18 at 1/8 width without
 KD, (3) the same student with LAD + logit KD (the paper's Eq. 9), all with the same seed,
 iterations and schedule; evaluates each on the synthetic validation set and writes the report
 (``radkd_d2.evaluation.report``: mIoU, Δ vs no-KD, and every run's status) plus train time to
@@ -32,11 +32,11 @@ from radkd_d2.evaluation.report import (
 )  # noqa: E402
 
 RUNS = [
-    ("teacher PSPNet-R101/4", "configs/synthetic/pspnet_r101_tiny.yaml", "teacher"),
-    ("student PSPNet-R18/4, no KD", "configs/synthetic/pspnet_r18_tiny.yaml", "student_nokd"),
+    ("teacher PSPNet-R18 x1/2", "configs/synthetic/demo/teacher_pspnet_r18x2_synthetic.yaml", "teacher"),
+    ("student PSPNet-R18 x1/8, no KD", "configs/synthetic/demo/student_pspnet_r18x8_synthetic.yaml", "student_nokd"),
     (
         "student + LAD (res5) + KD",
-        "configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml",
+        "configs/synthetic/demo/lad_res5_pspr18x2_pspr18x8_synthetic.yaml",
         "student_lad",
     ),
 ]

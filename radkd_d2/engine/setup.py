@@ -51,5 +51,9 @@ def setup_cfg(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # several CPU processes on one machine: share the cores instead of oversubscribing them
+        # (busy-waiting OpenMP threads of oversubscribed processes slow training down ~10x)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="radkd_d2", abbrev_name="radkd")
     return cfg
