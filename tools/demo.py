@@ -59,7 +59,7 @@ def main(argv=None):
         for i, (label, config, sub) in enumerate(RUNS):
             extra = (
                 ["MODEL.DISTILL.TEACHER.WEIGHTS", str(teacher_weights)]
-                if "distill" in config
+                if sub != "teacher" and "lad" in sub
                 else []
             )
             opts = [
