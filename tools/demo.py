@@ -40,6 +40,7 @@ RUNS = [
         "student_lad",
     ),
 ]
+DISTILLED = {"student_lad"}
 
 
 def main(argv=None):
@@ -57,11 +58,8 @@ def main(argv=None):
     seconds = {}
     with tqdm(total=len(RUNS) * args.iters, unit="it", desc="demo", dynamic_ncols=True) as bar:
         for i, (label, config, sub) in enumerate(RUNS):
-            extra = (
-                ["MODEL.DISTILL.TEACHER.WEIGHTS", str(teacher_weights)]
-                if sub != "teacher" and "lad" in sub
-                else []
-            )
+            # the distillation run reads the teacher this demo just trained
+            extra = ["MODEL.DISTILL.TEACHER.WEIGHTS", str(teacher_weights)] if sub in DISTILLED else []
             opts = [
                 "OUTPUT_DIR",
                 str(out / sub),
