@@ -14,6 +14,7 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 
 from conftest import REPO, SHARED_DATA, load_cfg, read_metrics, run_train_net
+from radkd_d2.analysis.profiling import capture_distiller_inputs, count_sync_ops, distiller_step
 from radkd_d2.engine import ConfigError, Trainer
 from radkd_d2.losses import fgd_loss, fgd_masks
 from radkd_d2.modeling.meta_arch.distill_retinanet import fpn_from_bottom_up
@@ -135,6 +136,18 @@ def test_one_loss_per_level_for_each_method(tmp_path, method):
             assert np.isfinite(logged[f"distill/{lv}/{stat}"]), (lv, stat)
     assert model.backbone.bottom_up.res5[0].conv1.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.teacher.parameters())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_path_has_no_host_syncs(tmp_path, method):
+    """Per-level losses (FGD's box masks included), forward and backward: no operator that would
+    make a GPU wait, except the diagnostics read on their iterations."""
+    cfg = distill_cfg(tmp_path, "MODEL.DISTILL.TAPS", str(taps(method)), "MODEL.DISTILL.DIAGNOSTICS_PERIOD", 5)
+    model = build_model(cfg)
+    student, teacher, context = capture_distiller_inputs(model, batch())
+    assert count_sync_ops(lambda: distiller_step(model.distiller, student, teacher, context, 1)) == {}
+    logged = count_sync_ops(lambda: distiller_step(model.distiller, student, teacher, context, 5))
+    assert logged == {"Tensor.tolist": 1}, logged  # five taps, one read
 
 
 def test_bottom_up_taps_connectors_and_fpn_equivalence(tmp_path):

@@ -8,6 +8,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO, load_cfg, read_metrics, run_train_net
+from radkd_d2.analysis.profiling import capture_distiller_inputs, count_sync_ops, distiller_step
 from radkd_d2.engine import ConfigError, Trainer
 from radkd_d2.losses import DISTILL_LOSS_REGISTRY
 from radkd_d2.modeling.teacher import TeacherLoadError
@@ -126,6 +127,25 @@ def test_every_registered_loss_on_a_tap(tmp_path, name):
     losses = train_steps(model, torch.optim.SGD(params, lr=0.001), 2)
     key = f"loss_distill_{name}_res5"
     assert key in losses and torch.isfinite(losses[key]), losses
+
+
+# CIRKD's memory bank enqueues per class present in the batch (as published): host reads by design
+HOST_SYNC_BY_DESIGN = {"cirkd_memory"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, _ in DISTILL_LOSS_REGISTRY))
+def test_loss_path_has_no_host_syncs(tmp_path, name):
+    """Connector + resize + loss + KD, forward and backward, call no operator that would make a
+    GPU wait (item/float/bool reads, nonzero, unique...), except on diagnostics iterations."""
+    if name in DETECTION_ONLY | HOST_SYNC_BY_DESIGN:
+        pytest.skip(f"{name}: boxes needed (detection tests) or host reads by design")
+    cfg = distill_cfg(tmp_path, "MODEL.DISTILL.TAPS", f"[['res4', 'res5', '{name}', 1.0]]",
+                      "MODEL.DISTILL.KD_WEIGHT", 1.0, "MODEL.DISTILL.DIAGNOSTICS_PERIOD", 5)
+    model = build_model(cfg)
+    student, teacher, context = capture_distiller_inputs(model, batch())
+    assert count_sync_ops(lambda: distiller_step(model.distiller, student, teacher, context, 1)) == {}
+    logged = count_sync_ops(lambda: distiller_step(model.distiller, student, teacher, context, 5))
+    assert logged == {"Tensor.tolist": 1}, logged  # one read of all taps' statistics
 
 
 def test_bad_tap_configs(tmp_path):

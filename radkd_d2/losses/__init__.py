@@ -4,7 +4,17 @@ Importing this package registers every loss in :data:`DISTILL_LOSS_REGISTRY`; bu
 :func:`build_distill_loss`.
 """
 
-from .angular import CADLoss, LADLoss, PADLoss, cad_loss, feature_stats, lad_loss, pad_loss
+from .angular import (
+    FEATURE_STATS,
+    CADLoss,
+    LADLoss,
+    PADLoss,
+    cad_loss,
+    feature_stats,
+    feature_stats_tensor,
+    lad_loss,
+    pad_loss,
+)
 from .build import (
     DISTILL_LOSS_REGISTRY,
     DistillLoss,
@@ -42,7 +52,9 @@ __all__ = [
     "LADLoss",
     "PADLoss",
     "cad_loss",
+    "FEATURE_STATS",
     "feature_stats",
+    "feature_stats_tensor",
     "lad_loss",
     "pad_loss",
     "DISTILL_LOSS_REGISTRY",

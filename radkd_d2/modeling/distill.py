@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from radkd_d2.engine.checks import ConfigError
-from radkd_d2.losses import build_distill_loss, feature_stats
+from radkd_d2.losses import FEATURE_STATS, build_distill_loss, feature_stats_tensor
 
 from .connectors import build_connector
 
@@ -134,7 +134,7 @@ class FeatureDistiller(nn.Module):
 
         ``context`` (labels, ignore_value, boxes, image_size, ...) is passed to every loss.
         """
-        losses = {}
+        losses, stats = {}, {}
         log = self._should_log()
         for tap in self.taps:
             t = teacher_feats[tap.teacher]
@@ -142,9 +142,13 @@ class FeatureDistiller(nn.Module):
             for name, _ in tap.losses:
                 losses[f"loss_distill_{name}_{tap.key}"] = self.losses[f"{tap.key}__{name}"](s, t, **context)
             if log:
-                storage = get_event_storage()
-                for stat, value in feature_stats(s, t).items():
-                    storage.put_scalar(f"distill/{tap.key}/{stat}", float(value), smoothing_hint=False)
+                stats[tap.key] = feature_stats_tensor(s, t)
+        if stats:  # one host read for all taps, on diagnostics iterations only
+            storage = get_event_storage()
+            values = torch.stack(list(stats.values())).tolist()
+            for key, row in zip(stats, values):
+                for stat, value in zip(FEATURE_STATS, row):
+                    storage.put_scalar(f"distill/{key}/{stat}", value, smoothing_hint=False)
         return losses
 
     def _should_log(self) -> bool:

@@ -145,6 +145,7 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
                 teacher,
                 labels=targets,
                 ignore_value=head.ignore_value,
+                num_classes=head.num_classes,
                 image_size=tuple(images.tensor.shape[-2:]),
             )
         )

@@ -1,0 +1,44 @@
+"""The host-synchronisation counter finds each kind of read that would make a GPU wait."""
+import pytest
+import torch
+
+from radkd_d2.analysis.profiling import count_sync_ops
+from radkd_d2.losses import ifv_map, ifvd_loss
+
+X = torch.randn(4, 5)
+
+
+@pytest.mark.parametrize(
+    "fn, expected",
+    [
+        (lambda: X.sum().item(), "aten::_local_scalar_dense"),
+        (lambda: float(X.sum()), "Tensor.__float__"),
+        (lambda: bool((X > 0).any()), "Tensor.__bool__"),
+        (lambda: X.tolist(), "Tensor.tolist"),
+        (lambda: X.cpu(), "Tensor.cpu"),
+        (lambda: X[X > 0], "aten::nonzero"),
+        (lambda: torch.unique(X.round()), "aten::_unique2"),
+        (lambda: X.masked_select(X > 0), "aten::masked_select"),
+    ],
+)
+def test_each_kind_of_sync_is_counted(fn, expected):
+    assert expected in count_sync_ops(fn)
+
+
+def test_pure_device_math_counts_nothing():
+    assert count_sync_ops(lambda: (X.softmax(1) * X).sum(dim=1).clamp_min(0).mean(), repeats=3) == {}
+
+
+def test_ifvd_with_class_count_matches_and_needs_no_host_read():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 6, 4, 5, generator=g)
+    labels = torch.randint(0, 3, (2, 4, 5), generator=g)
+    labels[0, :2] = 255
+    labels[1, 0, 0] = 7  # beyond the class count: treated like an ignored pixel
+    inferred = ifvd_loss(s, t, labels.clamp_max(2).masked_fill(labels == 255, 255))
+    given = ifvd_loss(s, t, labels.clamp_max(2).masked_fill(labels == 255, 255), num_classes=3)
+    assert given.item() == pytest.approx(inferred.item(), rel=1e-6)
+    assert count_sync_ops(lambda: ifvd_loss(s, t, labels, num_classes=3)) == {}
+    assert "Tensor.__int__" in count_sync_ops(lambda: ifvd_loss(s, t, labels))
+    own = ifv_map(s, labels, num_classes=3)[1, 0, 0]
+    assert own.item() == pytest.approx(1.0, rel=1e-6)  # out-of-range label: compared with itself
