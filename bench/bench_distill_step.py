@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Per-iteration cost of distillation against its floor (not a test; prints ratios).
 
-floor = one student training step + one teacher inference step on the same batch. The
-distillation step (DistillSemanticSegmentor forward+backward+SGD) should cost <= 1.05 x floor,
-and the distillation losses + connectors <= 2% of the step. Also reports evaluation throughput
-of the student (images/s).
+floor = one student training step + one teacher inference step (the teacher forward the
+distillation needs: up to its tapped features) on the same batch. The distillation step
+(forward+backward+SGD of the distillation meta-architecture) should cost <= 1.05 x floor, and
+the distillation losses + connectors <= 2% of the step. Also reports evaluation throughput of
+the student (images/s) and the host reads (GPU synchronisations) of the loss path, counted with
+the profiler.
 
-    python bench/bench_distill_step.py --size reduced            # CPU, PSPNet-R101/4 -> R18/4, 2x128x128
-    python bench/bench_distill_step.py --size paper --device cuda --amp bf16 --teacher-dtype bfloat16
+    python bench/bench_distill_step.py --task seg --size reduced   # CPU, PSPNet-R101/4 -> R18/4, 2x128x128
+    python bench/bench_distill_step.py --task det --size reduced   # CPU, RetinaNet-X101-64x4d -> R50, 2x256x256
+    python bench/bench_distill_step.py --task det --size paper --device cuda --teacher-dtype float16
 """
 from __future__ import annotations
 
@@ -24,18 +27,56 @@ sys.path.insert(0, str(REPO))
 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.analysis import FlopCountAnalysis as D2FlopCountAnalysis  # noqa: E402
+from fvcore.nn import FlopCountAnalysis  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import radkd_d2  # noqa: E402,F401
+from radkd_d2.analysis.profiling import capture_distiller_inputs, count_sync_ops, distiller_step  # noqa: E402
 from radkd_d2.config import add_radkd_config  # noqa: E402
+from radkd_d2.engine.setup import load_config  # noqa: E402
 
 SIZES = {  # (student width, teacher width, batch, H, W, classes)
     "reduced": (0.25, 0.25, 2, 128, 128, 19),
     "paper": (1.0, 1.0, 2, 512, 1024, 19),  # per-GPU share of batch 16 on 8 GPUs, Cityscapes crop
+    "smoke": (0.125, 0.125, 2, 64, 64, 19),  # seconds: checks that the script runs
 }
+# Detection: the full Table 7 architectures (RetinaNet X101-64x4d-FPN -> R50-FPN, 80 classes),
+# batch 2 per GPU (16 on 8 GPUs); images (H, W) and boxes per image.
+DET_SIZES = {"reduced": (2, 256, 256, 5), "paper": (2, 800, 1333, 7), "smoke": (2, 64, 64, 2)}
+DET_CONFIG = "configs/coco/distill/{loss}_fpn_retx101_retr50_2x_coco.yaml"
+
+
+def make_det_cfg(args, distill: bool):
+    """The COCO Table 7 distillation config with random weights (or the plain R50 student)."""
+    opts = ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", "",
+            "MODEL.DISTILL.TEACHER.CONFIG_FILE", str(REPO / "configs/coco/retinanet_X101_64x4d_FPN_2x_coco.yaml"),
+            "MODEL.DISTILL.TEACHER.WEIGHTS", "", "MODEL.DISTILL.TEACHER.DTYPE", args.teacher_dtype,
+            "MODEL.DISTILL.DIAGNOSTICS_PERIOD", 0, "MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER", []]
+    cfg = load_config(str(REPO / DET_CONFIG.format(loss=args.loss)), opts, validate=False)
+    if not distill:
+        cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    return cfg
+
+
+def det_batch(args):
+    b, h, w, n_boxes = DET_SIZES[args.size]
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(b):
+        xy = torch.rand(n_boxes, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = (torch.rand(n_boxes, 2, generator=g) * 0.25 + 0.05) * torch.tensor([w, h])
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+        inst.gt_classes = torch.randint(0, 80, (n_boxes,), generator=g)
+        out.append({"image": torch.rand(3, h, w, generator=g) * 255, "instances": inst, "height": h, "width": w})
+    return out
 
 
 def make_cfg(args, distill: bool):
+    if args.task == "det":
+        return make_det_cfg(args, distill)
     sw, tw, _, _, _, classes = SIZES[args.size]
     cfg = get_cfg()
     add_radkd_config(cfg)
@@ -60,6 +101,8 @@ def make_cfg(args, distill: bool):
 
 
 def batch(args):
+    if args.task == "det":
+        return det_batch(args)
     _, _, b, h, w, classes = SIZES[args.size]
     g = torch.Generator().manual_seed(0)
     return [{"image": torch.rand(3, h, w, generator=g) * 255, "sem_seg": torch.randint(0, classes, (h, w), generator=g)}
@@ -71,17 +114,37 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timeit(fn, args, reps):
-    for _ in range(args.warmup):
-        fn()
+def timeit(fns, args, reps):
+    """Median seconds of each callable in ``fns`` ({name: fn}); the callables take turns in
+    every round, so a slow spell of a shared machine hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(args.warmup):
+            fn()
     sync(args.device)
-    times = []
+    times = {name: [] for name in fns}
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync(args.device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync(args.device)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def flops(model, inputs) -> float:
+    """Forward multiply-adds (fvcore's count, via Detectron2's wrapper for its models)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(inputs, list):
+                count = D2FlopCountAnalysis(model, inputs)
+            else:
+                count = FlopCountAnalysis(model, inputs)
+            count.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            return float(count.total())
+    finally:
+        model.train(was_training)
 
 
 def autocast(args):
@@ -111,12 +174,14 @@ def train_step_fn(model, data, args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=["seg", "det"], default="seg",
+                   help="seg: PSPNet-R101 -> PSPNet-R18; det: RetinaNet-X101-64x4d -> R50 (COCO configs)")
     p.add_argument("--size", choices=sorted(SIZES), default="reduced")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     p.add_argument("--teacher-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--loss", default="lad")
+    p.add_argument("--loss", default="lad", help="distillation loss (det: one with a COCO config)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args(argv)
@@ -128,49 +193,64 @@ def main(argv=None):
     student.load_state_dict({k: v for k, v in distill.state_dict().items() if not k.startswith("distiller.")})
     teacher = distill.teacher
 
-    t_student = timeit(train_step_fn(student, data, args), args, args.reps)
-
     def teacher_step():
         with autocast(args):
             distill.teacher_features(data)
 
-    t_teacher = timeit(teacher_step, args, args.reps)
-    t_distill = timeit(train_step_fn(distill, data, args), args, args.reps)
-
-    # distillation losses + connectors alone, on cached features
-    with torch.no_grad(), autocast(args):
-        t_feats = distill.teacher_features(data)
-    images = torch.stack([(x["image"].to(args.device) - distill.pixel_mean) / distill.pixel_std for x in data])
+    # distillation losses + connectors alone, on the features the distiller received
     with autocast(args):
-        s_feats = {k: v.detach().requires_grad_() for k, v in distill.backbone(images).items()}
-        s_feats.update({k: v.detach().requires_grad_() for k, v in distill.sem_seg_head.layers(s_feats).items()})
+        s_feats, t_feats, context = capture_distiller_inputs(distill, data)
 
     def loss_step():
-        with EventStorage(0), autocast(args):
-            losses = distill.distiller(s_feats, t_feats)
-        sum(losses.values()).backward()
+        with autocast(args):
+            distiller_step(distill.distiller, s_feats, t_feats, context)
 
-    t_losses = timeit(loss_step, args, args.reps)
+    connectors = [(distill.distiller.connectors[tap.key], tap.student)
+                  for tap in distill.distiller.taps if tap.key in distill.distiller.connectors]
 
-    model = student.eval()
+    def connector_step():
+        with autocast(args):
+            outs = [conn(s_feats[pos]) for conn, pos in connectors]
+        if outs:
+            sum(o.float().mean() for o in outs).backward()
+
+    model = student
     n_img = len(data)
+    plain = [{k: v for k, v in x.items() if k not in ("sem_seg", "instances")} for x in data]
 
     def infer():
         with torch.no_grad(), autocast(args):
-            model([{"image": x["image"]} for x in data])
+            model(plain)
 
-    t_infer = timeit(infer, args, args.reps)
+    t = timeit({"student": train_step_fn(student, data, args), "teacher": teacher_step,
+                "distill": train_step_fn(distill, data, args), "losses": loss_step,
+                "connectors": connector_step}, args, args.reps)
+    t_student, t_teacher, t_distill, t_losses = t["student"], t["teacher"], t["distill"], t["losses"]
+    model.eval()
+    t_infer = timeit({"infer": infer}, args, args.reps)["infer"]
+    model.train()
+    syncs = count_sync_ops(loss_step)
+
+    # multiply-adds: a training step is ~3 forwards (forward + twice as much backward)
+    f_student, f_teacher = flops(student, plain), flops(distill.teacher, plain)
+    f_conn = sum(flops(conn, s_feats[pos]) for conn, pos in connectors)
+    conn_share = 3 * f_conn / (3 * f_student + f_teacher + 3 * f_conn)
 
     floor = t_student + t_teacher
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {dev}; size={args.size} amp={args.amp} teacher_dtype={args.teacher_dtype} "
+    print(f"device: {dev}; task={args.task} size={args.size} amp={args.amp} teacher_dtype={args.teacher_dtype} "
           f"channels_last={args.channels_last} loss={args.loss}")
     print(f"student train step        {t_student * 1e3:9.1f} ms")
     print(f"teacher inference step    {t_teacher * 1e3:9.1f} ms")
     print(f"floor (sum)               {floor * 1e3:9.1f} ms")
     print(f"distillation train step   {t_distill * 1e3:9.1f} ms   ratio to floor {t_distill / floor:.3f}  (goal <= 1.05)")
     print(f"distill losses+connectors {t_losses * 1e3:9.1f} ms   share of step  {t_losses / t_distill * 100:.2f}%  (goal <= 2%)")
+    print(f"  of which connectors     {t['connectors'] * 1e3:9.1f} ms   share of step  {t['connectors'] / t_distill * 100:.2f}%")
+    print(f"  connectors' share of the step's multiply-adds "
+          f"{conn_share * 100:.2f}%  (student fwd {f_student / 1e9:.1f} G, teacher fwd {f_teacher / 1e9:.1f} G, "
+          f"connectors fwd {f_conn / 1e9:.2f} G)")
     print(f"student inference         {n_img / t_infer:9.1f} images/s")
+    print(f"host reads in loss path   {sum(syncs.values()):9d}   {syncs or ''}  (goal 0; profiler)")
 
 
 if __name__ == "__main__":

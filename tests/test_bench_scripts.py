@@ -1,0 +1,37 @@
+"""The benchmark scripts run end to end at their smallest size and print every figure (their
+timings are not checked here: they belong to the benchmarks)."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def run(script, *args):
+    out = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True,
+                         text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.parametrize("task", ["seg", "det"])
+def test_bench_distill_step_prints_ratios(task):
+    out = run("bench_distill_step.py", "--task", task, "--size", "smoke", "--reps", "1", "--warmup", "0")
+    assert f"task={task} size=smoke" in out
+    for label in ("student train step", "teacher inference step", "distillation train step",
+                  "of which connectors", "student inference"):
+        assert re.search(rf"{label}\s+[0-9.]+ ", out), (label, out)
+    assert re.search(r"ratio to floor [0-9.]+", out) and re.search(r"share of step\s+[0-9.]+%", out)
+    assert re.search(r"multiply-adds [0-9.]+%", out)
+    assert re.search(r"host reads in loss path\s+0 ", out), out  # the loss path never waits for a GPU
+
+
+def test_bench_eval_prints_throughput(tmp_path):
+    out = run("bench_eval.py", "--data-root", str(tmp_path), "DATASETS.SYNTHETIC.NUM_VAL", "4",
+              "DATASETS.SYNTHETIC.NUM_TRAIN", "4")
+    assert "synthetic_sem_seg_val (4 images, 96x96)" in out
+    assert re.search(r"model only\s+[0-9.]+ images/s", out)
+    assert re.search(r"inference_on_dataset\s+[0-9.]+ images/s", out)
+    assert re.search(r"mIoU of these weights\s+[0-9.]+", out)
