@@ -138,6 +138,17 @@ def test_one_loss_per_level_for_each_method(tmp_path, method):
     assert all(p.grad is None for p in model.teacher.parameters())
 
 
+def test_one_teacher_forward_per_step(tmp_path):
+    """All five FPN taps come from one teacher backbone forward without autograd; the teacher's
+    head is never run (detection distils features only)."""
+    model = build_model(distill_cfg(tmp_path, "MODEL.DISTILL.TAPS", str(taps("lad"))))
+    calls = {"teacher": [], "teacher_head": [], "student": []}
+    for side, part in (("teacher", model.teacher.backbone), ("teacher_head", model.teacher.head), ("student", model.backbone)):
+        part.register_forward_hook(lambda mod, i, o, side=side: calls[side].append(torch.is_grad_enabled()))
+    train_steps(model, sgd(model))
+    assert calls == {"teacher": [False], "teacher_head": [], "student": [True]}, calls
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_path_has_no_host_syncs(tmp_path, method):
     """Per-level losses (FGD's box masks included), forward and backward: no operator that would

@@ -129,6 +129,20 @@ def test_every_registered_loss_on_a_tap(tmp_path, name):
     assert key in losses and torch.isfinite(losses[key]), losses
 
 
+def test_one_teacher_forward_per_step(tmp_path):
+    """Taps on backbone, decoder and logits all come from a single teacher forward (and a single
+    student forward), without autograd on the teacher side."""
+    cfg = distill_cfg(tmp_path, "MODEL.DISTILL.TAPS", "[['res4', 'res4', 'lad', 1.0], ['decoder', 'decoder', 'cad', 1.0]]",
+                      "MODEL.DISTILL.KD_WEIGHT", 1.0)
+    model = build_model(cfg)
+    calls = {"teacher": [], "student": []}
+    for side, m in (("teacher", model.teacher), ("student", model)):
+        for part in (m.backbone, m.sem_seg_head.predictor):
+            part.register_forward_hook(lambda mod, i, o, side=side: calls[side].append(torch.is_grad_enabled()))
+    train_steps(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3), 1)
+    assert calls == {"teacher": [False, False], "student": [True, True]}, calls
+
+
 # CIRKD's memory bank enqueues per class present in the batch (as published): host reads by design
 HOST_SYNC_BY_DESIGN = {"cirkd_memory"}
 

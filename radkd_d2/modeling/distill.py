@@ -178,7 +178,11 @@ class TeacherMixin:
 
     def teacher_context(self):
         """Context for teacher forwards: no autograd graph, and autocast to ``teacher_dtype``
-        on GPU (fp16/bf16 halves the teacher's cost there; losses compute in fp32 anyway)."""
+        on GPU (fp16/bf16 halves the teacher's cost there; losses compute in fp32 anyway).
+
+        ``torch.no_grad`` rather than ``torch.inference_mode``: the losses save the teacher
+        features for their backward, which autograd refuses for inference tensors (it would
+        take a copy of every tapped feature to get around it)."""
         device_type = next(self.teacher.parameters()).device.type
         low = self.teacher_dtype != torch.float32 and device_type == "cuda"
         stack = contextlib.ExitStack()
