@@ -54,12 +54,16 @@ def main(argv=None):
     p.add_argument("--out", default="output/camvid_study")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     p.add_argument("--iters", type=int, help="iterations per run (default: the scale's)")
+    p.add_argument("--teacher-iters", type=int,
+                   help="iterations of the teacher (default: --iters); a deeper teacher trained from "
+                        "scratch needs more than the students to get ahead of them")
     p.add_argument("--jobs", type=int, default=1, help="student runs trained in parallel")
     p.add_argument("--sweep-weights", type=float, nargs="+", default=[1, 100, 1000],
                    help="λ of the naive/LAD sweep besides the main runs' 10")
     args = p.parse_args(argv)
     s = SCALES[args.scale]
     iters = args.iters or s["iters"]
+    teacher_iters = args.teacher_iters or iters
     out = (REPO / args.out).resolve()
     common = ["DATASETS.ROOT", args.data_root, *s["common"], "SOLVER.MAX_ITER", iters,
               "SOLVER.CHECKPOINT_PERIOD", iters, "TEST.EVAL_PERIOD", 0, "MODEL.DISTILL.DIAGNOSTICS_PERIOD", 20]
@@ -67,7 +71,8 @@ def main(argv=None):
     teacher_opts = ["MODEL.DISTILL.TEACHER.WEIGHTS", teacher_dir / "model_final.pth",
                     "MODEL.DISTILL.TEACHER.OPTS", repr([str(x) for x in s["teacher"]])]
 
-    jobs = [("teacher", CFG / "pspnet_r101_camvid.yaml", [*common, *s["teacher"]], teacher_dir)]
+    longer = ["SOLVER.MAX_ITER", teacher_iters, "SOLVER.CHECKPOINT_PERIOD", teacher_iters]
+    jobs = [("teacher", CFG / "pspnet_r101_camvid.yaml", [*common, *s["teacher"], *longer], teacher_dir)]
     students = [("student_nokd", CFG / "pspnet_r18_camvid.yaml", [*common, *s["student"]], out / "student_nokd")]
     for m in ("naive", "lad", "cad", "pad"):
         students.append((f"{m}_res5", CFG / f"{m}_res5_pspr101_pspr18_camvid.yaml",
@@ -78,20 +83,20 @@ def main(argv=None):
         students.append((pt.name, CFG / f"{pt.method}_res5_pspr101_pspr18_camvid.yaml",
                          [*common, *s["student"], *teacher_opts, *point_opts(pt, "res5")], pt.path))
 
-    def train(job):
+    def train(job, max_iter=iters):
         name, cfg, opts, run_dir = job
-        if read_run(run_dir, max_iter=iters).status == "finished":
+        if read_run(run_dir, max_iter=max_iter).status == "finished":
             print(f"{name}: finished earlier, skipped", flush=True)
             return name, 0
         opts = [*opts, "OUTPUT_DIR", run_dir]
-        rc = run_training(train_command(cfg, opts), run_dir / "study.log", label=name, max_iter=iters)
+        rc = run_training(train_command(cfg, opts), run_dir / "study.log", label=name, max_iter=max_iter)
         print(f"{name}: {'done' if rc == 0 else f'FAILED ({rc})'}", flush=True)
         if rc:
             print(log_tail(run_dir / "study.log"))
         return name, rc
 
-    print(f"[1/3] teacher ({iters} iterations)", flush=True)
-    if train(jobs[0])[1]:
+    print(f"[1/3] teacher ({teacher_iters} iterations)", flush=True)
+    if train(jobs[0], teacher_iters)[1]:
         sys.exit(1)
     print(f"[2/3] {len(students)} student runs, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -100,7 +105,7 @@ def main(argv=None):
     print("[3/3] report and figures", flush=True)
     main_runs = [teacher_dir] + [j[3] for j in students if not j[3].is_relative_to(sweep_dir)]
     # the sweep's λ = 10 points are the main naive/LAD runs
-    write_report(build_report(collect_runs(main_runs)), out / "report", title=f"CamVid study ({args.scale} scale, {iters} iterations)")
+    write_report(build_report(collect_runs(main_runs)), out / "report", title=f"CamVid study ({args.scale} scale, {iters} iterations, teacher {teacher_iters})")
     collected = collect_sweep(sweep_dir, ["naive", "lad"], args.sweep_weights)
     for method, run in (("naive", out / "naive_res5"), ("lad", out / "lad_res5")):
         collected[method] = sorted(collected.get(method, []) + [(10.0, read_run(run))], key=lambda x: x[0])
