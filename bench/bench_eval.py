@@ -48,6 +48,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="batches run before timing")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     args = p.parse_args(argv)
+    torch.manual_seed(0)  # the same random weights every run when no checkpoint is given
 
     with contextlib.ExitStack() as stack:
         root = args.data_root or stack.enter_context(tempfile.TemporaryDirectory())
