@@ -83,6 +83,7 @@ def _contrast_kd(
     contrast: torch.Tensor,
     contrast_temperature: float,
     kd_temperature: float,
+    weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     check_positive(contrast_temperature, "contrast_temperature", "cirkd")
     check_positive(kd_temperature, "kd_temperature", "cirkd")
@@ -100,7 +101,13 @@ def _contrast_kd(
     scale = 1.0 / (contrast_temperature * kd_temperature)
     s_logits = student_emb @ contrast.t() * scale
     t_logits = teacher_emb @ contrast.t() * scale
-    return _kl_rows(s_logits, t_logits).mean() * kd_temperature**2
+    kl = _kl_rows(s_logits, t_logits)
+    if weights is None:
+        return kl.mean() * kd_temperature**2
+    # weighted mean over the rows (0/1 weights: the valid pixels), without a data-dependent
+    # selection; no valid row gives 0 with the graph kept
+    w = weights.to(kl.dtype)
+    return (kl * w).sum() / w.sum().clamp_min(1.0) * kd_temperature**2
 
 
 @float32_math
@@ -110,6 +117,7 @@ def cirkd_pixel_loss(
     pixel_bank: torch.Tensor,
     contrast_temperature: float = 0.1,
     kd_temperature: float = 1.0,
+    weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """CIRKD memory-based pixel-to-pixel distillation (CIRKD paper, memory-based terms).
 
@@ -121,8 +129,12 @@ def cirkd_pixel_loss(
     Args:
         student_emb, teacher_emb: N x D L2-normalised embeddings of the same N pixels.
         pixel_bank: K x D teacher pixel embeddings sampled from the memory.
+        weights: optional N row weights (e.g. 1 for valid pixels, 0 for ignored ones): the
+            average over anchors becomes a weighted one.
     """
-    return _contrast_kd(student_emb, teacher_emb, pixel_bank, contrast_temperature, kd_temperature)
+    return _contrast_kd(
+        student_emb, teacher_emb, pixel_bank, contrast_temperature, kd_temperature, weights
+    )
 
 
 @float32_math
@@ -132,6 +144,7 @@ def cirkd_region_loss(
     region_bank: torch.Tensor,
     contrast_temperature: float = 0.1,
     kd_temperature: float = 1.0,
+    weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """CIRKD memory-based pixel-to-region distillation (CIRKD paper, memory-based terms).
 
@@ -141,8 +154,11 @@ def cirkd_region_loss(
     Args:
         student_emb, teacher_emb: N x D L2-normalised embeddings of the same N pixels.
         region_bank: K x D teacher region embeddings sampled from the memory.
+        weights: optional N row weights, as in :func:`cirkd_pixel_loss`.
     """
-    return _contrast_kd(student_emb, teacher_emb, region_bank, contrast_temperature, kd_temperature)
+    return _contrast_kd(
+        student_emb, teacher_emb, region_bank, contrast_temperature, kd_temperature, weights
+    )
 
 
 @register_distill_loss("cirkd_minibatch")
@@ -246,10 +262,13 @@ class CIRKDMemoryLoss(DistillLoss):
             nn.ReLU(inplace=True),
             nn.Conv2d(t_ch, t_ch, 1, bias=False),
         )
-        pixel_bank = F.normalize(torch.randn(num_classes, self.pixel_memory_size, t_ch), dim=2)
-        region_bank = F.normalize(torch.randn(num_classes, self.region_memory_size, t_ch), dim=2)
-        self.register_buffer("pixel_bank", pixel_bank, persistent=False)
-        self.register_buffer("region_bank", region_bank, persistent=False)
+        # one spare slot per class at the end of each bank: enqueue writes that have nothing to
+        # write (absent classes, fewer pixels than the update size) go there, so every write
+        # has a fixed size and no value is read back to the host
+        pixel_store = F.normalize(torch.randn(num_classes, self.pixel_memory_size + 1, t_ch), dim=2)
+        region_store = F.normalize(torch.randn(num_classes, self.region_memory_size + 1, t_ch), dim=2)
+        self.register_buffer("pixel_store", pixel_store, persistent=False)
+        self.register_buffer("region_store", region_store, persistent=False)
         self.register_buffer(
             "pixel_ptr", torch.zeros(num_classes, dtype=torch.long), persistent=False
         )
@@ -282,34 +301,56 @@ class CIRKDMemoryLoss(DistillLoss):
             kwargs["num_classes"] = None  # must then come as an override
         return kwargs
 
+    @property
+    def pixel_bank(self) -> torch.Tensor:
+        """K x pixel_memory_size x D teacher pixel embeddings (a view, without the spare slot)."""
+        return self.pixel_store[:, : self.pixel_memory_size]
+
+    @property
+    def region_bank(self) -> torch.Tensor:
+        """K x region_memory_size x D teacher region embeddings (a view, without the spare slot)."""
+        return self.region_store[:, : self.region_memory_size]
+
     @torch.no_grad()
     def _enqueue(self, t_emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> None:
-        """Push teacher pixel and region embeddings (B x D x h x w, normalised) per class."""
+        """Push teacher pixel and region embeddings (B x D x h x w, normalised) per class.
+
+        Image by image (as published): for every class present, its mean embedding goes into
+        the region bank, and up to ``pixel_update_freq`` of its pixels, drawn at random, into
+        the pixel bank at the class's pointer (the last slots, and back to 0, when they would
+        run past the end). All classes are handled at once with fixed-size operations: no
+        ``unique``/``nonzero``/``item``, so no GPU synchronisation.
+        """
         t_emb = _gather_from_all_ranks(t_emb)
         labels = _gather_from_all_ranks(torch.where(valid, labels, torch.full_like(labels, -1)))
         b, d = t_emb.shape[:2]
-        feats = t_emb.reshape(b, d, -1).to(self.pixel_bank.dtype)
+        feats = t_emb.reshape(b, d, -1).to(self.pixel_store.dtype)
         labels = labels.reshape(b, -1)
+        n, dev = feats.shape[2], feats.device
+        classes = torch.arange(self.num_classes, device=dev)
+        p_size, r_size = self.pixel_memory_size, self.region_memory_size
+        k = min(n, self.pixel_update_freq, p_size)
+        slot = torch.arange(k, device=dev)[:, None]  # k x 1
         for i in range(b):
-            for cls in torch.unique(labels[i]).tolist():
-                if cls < 0:
-                    continue
-                idx = (labels[i] == cls).nonzero(as_tuple=True)[0]
-                region = feats[i][:, idx].mean(dim=1)
-                ptr = int(self.region_ptr[cls])
-                self.region_bank[cls, ptr] = F.normalize(region, dim=0)
-                self.region_ptr[cls] = (ptr + 1) % self.region_memory_size
+            onehot = labels[i][:, None] == classes  # n x K
+            counts = onehot.sum(dim=0)  # K
+            present = counts > 0
+            region = (feats[i] @ onehot.to(feats.dtype)) / counts.clamp_min(1)  # D x K
+            pos = torch.where(present, self.region_ptr, r_size)  # absent: the spare slot
+            self.region_store[classes, pos] = F.normalize(region.t(), dim=1)
+            self.region_ptr.copy_(torch.where(present, (self.region_ptr + 1) % r_size, self.region_ptr))
 
-                k = min(idx.numel(), self.pixel_update_freq, self.pixel_memory_size)
-                pick = idx[torch.randperm(idx.numel(), device=idx.device)[:k]]
-                pixels = F.normalize(feats[i][:, pick].t(), dim=1)
-                ptr = int(self.pixel_ptr[cls])
-                if ptr + k >= self.pixel_memory_size:
-                    self.pixel_bank[cls, -k:] = pixels
-                    self.pixel_ptr[cls] = 0
-                else:
-                    self.pixel_bank[cls, ptr : ptr + k] = pixels
-                    self.pixel_ptr[cls] = ptr + k
+            # a uniform random subset of each class's pixels: top-k of random scores, which
+            # also puts the class's pixels before the others
+            scores = torch.rand(n, self.num_classes, device=dev).masked_fill(~onehot, -1.0)
+            pick = scores.topk(k, dim=0).indices  # k x K
+            taken = counts.clamp_max(k)  # K
+            wrap = self.pixel_ptr + taken >= p_size
+            start = torch.where(wrap, p_size - taken, self.pixel_ptr)
+            pos = torch.where(slot < taken, start + slot, p_size)  # k x K; unused: the spare slot
+            pixels = F.normalize(feats[i][:, pick], dim=0)  # D x k x K
+            self.pixel_store[classes.expand(k, -1), pos] = pixels.permute(1, 2, 0)
+            self.pixel_ptr.copy_(torch.where(wrap, 0, self.pixel_ptr + taken))
 
     def _sample(self, bank: torch.Tensor, per_class: int) -> torch.Tensor:
         idx = torch.randperm(bank.shape[1], device=bank.device)[:per_class]
@@ -336,17 +377,18 @@ class CIRKDMemoryLoss(DistillLoss):
             self._enqueue(t_emb, lab, valid)
 
             d = s_emb.shape[1]
-            mask = valid.reshape(-1)
-            s_pix = s_emb.permute(0, 2, 3, 1).reshape(-1, d)[mask]
-            t_pix = t_emb.permute(0, 2, 3, 1).reshape(-1, d)[mask]
-            if s_pix.shape[0] == 0:
-                return s_emb.sum() * 0.0  # keeps the projection head in the graph
+            # every pixel is an anchor, weighted 1 if valid and 0 if not (no data-dependent
+            # selection); with no valid pixel the loss is 0 and the head stays in the graph
+            weights = valid.reshape(-1)
+            s_pix = s_emb.permute(0, 2, 3, 1).reshape(-1, d)
+            t_pix = t_emb.permute(0, 2, 3, 1).reshape(-1, d)
             pixel = cirkd_pixel_loss(
                 s_pix,
                 t_pix,
                 self._sample(self.pixel_bank, self.pixel_per_class),
                 self.contrast_temperature,
                 self.kd_temperature,
+                weights,
             )
             region = cirkd_region_loss(
                 s_pix,
@@ -354,6 +396,7 @@ class CIRKDMemoryLoss(DistillLoss):
                 self._sample(self.region_bank, self.region_per_class),
                 self.contrast_temperature,
                 self.kd_temperature,
+                weights,
             )
         return self.weight * (self.pixel_weight * pixel + self.region_weight * region)
 

@@ -326,6 +326,53 @@ def test_cirkd_memory_module():
         build_distill_loss("cirkd_memory", student_channels=4, teacher_channels=4)
 
 
+def _rows_sorted(x):
+    return x[torch.argsort(x[:, 0])]
+
+
+def test_cirkd_memory_enqueue_matches_the_per_class_recipe():
+    """The vectorised enqueue writes what the published per-image, per-class loop writes: each
+    present class's region mean at its pointer, and its pixels at the pixel pointer (the last
+    slots, pointer back to 0, when they would run past the end); absent classes untouched."""
+    torch.manual_seed(0)
+    mod = CIRKDMemoryLoss(weight=1.0, num_classes=4, teacher_channels=3, pixel_memory_size=6,
+                          region_memory_size=3, pixel_contrast_size=4, region_contrast_size=4,
+                          pixel_update_freq=10)
+    before = mod.pixel_bank.clone()
+    t = F.normalize(torch.randn(2, 3, 2, 3), dim=1)
+    labels = torch.tensor([[[0, 0, 1], [1, 1, 255]], [[0, 2, 2], [0, 0, 0]]])
+    valid = labels != 255
+    mod._enqueue(t, labels.clamp_max(3), valid)
+    feats = t.flatten(2)
+    # class 0: 2 pixels of image 0 at slots 0-1, then 4 of image 1 would end at 6 >= 6: slots 2-5
+    assert mod.pixel_ptr.tolist() == [0, 3, 2, 0] and mod.region_ptr.tolist() == [2, 1, 1, 0]
+    img1_c0 = feats[1][:, labels[1].flatten() == 0].t()
+    assert torch.allclose(_rows_sorted(mod.pixel_bank[0, 2:6]), _rows_sorted(img1_c0), atol=1e-6)
+    img0_c0 = feats[0][:, labels[0].flatten() == 0].t()
+    assert torch.allclose(_rows_sorted(mod.pixel_bank[0, :2]), _rows_sorted(img0_c0), atol=1e-6)
+    img0_c1 = feats[0][:, labels[0].flatten() == 1].t()
+    assert torch.allclose(_rows_sorted(mod.pixel_bank[1, :3]), _rows_sorted(img0_c1), atol=1e-6)
+    assert torch.equal(mod.pixel_bank[1, 3:], before[1, 3:]) and torch.equal(mod.pixel_bank[3], before[3])
+    region_img1_c2 = F.normalize(feats[1][:, labels[1].flatten() == 2].mean(dim=1), dim=0)
+    assert torch.allclose(mod.region_bank[2, 0], region_img1_c2, atol=1e-6)
+    # a second batch, class 1 only: its 6 pixels from pointer 3 would end at 9 >= 6, so they
+    # fill the last 6 slots (the whole bank) and the pointer goes back to 0
+    mod._enqueue(t[:1], torch.ones(1, 2, 3, dtype=torch.long), torch.ones(1, 2, 3, dtype=torch.bool))
+    assert mod.pixel_ptr.tolist() == [0, 0, 2, 0] and mod.region_ptr.tolist() == [2, 2, 1, 0]
+    assert torch.allclose(_rows_sorted(mod.pixel_bank[1]), _rows_sorted(feats[0].t()), atol=1e-6)
+
+
+def test_cirkd_memory_weighted_anchors_equal_selected_anchors():
+    g = torch.Generator().manual_seed(1)
+    e_s = F.normalize(torch.randn(6, 4, generator=g), dim=1)
+    e_t = F.normalize(torch.randn(6, 4, generator=g), dim=1)
+    bank = F.normalize(torch.randn(5, 4, generator=g), dim=1)
+    w = torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool)
+    for fn in (cirkd_pixel_loss, cirkd_region_loss):
+        assert fn(e_s, e_t, bank, 0.1, 1.0, weights=w).item() == pytest.approx(
+            fn(e_s[w], e_t[w], bank, 0.1, 1.0).item(), rel=1e-6)
+
+
 # ----------------------------------------------------------------------------------------- FGD
 def ref_fgd_masks(boxes, image_size, h, w):
     fg = torch.zeros(len(boxes), h, w, dtype=D64)
