@@ -18,8 +18,9 @@ from detectron2.utils.events import EventStorage
 from torch.overrides import TorchFunctionMode
 from torch.profiler import ProfilerActivity, profile
 
-# Operator -> why it synchronises. ``aten::_local_scalar_dense`` is what item()/float()/bool()/
-# tolist() call; the others return tensors whose size is only known after the kernel ran.
+# Operator -> why it synchronises. ``aten::_local_scalar_dense`` is what item()/float()/bool()/int()
+# call (and tolist() on a GPU tensor); the others return tensors whose size is only known after
+# the kernel ran.
 SYNC_OPS = {
     "aten::_local_scalar_dense": "value read on the host (item/float/bool/int/tolist)",
     "aten::nonzero": "data-dependent output size (nonzero, boolean-mask indexing)",
