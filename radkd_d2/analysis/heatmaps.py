@@ -25,7 +25,7 @@ from tqdm import tqdm
 from radkd_d2.engine.checks import ConfigError
 from radkd_d2.evaluation.report import model_name, teacher_name
 from radkd_d2.modeling.meta_arch.distill_semantic_seg import seg_taps
-from radkd_d2.modeling.teacher import TeacherLoadError, load_weights_strictly, teacher_input_tensors
+from radkd_d2.modeling.teacher import TeacherLoadError, load_weights_strictly
 
 from .plots import new_figure, save_figure
 
@@ -105,22 +105,11 @@ def _padded_size(model, h: int, w: int) -> Tuple[int, int]:
 
 
 @torch.no_grad()
-def _teacher_feats(model, batched: List[dict], position: str):
-    """Teacher features through ``teacher_features``; positions it does not compute (a head
-    output that is not distilled) are computed the same way with the head."""
-    feats = model.teacher_features(batched)
-    if position in feats:
-        return feats
-    t = model.teacher
-    images = teacher_input_tensors(
-        batched, model.input_format, model.teacher_input_format, t.device
-    )
-    images = ImageList.from_tensors(
-        [(x - t.pixel_mean) / t.pixel_std for x in images],
-        t.backbone.size_divisibility,
-        padding_constraints=t.backbone.padding_constraints,
-    )
-    return seg_taps(t, images.tensor, need_head=True)
+def _teacher_feats(model, batched: List[dict]):
+    """Teacher features at every position (backbone and head), from one teacher forward on the
+    teacher's own preprocessing, including positions that are not distilled."""
+    with model.teacher_context():
+        return seg_taps(model.teacher, model.teacher_images(batched).tensor, need_head=True)
 
 
 @torch.no_grad()
@@ -137,7 +126,7 @@ def tap_maps(model, image: np.ndarray, tap: str, name: str = "") -> TapMaps:
         padding_constraints=model.backbone.padding_constraints,
     )
     s_feats = seg_taps(model, st.tensor, need_head=s_pos in HEAD_POSITIONS)
-    t_feats = _teacher_feats(model, batched, t_pos)
+    t_feats = _teacher_feats(model, batched)
     for side, pos, feats in (("student", s_pos, s_feats), ("teacher", t_pos, t_feats)):
         if pos not in feats:
             raise ConfigError(

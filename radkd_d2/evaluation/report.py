@@ -83,38 +83,11 @@ DATASET_NAMES = {
     "synthetic_sem_seg": "Synthetic",
     "synthetic_det": "Synthetic-det",
 }
-SEG_CSV_FIELDS = [
-    "role",
-    "dataset",
-    "teacher",
-    "model",
-    "method",
-    "tap",
-    "weight",
-    "kd_weight",
-    *SEM_SEG_METRICS,
-    "delta",
-    "baseline_run",
-    "iterations",
-    "run",
-    "path",
-]
-DET_CSV_FIELDS = [
-    "role",
-    "dataset",
-    "teacher",
-    "model",
-    "method",
-    "tap",
-    "weight",
-    "kd_weight",
-    *DET_METRICS,
-    *[f"delta_{m}" for m in DET_METRICS],
-    "baseline_run",
-    "iterations",
-    "run",
-    "path",
-]
+# CSV columns: what identifies a run, its metrics (and deltas), where it came from
+_CSV_RUN_FIELDS = ["role", "dataset", "teacher", "model", "method", "tap", "weight", "kd_weight"]
+_CSV_SOURCE_FIELDS = ["baseline_run", "iterations", "run", "path"]
+SEG_CSV_FIELDS = [*_CSV_RUN_FIELDS, *SEM_SEG_METRICS, "delta", *_CSV_SOURCE_FIELDS]
+DET_CSV_FIELDS = [*_CSV_RUN_FIELDS, *DET_METRICS, *[f"delta_{m}" for m in DET_METRICS], *_CSV_SOURCE_FIELDS]
 RUNS_CSV_FIELDS = [
     "run",
     "status",

@@ -11,6 +11,7 @@ from typing import Dict, List, Mapping, Sequence
 
 import torch
 from detectron2.layers import ShapeSpec
+from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
@@ -19,6 +20,7 @@ from radkd_d2.engine.checks import ConfigError
 from radkd_d2.losses import FEATURE_STATS, build_distill_loss, feature_stats_tensor
 
 from .connectors import build_connector
+from .teacher import teacher_input_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +192,18 @@ class TeacherMixin:
         if low:
             stack.enter_context(torch.autocast(device_type, dtype=self.teacher_dtype))
         return stack
+
+    def teacher_images(self, batched_inputs: List[dict]) -> ImageList:
+        """A batch as the teacher takes it: its channel order, its normalisation, padded to its
+        backbone's size divisibility. ``input_format`` / ``teacher_input_format`` are set by
+        the meta-architecture."""
+        t = self.teacher
+        images = teacher_input_tensors(batched_inputs, self.input_format, self.teacher_input_format, t.device)
+        return ImageList.from_tensors(
+            [(x - t.pixel_mean) / t.pixel_std for x in images],
+            t.backbone.size_divisibility,
+            padding_constraints=t.backbone.padding_constraints,
+        )
 
     def train(self, mode: bool = True):
         super().train(mode)

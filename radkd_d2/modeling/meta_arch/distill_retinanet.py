@@ -13,14 +13,13 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.backbone import FPN
-from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
 
 from radkd_d2.engine.checks import ConfigError
 
 from ..distill import FeatureDistiller, TeacherMixin, init_student_from_teacher, parse_taps
-from ..teacher import build_teacher, teacher_input_tensors
+from ..teacher import build_teacher
 
 
 def retinanet_tap_shapes(backbone: nn.Module) -> Dict[str, ShapeSpec]:
@@ -165,17 +164,9 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
     def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
         """The teacher's tapped features (float32) for a batch, from its own normalisation and
         channel order, without autograd (autocast to MODEL.DISTILL.TEACHER.DTYPE on GPU)."""
-        t = self.teacher
         with self.teacher_context():
-            images = teacher_input_tensors(
-                batched_inputs, self.input_format, self.teacher_input_format, t.device
-            )
-            images = ImageList.from_tensors(
-                [(x - t.pixel_mean) / t.pixel_std for x in images],
-                t.backbone.size_divisibility,
-                padding_constraints=t.backbone.padding_constraints,
-            )
-            feats = retinanet_taps(t.backbone, images.tensor, self._teacher_bottom_up)
+            images = self.teacher_images(batched_inputs)
+            feats = retinanet_taps(self.teacher.backbone, images.tensor, self._teacher_bottom_up)
             return {k: feats[k].float() for k in self.distiller.teacher_positions}
 
     def forward(self, batched_inputs: List[dict]):

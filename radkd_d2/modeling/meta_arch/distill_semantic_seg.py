@@ -16,7 +16,7 @@ from torch import nn
 from radkd_d2.engine.checks import ConfigError
 
 from ..distill import FeatureDistiller, TeacherMixin, parse_taps
-from ..teacher import build_teacher, teacher_input_tensors
+from ..teacher import build_teacher
 
 
 def seg_tap_shapes(model: nn.Module) -> Dict[str, ShapeSpec]:
@@ -112,15 +112,9 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
             return self._teacher_features(batched_inputs)
 
     def _teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
-        t = self.teacher
-        images = teacher_input_tensors(batched_inputs, self.input_format, self.teacher_input_format, t.device)
-        images = ImageList.from_tensors(
-            [(x - t.pixel_mean) / t.pixel_std for x in images],
-            t.backbone.size_divisibility,
-            padding_constraints=t.backbone.padding_constraints,
-        )
         positions = self.distiller.teacher_positions
-        return seg_taps(t, images.tensor, need_head=bool(positions & {"decoder", "logits"}))
+        return seg_taps(self.teacher, self.teacher_images(batched_inputs).tensor,
+                        need_head=bool(positions & {"decoder", "logits"}))
 
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
