@@ -44,6 +44,8 @@ def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL.TEACHER.OPTS = []  # KEY VALUE overrides applied to the teacher's config
     cfg.MODEL.DISTILL.TEACHER.STRICT = True  # False loads partially but still logs every key
     cfg.MODEL.DISTILL.TEACHER.DTYPE = "float32"  # teacher compute dtype on GPU: float32/float16/bfloat16
+    cfg.MODEL.DISTILL.TEACHER.EVAL_BEFORE_TRAIN = False  # score the teacher on DATASETS.TEST first
+    cfg.MODEL.DISTILL.TEACHER.MIN_SCORE = 0.0  # refuse to train when the teacher's mIoU/AP is below
     # Feature taps: [student position, teacher position, loss name, weight] per entry. Positions:
     # backbone outputs (res2..res5, p3..p7), "decoder" or "logits". Entries sharing a position
     # pair share one connector. Default: the paper's LAD on the last backbone stage, lambda_ad 10.
@@ -53,7 +55,17 @@ def _add_distill_config(cfg: CN) -> None:
     # Pixel-wise logit KD (Hinton) term, lambda_kd in the paper's Eq. 9.
     cfg.MODEL.DISTILL.KD_WEIGHT = 10.0  # lambda_kd; 0 disables the logit KD term
     cfg.MODEL.DISTILL.KD_TEMPERATURE = 1.0  # softmax temperature of the logit KD term
-    cfg.MODEL.DISTILL.DIAGNOSTICS_PERIOD = 20  # iterations between m, n, mn/N, cos(theta) logs
+    # KD reduction: "element" = mean over B*K*h*w (IFVD/CWD code, per-pixel weight lambda_kd/K),
+    # "pixel" = sum over classes, mean over pixels (CIRKD's batchmean, per-pixel weight lambda_kd).
+    cfg.MODEL.DISTILL.KD_REDUCTION = "element"
+    # Iterations between diagnostics: m, n, mn/N, cos(theta) per tap and the per-term gradient
+    # norms w.r.t. the student features (grad_norm/*, grad_ratio/*); 0 disables them.
+    cfg.MODEL.DISTILL.DIAGNOSTICS_PERIOD = 20
+    cfg.MODEL.DISTILL.GRAD_RATIO_WARN = 10.0  # warn when a term's gradient exceeds the task's by this
+    cfg.MODEL.DISTILL.GRAD_RATIO_PATIENCE = 3  # ... for this many consecutive diagnostics periods
+    # Distillation-weight schedule: every distillation weight is multiplied by a factor in [0, 1].
+    cfg.MODEL.DISTILL.WARMUP_ITERS = 0  # factor rises linearly from 0 to 1 over these iterations
+    cfg.MODEL.DISTILL.STOP_ITER = -1  # from this iteration on, no distillation (and no teacher); -1 never
     # Copy teacher parameters with identical names and shapes into the student (MGD/FGD recipe).
     cfg.MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER = []  # name prefixes to copy, e.g. ["head."]
 

@@ -7,7 +7,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from numbers import Number
-from typing import Dict, List, Mapping, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -32,6 +32,7 @@ class Tap:
     student: str
     teacher: str
     losses: List[tuple] = field(default_factory=list)  # (loss name, weight)
+    weight_key: str = "MODEL.DISTILL.TAPS"  # the config key that sets the weights of this tap
 
     @property
     def key(self) -> str:
@@ -43,8 +44,10 @@ def parse_taps(entries: Sequence, kd_weight: float = 0.0) -> List[Tap]:
     """Group ``MODEL.DISTILL.TAPS`` entries ``[student_pos, teacher_pos, loss, weight]`` by
     position pair; ``kd_weight > 0`` adds the logit KD term as a ``logits -> logits`` "kd" tap."""
     groups: "OrderedDict[tuple, Tap]" = OrderedDict()
-    entries = list(entries) + ([["logits", "logits", "kd", kd_weight]] if kd_weight > 0 else [])
-    for entry in entries:
+    sourced = [(e, "MODEL.DISTILL.TAPS") for e in entries]
+    if kd_weight > 0:
+        sourced.append((["logits", "logits", "kd", kd_weight], "MODEL.DISTILL.KD_WEIGHT"))
+    for entry, weight_key in sourced:
         ok = (
             isinstance(entry, (list, tuple))
             and len(entry) == 4
@@ -59,11 +62,134 @@ def parse_taps(entries: Sequence, kd_weight: float = 0.0) -> List[Tap]:
         s, t, name, weight = entry
         if weight < 0:
             raise ConfigError(f"MODEL.DISTILL.TAPS entry {list(entry)}: weight must be >= 0, got {weight}")
-        tap = groups.setdefault((s, t), Tap(s, t))
+        tap = groups.setdefault((s, t), Tap(s, t, weight_key=weight_key))
         if any(n == name.lower() for n, _ in tap.losses):
             raise ConfigError(f"MODEL.DISTILL.TAPS: loss {name!r} appears twice on tap {tap.key}")
         tap.losses.append((name.lower(), float(weight)))
     return list(groups.values())
+
+
+def current_iteration() -> Optional[int]:
+    """The training iteration of the current ``EventStorage``; None outside a training loop."""
+    try:
+        return get_event_storage().iter
+    except AssertionError:
+        return None
+
+
+class DistillSchedule:
+    """Multiplier of every distillation weight over training: a linear warm-up from 0 to 1 over
+    ``warmup_iters`` iterations, then 1, and 0 from ``stop_iter`` on (-1: never), as mmrazor's
+    ``StopDistillHook``. Outside a training loop (iteration None) the factor is 1."""
+
+    def __init__(self, warmup_iters: int = 0, stop_iter: int = -1):
+        if warmup_iters < 0 or stop_iter < -1:
+            raise ConfigError(
+                f"MODEL.DISTILL.WARMUP_ITERS = {warmup_iters} must be >= 0 and "
+                f"MODEL.DISTILL.STOP_ITER = {stop_iter} >= 0 or -1 (never)"
+            )
+        self.warmup_iters, self.stop_iter = int(warmup_iters), int(stop_iter)
+
+    @property
+    def active(self) -> bool:
+        """Whether the factor ever differs from 1."""
+        return self.warmup_iters > 0 or self.stop_iter >= 0
+
+    def stopped(self, iteration: Optional[int]) -> bool:
+        return iteration is not None and 0 <= self.stop_iter <= iteration
+
+    def factor(self, iteration: Optional[int]) -> float:
+        if iteration is None:
+            return 1.0
+        if self.stopped(iteration):
+            return 0.0
+        if iteration < self.warmup_iters:
+            return iteration / self.warmup_iters
+        return 1.0
+
+
+class LossBalanceMonitor:
+    """Gradient norm of each loss term w.r.t. the student features it reaches, on diagnostics
+    iterations: ``grad_norm/<term>/<position>`` for every term (task and distillation) and
+    tapped student position, ``grad_norm/task/<position>`` for the sum of the task terms, and
+    ``grad_ratio/<term>`` = a distillation term's norm at its own tap's student position over the
+    task loss's norm there. When a ratio exceeds ``warn_ratio`` for ``patience`` consecutive
+    diagnostics periods, one warning names the term and the config key of its weight.
+
+    The norms come from ``torch.autograd.grad`` with ``retain_graph``: one partial backward per
+    term, down to the tapped features only (no parameter gradient is touched). Ordinary
+    iterations cost nothing.
+    """
+
+    def __init__(self, taps: Sequence[Tap], warn_ratio: float = 10.0, patience: int = 3):
+        self.taps = list(taps)
+        self.warn_ratio, self.patience = float(warn_ratio), int(patience)
+        self._over: Dict[str, int] = {}
+        self._warned: set = set()
+
+    def measure(self, losses: Dict[str, torch.Tensor], student_feats: Dict[str, torch.Tensor], iteration: int):
+        """Log the gradient norms of ``losses`` at the taps' student positions (one host read)."""
+        positions = sorted(
+            {t.student for t in self.taps}
+            & {p for p, f in student_feats.items() if torch.is_tensor(f) and f.requires_grad}
+        )
+        if not positions:
+            return {}
+        feats = [student_feats[p] for p in positions]
+        norms: Dict[str, torch.Tensor] = {}
+        task_grads: Dict[str, torch.Tensor] = {}
+        for name, loss in losses.items():
+            if not (torch.is_tensor(loss) and loss.requires_grad):
+                continue
+            grads = torch.autograd.grad(loss, feats, retain_graph=True, allow_unused=True)
+            for pos, g in zip(positions, grads):
+                if g is None:
+                    continue
+                norms[f"grad_norm/{name}/{pos}"] = g.detach().float().norm()
+                if not name.startswith("loss_distill_"):
+                    task_grads[pos] = g if pos not in task_grads else task_grads[pos] + g
+        for pos, g in task_grads.items():
+            norms[f"grad_norm/task/{pos}"] = g.detach().float().norm()
+        for tap in self.taps:
+            task = norms.get(f"grad_norm/task/{tap.student}")
+            for name, _ in tap.losses:
+                term = f"loss_distill_{name}_{tap.key}"
+                own = norms.get(f"grad_norm/{term}/{tap.student}")
+                if own is not None and task is not None:
+                    norms[f"grad_ratio/{term}"] = own / task.clamp_min(1e-12)
+        if not norms:
+            return {}
+        values = dict(zip(norms, torch.stack(list(norms.values())).tolist()))  # one host read
+        storage = get_event_storage()
+        for key, value in values.items():
+            storage.put_scalar(key, value, smoothing_hint=False)
+        self._check(values, iteration)
+        return values
+
+    def _check(self, values: Dict[str, float], iteration: int) -> None:
+        for tap in self.taps:
+            for name, weight in tap.losses:
+                term = f"loss_distill_{name}_{tap.key}"
+                ratio = values.get(f"grad_ratio/{term}")
+                if ratio is None:
+                    continue
+                self._over[term] = self._over.get(term, 0) + 1 if ratio > self.warn_ratio else 0
+                if self._over[term] >= self.patience and term not in self._warned:
+                    self._warned.add(term)
+                    where = (
+                        f"MODEL.DISTILL.KD_WEIGHT (= {weight:g}; or MODEL.DISTILL.KD_REDUCTION)"
+                        if tap.weight_key == "MODEL.DISTILL.KD_WEIGHT"
+                        else f"the weight of MODEL.DISTILL.TAPS entry "
+                        f"['{tap.student}', '{tap.teacher}', '{name}', {weight:g}]"
+                    )
+                    logger.warning(
+                        "Distillation term %s dominates the task loss: its gradient at the "
+                        "student's %s has been %.1fx the task loss's (above "
+                        "MODEL.DISTILL.GRAD_RATIO_WARN = %g) for %d consecutive diagnostics "
+                        "periods, up to iteration %d. The student may learn the teacher's "
+                        "features at the expense of its own task; lower %s.",
+                        term, tap.student, ratio, self.warn_ratio, self._over[term], iteration, where,
+                    )
 
 
 class FeatureDistiller(nn.Module):
@@ -86,12 +212,18 @@ class FeatureDistiller(nn.Module):
         always_connect: bool = False,
         loss_cfg=None,
         diagnostics_period: int = 20,
+        warmup_iters: int = 0,
+        stop_iter: int = -1,
+        grad_ratio_warn: float = 10.0,
+        grad_ratio_patience: int = 3,
     ):
         super().__init__()
         self.taps = list(taps)
         self.connectors = nn.ModuleDict()
         self.losses = nn.ModuleDict()
         self.diagnostics_period = diagnostics_period
+        self.schedule = DistillSchedule(warmup_iters, stop_iter)
+        self.balance = LossBalanceMonitor(self.taps, grad_ratio_warn, grad_ratio_patience)
         for tap in self.taps:
             for side, pos, shapes in (("student", tap.student, student_shapes), ("teacher", tap.teacher, teacher_shapes)):
                 if pos not in shapes:
@@ -113,6 +245,29 @@ class FeatureDistiller(nn.Module):
                     name, weight=weight, cfg=loss_cfg, student_channels=ct, teacher_channels=ct
                 )
 
+    @classmethod
+    def from_config(cls, cfg, taps: Sequence[Tap], student_shapes, teacher_shapes) -> "FeatureDistiller":
+        """The distiller of a ``Distill*`` meta-architecture from its ``MODEL.DISTILL`` keys."""
+        d = cfg.MODEL.DISTILL
+        return cls(
+            taps,
+            student_shapes,
+            teacher_shapes,
+            connector=d.CONNECTOR,
+            always_connect=d.ALWAYS_CONNECT,
+            loss_cfg=cfg,
+            diagnostics_period=d.DIAGNOSTICS_PERIOD,
+            warmup_iters=d.WARMUP_ITERS,
+            stop_iter=d.STOP_ITER,
+            grad_ratio_warn=d.GRAD_RATIO_WARN,
+            grad_ratio_patience=d.GRAD_RATIO_PATIENCE,
+        )
+
+    @property
+    def loss_names(self) -> List[str]:
+        """The ``loss_distill_<loss>_<tap key>`` names this distiller returns, in order."""
+        return [f"loss_distill_{name}_{tap.key}" for tap in self.taps for name, _ in tap.losses]
+
     @property
     def student_positions(self) -> set:
         return {t.student for t in self.taps}
@@ -130,11 +285,19 @@ class FeatureDistiller(nn.Module):
         return student
 
     def forward(
-        self, student_feats: Dict[str, torch.Tensor], teacher_feats: Dict[str, torch.Tensor], **context
+        self,
+        student_feats: Dict[str, torch.Tensor],
+        teacher_feats: Dict[str, torch.Tensor],
+        *,
+        factor: float = 1.0,
+        **context,
     ) -> Dict[str, torch.Tensor]:
         """Weighted distillation losses, one ``loss_distill_<loss>_<tap key>`` entry each.
 
-        ``context`` (labels, ignore_value, boxes, image_size, ...) is passed to every loss.
+        Args:
+            student_feats, teacher_feats: feature maps by position (B x C x h x w).
+            factor: multiplies every weight (the schedule's value at this iteration).
+            context: labels, ignore_value, boxes, image_size, ... passed to every loss.
         """
         losses, stats = {}, {}
         log = self._should_log()
@@ -142,7 +305,8 @@ class FeatureDistiller(nn.Module):
             t = teacher_feats[tap.teacher]
             s = self.align(tap, student_feats[tap.student], t)
             for name, _ in tap.losses:
-                losses[f"loss_distill_{name}_{tap.key}"] = self.losses[f"{tap.key}__{name}"](s, t, **context)
+                loss = self.losses[f"{tap.key}__{name}"](s, t, **context)
+                losses[f"loss_distill_{name}_{tap.key}"] = loss if factor == 1.0 else loss * factor
             if log:
                 stats[tap.key] = feature_stats_tensor(s, t)
         if stats:  # one host read for all taps, on diagnostics iterations only
@@ -154,13 +318,54 @@ class FeatureDistiller(nn.Module):
         return losses
 
     def _should_log(self) -> bool:
-        if self.diagnostics_period <= 0 or not self.training:
+        it = current_iteration()
+        if self.diagnostics_period <= 0 or not self.training or it is None:
             return False
-        try:
+        return it % self.diagnostics_period == 0
+
+    def zero_losses(self) -> Dict[str, torch.Tensor]:
+        """Every distillation loss name with the value 0, after the schedule's stop: no teacher
+        forward. The zero depends on every trainable distiller parameter, so DDP (which needs
+        each parameter in the graph without ``find_unused_parameters``) still sees them."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        zero = sum(p.sum() for p in params) * 0.0 if params else torch.zeros(())
+        return {name: zero for name in self.loss_names}
+
+    def step(
+        self,
+        student_feats: Dict[str, torch.Tensor],
+        teacher_fn: Callable[[], Dict[str, torch.Tensor]],
+        task_losses: Dict[str, torch.Tensor],
+        **context,
+    ) -> Dict[str, torch.Tensor]:
+        """Task and distillation losses of one training step.
+
+        Applies the weight schedule (the teacher is not run once distillation has stopped),
+        and on diagnostics iterations measures the gradient balance of the terms.
+
+        Args:
+            student_feats: the student's features by position; those of the taps must be the
+                tensors the task losses were computed from (for the gradient diagnostics).
+            teacher_fn: returns the teacher's features by position (called at most once).
+            task_losses: the student's own ``loss_*`` terms.
+            context: passed to every distillation loss.
+        """
+        it = current_iteration()
+        factor = self.schedule.factor(it)
+        if self.schedule.active and it is not None:
             storage = get_event_storage()
-        except AssertionError:  # called outside a training loop
-            return False
-        return storage.iter % self.diagnostics_period == 0
+            storage.put_scalar("distill/weight_factor", factor, smoothing_hint=False)
+            for tap in self.taps:
+                for name, weight in tap.losses:
+                    storage.put_scalar(
+                        f"distill_weight/loss_distill_{name}_{tap.key}", weight * factor, smoothing_hint=False
+                    )
+        if self.schedule.stopped(it):
+            return {**task_losses, **self.zero_losses()}
+        losses = {**task_losses, **self(student_feats, teacher_fn(), factor=factor, **context)}
+        if self._should_log():
+            self.balance.measure(losses, student_feats, it)
+        return losses
 
 
 class TeacherMixin:

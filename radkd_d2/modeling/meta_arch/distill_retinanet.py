@@ -145,14 +145,8 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
                 f"student and teacher pad their inputs differently (size divisibility, "
                 f"constraints: {s_pad} vs {t_pad}); their feature maps would not align"
             )
-        ret["distiller"] = FeatureDistiller(
-            parse_taps(dcfg.TAPS),
-            retinanet_tap_shapes(backbone),
-            retinanet_tap_shapes(teacher.backbone),
-            connector=dcfg.CONNECTOR,
-            always_connect=dcfg.ALWAYS_CONNECT,
-            loss_cfg=cfg,
-            diagnostics_period=dcfg.DIAGNOSTICS_PERIOD,
+        ret["distiller"] = FeatureDistiller.from_config(
+            cfg, parse_taps(dcfg.TAPS), retinanet_tap_shapes(backbone), retinanet_tap_shapes(teacher.backbone)
         )
         if dcfg.INIT_STUDENT_FROM_TEACHER:
             student = nn.Module()  # the student's parameter names: backbone.*, head.*
@@ -178,14 +172,10 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         student = retinanet_taps(self.backbone, images.tensor, self._student_bottom_up)
         features = [student[f] for f in self.head_in_features]
-        losses = self.forward_training(images, features, self.head(features), gt_instances)
-        teacher = self.teacher_features(batched_inputs)
-        losses.update(
-            self.distiller(
-                student,
-                teacher,
-                boxes=[x.gt_boxes.tensor for x in gt_instances],
-                image_size=tuple(images.tensor.shape[-2:]),
-            )
+        return self.distiller.step(
+            student,
+            lambda: self.teacher_features(batched_inputs),
+            self.forward_training(images, features, self.head(features), gt_instances),
+            boxes=[x.gt_boxes.tensor for x in gt_instances],
+            image_size=tuple(images.tensor.shape[-2:]),
         )
-        return losses

@@ -89,14 +89,8 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
                 f"teacher predicts {t_classes} classes but the student {s_classes} "
                 "(MODEL.SEM_SEG_HEAD.NUM_CLASSES): teacher and student must be for the same data set"
             )
-        ret["distiller"] = FeatureDistiller(
-            parse_taps(dcfg.TAPS, dcfg.KD_WEIGHT),
-            seg_tap_shapes(student),
-            seg_tap_shapes(teacher),
-            connector=dcfg.CONNECTOR,
-            always_connect=dcfg.ALWAYS_CONNECT,
-            loss_cfg=cfg,
-            diagnostics_period=dcfg.DIAGNOSTICS_PERIOD,
+        ret["distiller"] = FeatureDistiller.from_config(
+            cfg, parse_taps(dcfg.TAPS, dcfg.KD_WEIGHT), seg_tap_shapes(student), seg_tap_shapes(teacher)
         )
         ret.update(
             teacher=teacher,
@@ -131,16 +125,12 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
             self.backbone.padding_constraints,
         ).tensor
         student = seg_taps(self, images.tensor, need_head=True)
-        losses = head.losses(student, targets)
-        teacher = self.teacher_features(batched_inputs)
-        losses.update(
-            self.distiller(
-                student,
-                teacher,
-                labels=targets,
-                ignore_value=head.ignore_value,
-                num_classes=head.num_classes,
-                image_size=tuple(images.tensor.shape[-2:]),
-            )
+        return self.distiller.step(
+            student,
+            lambda: self.teacher_features(batched_inputs),
+            head.losses(student, targets),
+            labels=targets,
+            ignore_value=head.ignore_value,
+            num_classes=head.num_classes,
+            image_size=tuple(images.tensor.shape[-2:]),
         )
-        return losses
