@@ -158,13 +158,21 @@ def prepare(model, args):
     return model
 
 
-def train_step_fn(model, data, args):
+def train_step_fn(model, data, args, diagnostics: bool = False):
+    """One SGD step; with ``diagnostics`` at an iteration where the loss-balance diagnostics
+    (gradient norm per term, feature statistics) run, else at one where they do not."""
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
     model.train()
+    distiller = getattr(model, "distiller", None)
 
     def step():
+        period = getattr(distiller, "diagnostics_period", 0)
+        if distiller is not None:
+            distiller.diagnostics_period = 1 if diagnostics else 0
         with EventStorage(0), autocast(args):
             losses = model(data)
+        if distiller is not None:
+            distiller.diagnostics_period = period
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         opt.step()
@@ -224,6 +232,7 @@ def main(argv=None):
 
     t = timeit({"student": train_step_fn(student, data, args), "teacher": teacher_step,
                 "distill": train_step_fn(distill, data, args), "losses": loss_step,
+                "diagnostics": train_step_fn(distill, data, args, diagnostics=True),
                 "connectors": connector_step}, args, args.reps)
     t_student, t_teacher, t_distill, t_losses = t["student"], t["teacher"], t["distill"], t["losses"]
     model.eval()
@@ -249,6 +258,10 @@ def main(argv=None):
     print(f"  connectors' share of the step's multiply-adds "
           f"{conn_share * 100:.2f}%  (student fwd {f_student / 1e9:.1f} G, teacher fwd {f_teacher / 1e9:.1f} G, "
           f"connectors fwd {f_conn / 1e9:.2f} G)")
+    extra = t["diagnostics"] - t_distill
+    print(f"diagnostics iteration     {t['diagnostics'] * 1e3:9.1f} ms   +{extra * 1e3:.1f} ms over an ordinary step "
+          f"({extra / t_distill * 100:.1f}%; every DIAGNOSTICS_PERIOD iterations, "
+          f"{extra / t_distill * 100 / 20:.2f}% of training at the default 20)")
     print(f"student inference         {n_img / t_infer:9.1f} images/s")
     print(f"host reads in loss path   {sum(syncs.values()):9d}   {syncs or ''}  (goal 0; profiler)")
 

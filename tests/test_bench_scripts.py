@@ -21,7 +21,7 @@ def test_bench_distill_step_prints_ratios(task):
     out = run("bench_distill_step.py", "--task", task, "--size", "smoke", "--reps", "1", "--warmup", "0")
     assert f"task={task} size=smoke" in out
     for label in ("student train step", "teacher inference step", "distillation train step",
-                  "of which connectors", "student inference"):
+                  "of which connectors", "diagnostics iteration", "student inference"):
         assert re.search(rf"{label}\s+[0-9.]+ ", out), (label, out)
     assert re.search(r"ratio to floor [0-9.]+", out) and re.search(r"share of step\s+[0-9.]+%", out)
     assert re.search(r"multiply-adds [0-9.]+%", out)

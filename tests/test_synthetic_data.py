@@ -58,3 +58,33 @@ def test_masks_and_boxes_agree(tmp_path):
 def test_bad_spec(field):
     with pytest.raises(ValueError, match=field):
         SyntheticSpec(**{field: 0})
+
+
+def test_held_out_test_split_is_its_own_stream(tmp_path):
+    with_test = SyntheticSpec(num_train=6, num_val=3, size=64, seed=3, num_test=4)
+    assert SPEC.folder_name != with_test.folder_name
+    assert SPEC.folder_name == SyntheticSpec(num_train=6, num_val=3, size=64, seed=3, num_test=0).folder_name
+    folder = ensure_synthetic(tmp_path, with_test)
+    test_images = sorted((folder / "test/images").iterdir())
+    assert len(test_images) == 4 and len(list((folder / "test/labels").iterdir())) == 4
+    assert json.loads((folder / "annotations/instances_test.json").read_text())["images"]
+    others = [p for split in ("train", "val") for p in (folder / split / "images").iterdir()]
+    for t in test_images:  # no test scene repeats a train or val scene
+        assert not any(filecmp.cmp(t, o, shallow=False) for o in others), t
+    # the train and val splits are the same as without a test split
+    plain = ensure_synthetic(tmp_path / "plain", SPEC)
+    assert filecmp.cmp(plain / "val/images/00002.png", folder / "val/images/00002.png", shallow=False)
+    assert not (plain / "test").exists()
+
+
+def test_test_split_registered_only_when_asked(tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    from radkd_d2.data.register_synthetic import register_synthetic
+
+    spec = SyntheticSpec(num_train=2, num_val=2, size=64, seed=11, num_test=3)
+    register_synthetic(str(tmp_path), spec)
+    assert len(DatasetCatalog.get("synthetic_sem_seg_test")) == 3
+    assert len(DatasetCatalog.get("synthetic_det_test")) >= 1
+    register_synthetic(str(tmp_path), SyntheticSpec(num_train=2, num_val=2, size=64, seed=11))
+    assert "synthetic_sem_seg_test" not in DatasetCatalog.list()

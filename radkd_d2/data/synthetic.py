@@ -7,6 +7,7 @@ than a tiny one. One generator produces both annotations from the same drawing:
 
 * semantic segmentation: ``<split>/labels/*.png`` with values 0..5 (0 = background) and 255 only
   where a thin anti-aliasing border is ambiguous (the ignore value);
+* a held-out ``test`` split when ``num_test > 0``, drawn from a seed sequence of its own;
 * COCO-format detection: ``annotations/instances_<split>.json`` with one box per *visible* object
   (the tight box of its visible pixels; objects mostly hidden are dropped).
 
@@ -47,17 +48,28 @@ class SyntheticSpec:
     num_val: int = 16
     size: int = 96
     seed: int = 0
+    num_test: int = 0  # held-out split, drawn from its own random stream; 0: none
 
     def __post_init__(self):
         for key in ("num_train", "num_val"):
             if getattr(self, key) < 1:
                 raise ValueError(f"synthetic data: {key} must be >= 1, got {getattr(self, key)}")
+        if self.num_test < 0:
+            raise ValueError(f"synthetic data: num_test must be >= 0, got {self.num_test}")
+
+    @property
+    def splits(self) -> dict:
+        """``{split: number of images}`` of the splits this spec generates."""
+        return {"train": self.num_train, "val": self.num_val, **({"test": self.num_test} if self.num_test else {})}
         if self.size < 32:
             raise ValueError(f"synthetic data: size must be >= 32 pixels, got {self.size}")
 
     @property
     def folder_name(self) -> str:
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        fields = asdict(self)
+        if not self.num_test:  # specs without a test split keep the folders they always had
+            del fields["num_test"]
+        digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
         return f"synthetic_{digest}"
 
 
@@ -140,7 +152,9 @@ def render_scene(rng: np.random.Generator, size: int):
 def _write_split(folder: Path, split: str, n: int, spec: SyntheticSpec) -> dict:
     (folder / split / "images").mkdir(parents=True)
     (folder / split / "labels").mkdir(parents=True)
-    split_seed = {"train": 0, "val": 1}[split]
+    # each split draws from its own seed sequence (spec seed, split, index): the test split's
+    # scenes are independent of everything a run may have been tuned on
+    split_seed = {"train": 0, "val": 1, "test": 2}[split]
     images, annotations = [], []
     for idx in range(n):
         rng = np.random.default_rng([spec.seed, split_seed, idx])
@@ -180,7 +194,7 @@ def ensure_synthetic(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpe
     tmp = Path(tempfile.mkdtemp(prefix=".tmp_synthetic_", dir=root))
     try:
         (tmp / "annotations").mkdir()
-        for split, n in (("train", spec.num_train), ("val", spec.num_val)):
+        for split, n in spec.splits.items():
             coco = _write_split(tmp, split, n, spec)
             with open(tmp / "annotations" / f"instances_{split}.json", "w") as f:
                 json.dump(coco, f)

@@ -2,7 +2,9 @@
 poly LR, and DDP that also works for CPU processes (gloo)."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 import weakref
 
 from detectron2.data import (
@@ -17,8 +19,10 @@ from detectron2.utils.logger import setup_logger
 
 from radkd_d2.data import ReadableDatasetMapper, SemSegDatasetMapper
 from radkd_d2.evaluation import build_evaluator
+from radkd_d2.modeling.teacher import load_teacher_cfg
 from radkd_d2.solver import build_lr_scheduler
 
+from .checks import ConfigError
 from .hooks import TeacherIntegrityHook
 from .train_loop import (
     AMP_DTYPES,
@@ -28,6 +32,25 @@ from .train_loop import (
     RNGState,
     Trainer32,
 )
+
+
+logger = logging.getLogger(__name__)
+
+# the metric a teacher floor (MODEL.DISTILL.TEACHER.MIN_SCORE) applies to, per evaluator task
+PRIMARY_METRICS = {"sem_seg": "mIoU", "bbox": "AP"}
+TEACHER_EVAL_FILE = "teacher_eval.json"
+
+
+def primary_score(results: dict):
+    """``(task/metric, value)`` of the first evaluation task with a primary metric, or None.
+    ``results`` is ``DefaultTrainer.test``'s output: ``{task: {metric: v}}``, or
+    ``{dataset: {task: {metric: v}}}`` for several test sets (the first set counts)."""
+    if results and not any(k in PRIMARY_METRICS for k in results):
+        results = next(iter(results.values()), {})
+    for task, metric in PRIMARY_METRICS.items():
+        if metric in (results or {}).get(task, {}):
+            return f"{task}/{metric}", float(results[task][metric])
+    return None
 
 
 def _is_sem_seg(dataset_name: str) -> bool:
@@ -65,6 +88,65 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def train(self):
+        """Detectron2's training loop, after the teacher check when it is asked for."""
+        dcfg = self.cfg.MODEL.DISTILL
+        if dcfg.TEACHER.EVAL_BEFORE_TRAIN or dcfg.TEACHER.MIN_SCORE > 0:
+            self.evaluate_teacher()
+        return super().train()
+
+    def evaluate_teacher(self) -> dict:
+        """Score the frozen teacher on ``DATASETS.TEST`` (the student's test sets, read with the
+        teacher's own input settings) before distilling; write the results to
+        ``OUTPUT_DIR/teacher_eval.json``; raise when its primary metric (mIoU, box AP) is below
+        ``MODEL.DISTILL.TEACHER.MIN_SCORE``. Runs on every process (evaluation is distributed)."""
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        teacher = getattr(model, "teacher", None)
+        dcfg = self.cfg.MODEL.DISTILL
+        if teacher is None:
+            raise ConfigError(
+                "MODEL.DISTILL.TEACHER.EVAL_BEFORE_TRAIN / MIN_SCORE need a Distill* "
+                f"meta-architecture; MODEL.META_ARCHITECTURE is {self.cfg.MODEL.META_ARCHITECTURE!r}"
+            )
+        tcfg = load_teacher_cfg(dcfg.TEACHER.CONFIG_FILE, self.cfg.MODEL.DEVICE, dcfg.TEACHER.OPTS)
+        tcfg.defrost()
+        tcfg.DATASETS = self.cfg.DATASETS.clone()  # the student's data: where it will be scored
+        tcfg.OUTPUT_DIR = os.path.join(self.cfg.OUTPUT_DIR, "teacher_eval")
+        tcfg.freeze()
+        logger.info("Evaluating the teacher (%s) on %s before distillation",
+                    dcfg.TEACHER.WEIGHTS or "random weights", tuple(tcfg.DATASETS.TEST))
+        results = comm.all_gather(self.test(tcfg, teacher))[0]  # the main process's results
+        score = primary_score(results)
+        if comm.is_main_process():
+            record = {
+                "config_file": dcfg.TEACHER.CONFIG_FILE,
+                "weights": dcfg.TEACHER.WEIGHTS,
+                "datasets": list(tcfg.DATASETS.TEST),
+                "results": results,
+            }
+            os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+            with open(os.path.join(self.cfg.OUTPUT_DIR, TEACHER_EVAL_FILE), "w") as f:
+                json.dump(record, f, indent=2)
+        floor = dcfg.TEACHER.MIN_SCORE
+        if floor > 0:
+            if score is None:
+                raise ConfigError(
+                    f"MODEL.DISTILL.TEACHER.MIN_SCORE = {floor}: the teacher's evaluation on "
+                    f"{tuple(tcfg.DATASETS.TEST)} gave no mIoU or AP to compare with (results: {results})"
+                )
+            name, value = score
+            if value < floor:
+                raise RuntimeError(
+                    f"refusing to distil: the teacher scores {name} = {value:.2f} on "
+                    f"{tuple(tcfg.DATASETS.TEST)}, below MODEL.DISTILL.TEACHER.MIN_SCORE = {floor:g}. "
+                    "A teacher this weak would teach the student its mistakes; check that "
+                    f"MODEL.DISTILL.TEACHER.WEIGHTS ({dcfg.TEACHER.WEIGHTS or 'empty: random'}) is "
+                    "a trained checkpoint of MODEL.DISTILL.TEACHER.CONFIG_FILE "
+                    f"({dcfg.TEACHER.CONFIG_FILE}), or lower the floor"
+                )
+            logger.info("Teacher %s = %.2f >= MODEL.DISTILL.TEACHER.MIN_SCORE = %g", name, value, floor)
+        return results
 
     def build_hooks(self):
         hooks = super().build_hooks()

@@ -93,6 +93,24 @@ def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True
     logger.info("Loaded %s weights from %s", what, weights)
 
 
+def check_finite(model: nn.Module, weights: str, what: str = "teacher") -> None:
+    """Fail when a floating-point parameter or buffer of ``model`` holds NaN or Inf, naming
+    each such tensor and the checkpoint (otherwise the first sign would be a NaN loss)."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    flags = {k: torch.isfinite(t).all() for k, t in tensors.items() if t.is_floating_point()}
+    if not flags:
+        return
+    ok = torch.stack(list(flags.values())).tolist()  # one host read for all tensors
+    bad = [k for k, good in zip(flags, ok) if not good]
+    if bad:
+        counts = [int((~torch.isfinite(tensors[k])).sum()) for k in bad]
+        raise TeacherLoadError(
+            f"{what} checkpoint {weights!r} holds NaN or Inf values in {len(bad)} tensor(s):\n"
+            + "\n".join(f"  {k}: {n} of {tensors[k].numel()} values" for k, n in zip(bad, counts))
+            + f"\nthe {what} would make every distillation loss NaN; re-export or retrain it"
+        )
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """No gradients, eval mode (BatchNorm statistics and dropout fixed)."""
     model.requires_grad_(False)
@@ -113,6 +131,7 @@ def build_teacher(config_file: str, weights: str, *, device: str, strict: bool =
     model = build_model(cfg)
     if weights:
         load_weights_strictly(model, weights, strict=strict)
+        check_finite(model, weights)
     else:
         logger.warning("MODEL.DISTILL.TEACHER.WEIGHTS is empty: the teacher is randomly initialised")
     return freeze(model), cfg
@@ -129,6 +148,7 @@ def teacher_input_tensors(batched_inputs, student_format: str, teacher_format: s
 __all__ = [
     "TeacherLoadError",
     "build_teacher",
+    "check_finite",
     "freeze",
     "format_incompatible_keys",
     "load_teacher_cfg",
