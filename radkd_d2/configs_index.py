@@ -29,6 +29,8 @@ __all__ = [
     "METHODS",
     "RECIPES",
     "DatasetSpec",
+    "HANDWRITTEN_KD",
+    "KDFamily",
     "ModelSpec",
     "MethodSpec",
     "RecipeSpec",
@@ -40,6 +42,8 @@ __all__ = [
     "select_rows",
     "train_command",
     "format_rows",
+    "kd_families",
+    "kd_per_pixel_weight",
     "markdown_tables",
     "reduced_size_opts",
     "REDUCED_DISTILL_OPTS",
@@ -82,7 +86,7 @@ class MethodSpec:
     tap: str  # file-name position label: res5, decoder, logits, decoder-logits
     title: str  # as the paper writes it
     taps: Tuple[Tuple[str, str, str, float], ...]  # MODEL.DISTILL.TAPS entries
-    kd_weight: float  # MODEL.DISTILL.KD_WEIGHT (lambda_kd)
+    kd_weight: float  # MODEL.DISTILL.KD_WEIGHT (lambda_kd) in the paper's recipe; 0: no logit KD
     note: str  # the weights and where they come from (written into each config)
     distill_opts: Tuple[Tuple[str, object], ...] = ()  # other MODEL.DISTILL keys
     per_dataset_opts: Tuple[Tuple[str, Tuple[Tuple[str, object], ...]], ...] = ()  # by data set
@@ -101,6 +105,12 @@ class RecipeSpec:
     solver: Tuple[Tuple[str, object], ...] = ()  # SOLVER overrides
     student_model: Tuple[Tuple[str, object], ...] = ()  # MODEL overrides of student baselines
     max_iter: Optional[int] = None  # None: the data set's
+    # Logit KD of the code base the recipe follows: its lambda_kd for every method with logit KD
+    # (None: the method's own) and its normalisation (MODEL.DISTILL.KD_REDUCTION; the two differ
+    # by the factor K, see radkd_d2/losses/logits.py), with where both come from.
+    kd_weight: Optional[float] = None
+    kd_reduction: str = "element"
+    kd_note: str = ""
 
     def iterations(self, dataset: DatasetSpec) -> int:
         return self.max_iter or dataset.max_iter
@@ -136,6 +146,10 @@ RECIPES: Dict[str, RecipeSpec] = {
     "paper": RecipeSpec(
         "paper",
         "the paper's recipe (Sec. 4.2): SGD lr 0.01, momentum 0.9, wd 5e-4, poly 0.9, batch 16",
+        kd_reduction="element",
+        kd_note="lambda_kd 10 following SKD, CWD and IFVD (paper Sec. 4.2), at the scale of the "
+        "code it follows: KD_REDUCTION element, the KL averaged over all B*K*h*w elements "
+        "(PyTorch KLDivLoss default 'mean', as in IFVD's and CWD's released code)",
     ),
     # CIRKD's setup (Table 3): winycg/CIRKD train_cirkd.py defaults (lr 0.02, 40k iterations,
     # batch 16, wd 1e-4) and its ResNet students' auxiliary head on res4 with weight 0.4.
@@ -149,6 +163,13 @@ RECIPES: Dict[str, RecipeSpec] = {
             ("SEM_SEG_HEAD.AUX_LOSS_WEIGHT", 0.4),
         ),
         max_iter=40000,
+        # The paper ran its own methods in CIRKD's code for this table (Sec. 4.3), so LAD and
+        # CAD get CIRKD's logit KD too, not the lambda_kd 10 of the paper's recipe.
+        kd_weight=1.0,
+        kd_reduction="pixel",
+        kd_note="CIRKD's, for every method of Table 3 (the paper ran its methods in CIRKD's "
+        "code): lambda_kd 1 (train_cirkd.py --lambda-kd 1) with KD_REDUCTION pixel, the KL "
+        "summed over classes and averaged over the B*h*w pixels (losses/kd.py, batchmean)",
     ),
 }
 
@@ -163,7 +184,7 @@ def _ours(key: str, tap: str, eq: str) -> MethodSpec:
         ((tap, tap, key, 10.0),),
         10.0,
         f"{what} on {tap}, weight 10 (lambda_ad, paper Sec. 4.2 / Tab. 5), + pixel-wise logit KD "
-        "lambda_kd 10 (Sec. 4.2).",
+        "(lambda_kd 10 in the paper's recipe, Sec. 4.2; see Logit KD).",
     )
 
 
@@ -254,6 +275,19 @@ class Run:
     @property
     def output_dir(self) -> str:
         return f"output/{self.dataset.key}/{self.name}"
+
+    @property
+    def kd_weight(self) -> float:
+        """``MODEL.DISTILL.KD_WEIGHT``: 0 without logit KD, else the recipe's lambda_kd where it
+        sets one, else the method's."""
+        if self.role != "distill" or self.method.kd_weight == 0:
+            return 0.0
+        return self.method.kd_weight if self.recipe.kd_weight is None else self.recipe.kd_weight
+
+    @property
+    def kd_reduction(self) -> Optional[str]:
+        """``MODEL.DISTILL.KD_REDUCTION`` of a run with logit KD (the recipe's), else None."""
+        return self.recipe.kd_reduction if self.kd_weight > 0 else None
 
     @property
     def base_run(self) -> Optional["Run"]:
@@ -415,6 +449,74 @@ def all_runs() -> List[Run]:
             if run is not None:
                 runs.setdefault(run.path, run)
     return list(runs.values())
+
+
+@dataclass(frozen=True)
+class KDFamily:
+    """A config family and the logit KD (lambda_kd L_kd of Eq. 9) its distillation runs use."""
+
+    title: str
+    configs: str  # where its files are, for the reader
+    kd_weight: float  # MODEL.DISTILL.KD_WEIGHT; 0: no logit KD
+    reduction: Optional[str]  # MODEL.DISTILL.KD_REDUCTION; None without logit KD
+    num_classes: Optional[int]  # K; None without logit KD
+    folders: Tuple[str, ...] = ()  # hand-written families: config folders under configs/
+    meta_arch: str = ""  # ... and the MODEL.META_ARCHITECTURE of their distillation configs
+
+    @property
+    def per_pixel_weight(self) -> float:
+        """The weight of one pixel's class-summed KL in the total loss."""
+        if self.kd_weight == 0:
+            return 0.0
+        return kd_per_pixel_weight(self.kd_weight, self.reduction, self.num_classes)
+
+
+def kd_per_pixel_weight(kd_weight: float, reduction: str, num_classes: int) -> float:
+    """lambda_kd / K for KD_REDUCTION "element" (a mean over the K classes too), lambda_kd for
+    "pixel" (classes summed): the factor of one pixel's class-summed KL."""
+    if reduction not in ("element", "pixel"):
+        raise ValueError(f"KD reduction must be 'element' or 'pixel', got {reduction!r}")
+    return kd_weight / num_classes if reduction == "element" else kd_weight
+
+
+# The hand-written configs outside the matrix (tests/test_configs_kd.py checks every
+# distillation config in these folders against its family).
+HANDWRITTEN_KD: Tuple[KDFamily, ...] = (
+    KDFamily("CamVid (CPU-sized study)", "`camvid/*_pspr101_pspr18_camvid.yaml`",
+             10.0, "element", 11, ("camvid",), "DistillSemanticSegmentor"),
+    KDFamily("Synthetic scenes and demo", "`synthetic/distill/*_pspr101_pspr18_*`, "
+             "`synthetic/demo/lad_*`", 10.0, "element", 6, ("synthetic",),
+             "DistillSemanticSegmentor"),
+    KDFamily("COCO detection (RetinaNet; also tiny COCO and synthetic)",
+             "`coco/distill/`, `tiny_coco/distill/`, `synthetic/distill/*_fpn_*`",
+             0.0, None, None, ("coco", "tiny_coco", "synthetic"), "DistillRetinaNet"),
+)  # fmt: skip
+
+
+def kd_families() -> List[KDFamily]:
+    """The logit KD of every config family: the matrix's per (recipe, data set), computed from
+    its runs, then :data:`HANDWRITTEN_KD`. Raises when a group's runs disagree."""
+    groups: Dict[Tuple[str, str], set] = {}
+    tables: Dict[Tuple[str, str], set] = {}
+    for row in all_rows():
+        run = row.run
+        if run.kd_weight > 0:
+            key = (run.recipe.key, run.dataset.key)
+            groups.setdefault(key, set()).add((run.kd_weight, run.kd_reduction))
+            tables.setdefault(key, set()).add(row.table)
+    families = []
+    for (recipe, dataset), values in groups.items():
+        if len(values) != 1:
+            raise ValueError(f"recipe {recipe!r} on {dataset}: runs disagree on logit KD {values}")
+        (kd_weight, reduction), d = next(iter(values)), DATASETS[dataset]
+        numbers = ", ".join(map(str, sorted(tables[recipe, dataset])))
+        what = "CIRKD's protocol" if recipe == "cirkd" else "paper recipe"
+        families.append(
+            KDFamily(f"{d.title}, Table{'s' if ',' in numbers else ''} {numbers} ({what})",
+                     f"`{d.key}/*_{RECIPES[recipe].iterations(d) // 1000}k_{d.key}.yaml`",
+                     kd_weight, reduction, d.num_classes)
+        )  # fmt: skip
+    return families + list(HANDWRITTEN_KD)
 
 
 def select_rows(table: Optional[int] = None, dataset: Optional[str] = None) -> List[Row]:

@@ -14,8 +14,8 @@ needs_shared = pytest.mark.skipif(
 )
 
 
-def _fake_camvid(root, label_value=3, n=2):
-    for split in ("train", "val"):
+def _fake_camvid(root, label_value=3, n=2, splits=("train", "val")):
+    for split in splits:
         (root / "camvid" / split).mkdir(parents=True)
         (root / "camvid" / f"{split}annot").mkdir(parents=True)
         for i in range(n):
@@ -23,6 +23,21 @@ def _fake_camvid(root, label_value=3, n=2):
             lab = np.full((24, 32), label_value, np.uint8)
             cv2.imwrite(str(root / "camvid" / split / f"f{i}.png"), img)
             cv2.imwrite(str(root / "camvid" / f"{split}annot" / f"f{i}.png"), lab)
+
+
+def test_camvid_test_split_registered_only_with_images_and_labels(tmp_path):
+    _fake_camvid(tmp_path)
+    (tmp_path / "camvid" / "test").mkdir()  # images without labels: not a usable split
+    if "camvid_test" in DatasetCatalog.list():
+        DatasetCatalog.remove("camvid_test")
+    register_camvid(str(tmp_path))
+    assert "camvid_test" not in DatasetCatalog.list()
+    (tmp_path / "camvid" / "test").rmdir()
+    _fake_camvid(tmp_path, n=3, splits=("test",))
+    register_camvid(str(tmp_path))
+    assert [d["image_id"] for d in DatasetCatalog.get("camvid_test")] == ["f0", "f1", "f2"]
+    assert MetadataCatalog.get("camvid_test").evaluator_type == "sem_seg"
+    DatasetCatalog.remove("camvid_test")
 
 
 def test_synthetic_registered_both_ways(tmp_path):

@@ -6,7 +6,8 @@ Expected layout under ``<root>/camvid``::
 
 Images may also be .jpg (a compressed copy); labels are always .png with the image's stem.
 
-Names: ``camvid_train``, ``camvid_val`` (and ``camvid_test`` when the folder exists).
+Names: ``camvid_train``, ``camvid_val`` (and ``camvid_test`` when ``test/`` and ``testannot/``
+exist, so a run can be scored on the held-out split with ``--eval-only``).
 """
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def register_camvid(root: str = "") -> None:
     """Register ``camvid_{train,val,test}`` from ``<root>/camvid`` (root: see datasets_root)."""
     folder = datasets_root(root) / "camvid"
     for split in ("train", "val", "test"):
-        if split == "test" and not (folder / "test").is_dir():
-            continue
+        if split == "test" and not ((folder / "test").is_dir() and (folder / "testannot").is_dir()):
+            continue  # the held-out split is optional: registered only when it is there
         register(
             f"camvid_{split}",
             lambda split=split: load_camvid(folder, split),

@@ -67,18 +67,23 @@ def test_kd_module_ignores_labels_at_input_resolution():
     s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     labels = torch.randint(0, 3, (2, 16, 16))
     labels[:, :8] = 255  # top half ignored -> top two logit rows ignored after nearest resize
-    kd = build_distill_loss("kd", weight=3.0, temperature=2.0)
-    out = kd(s, t, labels=labels, ignore_value=255, boxes=None)
     mask = torch.zeros(2, 4, 4, dtype=torch.bool)
     mask[:, :2] = True
-    assert out.item() == pytest.approx(3.0 * logits_kd_loss(s, t, 2.0, mask).item(), rel=1e-6)
+    for reduction in ("element", "pixel"):
+        kd = build_distill_loss("kd", weight=3.0, temperature=2.0, reduction=reduction)
+        out = kd(s, t, labels=labels, ignore_value=255, boxes=None)
+        expected = 3.0 * logits_kd_loss(s, t, 2.0, mask, reduction=reduction)
+        assert out.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_kd_gradcheck():
     s = torch.randn(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     t = torch.randn(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     ignore = torch.tensor([[[True, False, False], [False, False, True]]] * 2)
-    assert torch.autograd.gradcheck(lambda a, b: logits_kd_loss(a, b, 2.0, ignore), (s, t))
+    for reduction in ("pixel", "element"):
+        assert torch.autograd.gradcheck(
+            lambda a, b: logits_kd_loss(a, b, 2.0, ignore, reduction=reduction), (s, t)
+        )
 
 
 def test_fitnet_hint_value_and_regressor():

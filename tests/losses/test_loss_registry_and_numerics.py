@@ -70,7 +70,7 @@ def test_build_every_name_with_and_without_config(name):
 
 
 def test_constructor_defaults_match_config_defaults():
-    for name in sorted(EXPECTED_NAMES - {"cirkd_memory", "kd"}):
+    for name in sorted(EXPECTED_NAMES - {"cirkd_memory"}):
         cls = DISTILL_LOSS_REGISTRY.get(name)
         kwargs = {"teacher_channels": 8} if name in LEARNABLE else {}
         assert cls(**kwargs).extra_repr() == build_small(name).extra_repr(), name
