@@ -1,13 +1,21 @@
 #!/usr/bin/env python
 """The main job: teacher -> student distillation on the embedded synthetic data, with a report.
 
-Trains (1) the teacher PSPNet-R18 at 1/2 width, (2) the student PSPNet-R18 at 1/8 width without
-KD, (3) the same student with LAD + logit KD (the paper's Eq. 9), all with the same seed,
-iterations and schedule; evaluates each on the synthetic validation set and writes the report
-(``radkd_d2.evaluation.report``: mIoU, Δ vs no-KD, and every run's status) plus train time to
-``output/demo/report.md`` (CSV tables next to it), and prints it.
+Trains (1) the teacher PSPNet-R18 at 1/2 width once, then, --seeds times each (default 3),
+(2) the student PSPNet-R18 at 1/8 width without KD and (3) the same student with LAD + logit KD
+(the paper's Eq. 9), all with the same iterations and schedule; evaluates each on the synthetic
+validation set and writes the report (``radkd_d2.evaluation.report``: per arm the mean mIoU
+± its sample std over seeds, Δ vs no-KD ± its standard error, significance, every run's status)
+plus pixel accuracy and train time to ``output/demo/report.md`` (CSV tables next to it), and
+prints it.
 
-    python tools/demo.py [--output output/demo] [--iters N]
+    python tools/demo.py [--output output/demo] [--iters N] [--seeds N]
+
+Seeds: seed k of a student arm trains with SEED = 42 + k (42 is the demo configs' SEED, so seed
+0 is the run the demo made before it had seeds) into ``<output>/<arm>/seed<k>/``; the teacher
+trains once, with SEED 42, into ``<output>/teacher/``. ``--seeds 1`` gives one run per arm in
+``<output>/<arm>/`` as before. Runs go seed by seed (seed 0 of both student arms first), under
+one progress bar over all iterations, with an ETA.
 """
 
 from __future__ import annotations
@@ -17,33 +25,46 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import List
 
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 warnings.filterwarnings("ignore", category=FutureWarning)
-from radkd_d2.analysis.launch import log_tail, run_training, train_command  # noqa: E402
-from radkd_d2.evaluation.report import (
+from radkd_d2.analysis.launch import (  # noqa: E402
+    PlannedRun,
+    log_tail,
+    plan_seeds,
+    run_training,
+    seeds_arg,
+)
+from radkd_d2.evaluation.report import (  # noqa: E402
     build_report,
     collect_runs,
     report_markdown,
     write_report,
-)  # noqa: E402
+)
 
-RUNS = [
-    ("teacher PSPNet-R18 x1/2", "configs/synthetic/demo/teacher_pspnet_r18x2_synthetic.yaml", "teacher"),
-    ("student PSPNet-R18 x1/8, no KD", "configs/synthetic/demo/student_pspnet_r18x8_synthetic.yaml", "student_nokd"),
+DEMO = "configs/synthetic/demo"
+TEACHER = ("teacher PSPNet-R18 x1/2", f"{DEMO}/teacher_pspnet_r18x2_synthetic.yaml", "teacher")
+STUDENTS = [
+    (
+        "student PSPNet-R18 x1/8, no KD",
+        f"{DEMO}/student_pspnet_r18x8_synthetic.yaml",
+        "student_nokd",
+    ),
     (
         "student + LAD (res5) + KD",
-        "configs/synthetic/demo/lad_res5_pspr18x2_pspr18x8_synthetic.yaml",
+        f"{DEMO}/lad_res5_pspr18x2_pspr18x8_synthetic.yaml",
         "student_lad",
     ),
 ]
 DISTILLED = {"student_lad"}
+BASELINE = "student_nokd"
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -51,46 +72,78 @@ def main(argv=None):
         "--output", default="output/demo", help="output folder (default output/demo)"
     )
     parser.add_argument("--iters", type=int, default=300, help="training iterations per model")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--seeds",
+        type=seeds_arg,
+        default=3,
+        help="runs (seeds) per student arm, SEED 42, 43, ...; the teacher trains once (default 3)",
+    )
+    return parser
+
+
+def plan_runs(args: argparse.Namespace) -> List[PlannedRun]:
+    """The demo's runs in training order: the teacher, then seed by seed both student arms.
+
+    Args:
+        args: parsed :func:`build_parser` arguments (``output``, ``iters``, ``seeds``).
+    """
     out = (REPO / args.output).resolve()
-    teacher_weights = out / "teacher" / "model_final.pth"
+    common = ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.CHECKPOINT_PERIOD", str(args.iters)]
+    label, config, sub = TEACHER
+    plan = plan_seeds(sub, REPO / config, common, out / sub, 1, label=label)
+    per_arm = []
+    for label, config, sub in STUDENTS:
+        # the distillation runs read the teacher this demo trains first
+        extra = (
+            ["MODEL.DISTILL.TEACHER.WEIGHTS", str(out / "teacher" / "model_final.pth")]
+            if sub in DISTILLED
+            else []
+        )
+        per_arm.append(
+            plan_seeds(sub, REPO / config, [*common, *extra], out / sub, args.seeds, label=label)
+        )
+    # seed-major: an interrupted demo still has whole (no KD, LAD) pairs to compare
+    for k in range(args.seeds):
+        plan += [runs[k] for runs in per_arm]
+    return plan
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out = (REPO / args.output).resolve()
+    plan = plan_runs(args)
     t0 = time.time()
     seconds = {}
-    with tqdm(total=len(RUNS) * args.iters, unit="it", desc="demo", dynamic_ncols=True) as bar:
-        for i, (label, config, sub) in enumerate(RUNS):
-            # the distillation run reads the teacher this demo just trained
-            extra = ["MODEL.DISTILL.TEACHER.WEIGHTS", str(teacher_weights)] if sub in DISTILLED else []
-            opts = [
-                "OUTPUT_DIR",
-                str(out / sub),
-                "SOLVER.MAX_ITER",
-                str(args.iters),
-                "SOLVER.CHECKPOINT_PERIOD",
-                str(args.iters),
-                *extra,
-            ]
+    with tqdm(total=len(plan) * args.iters, unit="it", desc="demo", dynamic_ncols=True) as bar:
+        for i, run in enumerate(plan):
             start = time.time()
-            log = out / sub / "demo_stdout.log"
+            log = run.out_dir / "demo_stdout.log"
             rc = run_training(
-                train_command(REPO / config, opts),
+                run.command(),
                 log,
                 bar=bar,
                 offset=i * args.iters,
                 max_iter=args.iters,
-                label=f"[{i + 1}/{len(RUNS)}] {label}",
+                label=f"[{i + 1}/{len(plan)}] {run.label}",
             )
-            seconds[sub] = time.time() - start
+            seconds[run.name] = time.time() - start
             if rc != 0:
                 bar.close()
-                print(f"\n{label} failed (exit {rc}); last lines of {log}:\n{log_tail(log)}")
+                print(f"\n{run.label} failed (exit {rc}); last lines of {log}:\n{log_tail(log)}")
                 sys.exit(rc)
+    dirs = {arm: [r.out_dir for r in plan if r.arm == arm] for arm in ("teacher", *DISTILLED)}
     infos = collect_runs(
-        [out / "student_lad"], teachers=[out / "teacher"], baselines=[out / "student_nokd"]
+        [d for arm in sorted(DISTILLED) for d in dirs[arm]],
+        teachers=dirs["teacher"],
+        baselines=[r.out_dir for r in plan if r.arm == BASELINE],
     )
     report = build_report(infos)
-    title = f"radkd-d2 demo: synthetic scenes, {args.iters} iterations per model, CPU"
+    title = (
+        f"radkd-d2 demo: synthetic scenes, {args.iters} iterations per model, "
+        f"{args.seeds} seed{'s' if args.seeds > 1 else ''} per student, CPU"
+    )
     write_report(report, out / "report", title)  # report.md + CSV tables
-    pacc = {i.result.path.name: i.metrics.get("pACC", float("nan")) for i in infos}
+    pacc = {i.result.path: i.metrics.get("pACC", float("nan")) for i in infos}
     lines = [
         report_markdown(report, title),
         "## Pixel accuracy and time",
@@ -99,8 +152,9 @@ def main(argv=None):
         "|---|---:|---:|",
     ]
     lines += [
-        f"| {label} ({sub}) | {pacc.get(sub, float('nan')):.2f} | {seconds[sub]:.0f} |"
-        for label, _, sub in RUNS
+        f"| {r.label} ({r.name}) | {pacc.get(r.out_dir, float('nan')):.2f} "
+        f"| {seconds[r.name]:.0f} |"
+        for r in plan
     ]
     lines += ["", f"Total wall time: {time.time() - t0:.0f} s. Runs: {out}"]
     text = "\n".join(lines) + "\n"

@@ -3,12 +3,26 @@
 
     python tools/report.py output/camvid/*_camvid --out output/camvid/report
     python tools/report.py RUN [RUN ...] --teacher T_RUN --baseline S_RUN --out report
+    python tools/report.py output/demo/teacher output/demo/student_* --out report   # seeds
 
 Writes ``<out>/report.md`` (segmentation tables like the paper's Tables 1/5/6, detection tables
-like Table 7, each distilled run with Δ versus its no-KD student; then the runs that are missing
-or unfinished, and every run read), ``<out>/segmentation.csv``, ``<out>/detection.csv`` and
-``<out>/runs.csv``; prints the Markdown. Plain runs given positionally are classified as teacher
-or no-KD baseline from the distilled runs' teacher configs; --teacher/--baseline force it.
+like Table 7, each distilled setting with Δ versus its no-KD student; the loss balance; then the
+runs that are missing or unfinished, and every run read), ``<out>/segmentation.csv``,
+``<out>/detection.csv``, ``<out>/loss_balance.csv`` and ``<out>/runs.csv``; prints the Markdown.
+Plain runs given positionally are classified as teacher or no-KD baseline from the distilled
+runs' teacher configs; --teacher/--baseline force it.
+
+Seeds: runs whose configs differ only in SEED and OUTPUT_DIR make one row: the mean, the sample
+std (ddof 1) and the number of seeds, ``52.00 ± 8.00 (5)`` (CSV: ``mIoU``, ``mIoU_std``,
+``seeds``, likewise for every metric); Δ is the difference of means ± its standard error
+sqrt(s²/n + s_b²/n_b) (CSV: ``delta_mIoU``, ``delta_se``; detection ``delta_AP``,
+``delta_AP_se``, ...; blank when either side has one seed), marked ``*`` when Δ > 2·SE. A folder
+holding ``seed<k>`` run folders (what ``--seeds`` of demo.py, sweep.py and camvid_study.py
+writes) stands for those seeds. runs.csv still lists every run folder, with its SEED.
+
+Loss balance: per setting, the median over all diagnostics periods and seeds of each
+distillation term's ``grad_ratio/<term>`` (its gradient norm over the task loss's at the same
+student feature), as a Markdown section and ``loss_balance.csv``.
 """
 
 from __future__ import annotations
@@ -34,7 +48,10 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "runs", nargs="*", metavar="RUN_DIR", help="run output folders (Detectron2 OUTPUT_DIR)"
+        "runs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="run output folders (Detectron2 OUTPUT_DIR), or arm folders of seed<k> runs",
     )
     parser.add_argument(
         "--teacher", nargs="+", default=[], metavar="DIR", help="teacher run folder(s)"

@@ -8,17 +8,27 @@ against λ, print each method's spread (max − min) across λ.
         --baseline output/camvid/pspnet_r18_camvid --teacher output/camvid/pspnet_r101_camvid
     # only read finished runs and plot
     python tools/sweep.py --collect --out output/camvid/sweep --baseline ... --teacher ...
+    # three seeds per grid point: mean ± std per λ, spreads of the means
+    python tools/sweep.py --config CFG --methods naive lad --seeds 3 --out output/camvid/sweep
     # extra config overrides for every run go last
     python tools/sweep.py --config CFG --out DIR --max-iter 500 --opts MODEL.DISTILL.KD_WEIGHT 0
 
 Runs go to ``<out>/<method>_w<λ>/``, sequentially, each through tools/train_net.py, with one
 progress bar (iterations of the whole grid, ETA). Finished runs are skipped and unfinished ones
 resumed. The plot goes to ``<out>/sweep.png`` unless --plot says otherwise.
+
+Seeds: ``--seeds N`` (default 1) trains every grid point N times, seed k into
+``<out>/<method>_w<λ>/seed<k>/`` with SEED = the config's SEED + k (0 + k when the config's is
+random), so seed 0 is the run a single-seed sweep makes; the table then shows the mean ± sample
+std over the finished seeds (their number in brackets), and the plot and spreads use the means.
+With one seed the folders and the SEED are those of before. --collect reads every seed<k>
+folder it finds unless --seeds is given (then seeds never run are listed as missing).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -35,21 +45,26 @@ from radkd_d2.analysis.sweep import (  # noqa: E402
     point_opts,
     sweep_curves,
 )
-from radkd_d2.analysis.launch import train_command  # noqa: E402
-from radkd_d2.evaluation.runs import SEM_SEG_METRICS, read_run  # noqa: E402
+from radkd_d2.analysis.launch import seeds_arg, train_command  # noqa: E402
+from radkd_d2.evaluation.runs import SEM_SEG_METRICS, read_run, seed_run_dirs  # noqa: E402
 
 
 def _reference(path, metric, what):
+    """The metric of a reference run for a horizontal line: the mean over its finished seeds
+    when ``path`` is an arm folder of ``seed<k>`` runs."""
     if not path:
         return None
-    res = read_run(path)
-    if res.status != "finished" or metric not in res.metrics:
-        print(
-            f"{what} run {path}: {res.status}{' — ' + res.note if res.note else ''}; "
-            f"no {what} line"
-        )
+    values = []
+    for run_dir in seed_run_dirs(path):
+        res = read_run(run_dir)
+        if res.status == "finished" and metric in res.metrics:
+            values.append(res.metrics[metric])
+        else:
+            print(f"{what} run {run_dir}: {res.status}{' — ' + res.note if res.note else ''}")
+    if not values:
+        print(f"no finished {what} run in {path}: no {what} line")
         return None
-    return res.metrics[metric]
+    return sum(values) / len(values)
 
 
 def main(argv=None) -> int:
@@ -72,6 +87,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--collect", action="store_true", help="do not train: read the runs under --out"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=seeds_arg,
+        help="runs per grid point, SEED = config's + k (default 1; --collect: all found)",
     )
     parser.add_argument("--force", action="store_true", help="retrain finished runs")
     parser.add_argument(
@@ -99,13 +119,15 @@ def main(argv=None) -> int:
             parser.error("--config is needed to launch runs (or use --collect)")
         methods = args.methods or ["naive", "lad"]
         weights = args.weights or list(DEFAULT_WEIGHTS)
-        points = plan_sweep(out, methods, weights)
+        seeds = args.seeds or 1
         opts = list(args.opts)
         if args.max_iter:
             opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
         from radkd_d2.engine.setup import load_config  # torch + Detectron2: only when launching
 
         cfg = load_config(str(Path(args.config).resolve()), opts, validate=False)  # typos fail here
+        # seed k gets the config's SEED (after --opts) + k: seed 0 is the single-seed run
+        points = plan_sweep(out, methods, weights, seeds, base_seed=cfg.SEED)
         from radkd_d2.losses import DISTILL_LOSS_REGISTRY
 
         unknown = [m for m in methods if m.lower() not in DISTILL_LOSS_REGISTRY]
@@ -115,18 +137,15 @@ def main(argv=None) -> int:
             )
         if args.dry_run:
             for p in points:
-                print(
-                    " ".join(
-                        train_command(
-                            Path(args.config).resolve(), [*opts, *point_opts(p, args.tap)]
-                        )
-                    )
-                )
+                # shell-quoted: the TAPS value has spaces and quotes, and the line is for pasting
+                cmd = train_command(Path(args.config).resolve(), [*opts, *point_opts(p, args.tap)])
+                print(shlex.join(cmd))
             return 0
         print(
             f"sweep: {len(points)} runs ({', '.join(methods)} × "
-            f"λ {', '.join(f'{w:g}' for w in weights)}) "
-            f"on {args.tap}, {cfg.SOLVER.MAX_ITER} iterations each, into {out}"
+            f"λ {', '.join(f'{w:g}' for w in weights)}"
+            + (f" × {seeds} seeds" if seeds > 1 else "")
+            + f") on {args.tap}, {cfg.SOLVER.MAX_ITER} iterations each, into {out}"
         )
         outcome = launch_sweep(
             str(Path(args.config).resolve()),
@@ -137,9 +156,9 @@ def main(argv=None) -> int:
             force=args.force,
         )
         failed = any(v.startswith("failed") for v in outcome.values())
-        collected = collect_sweep(out, methods, weights)
+        collected = collect_sweep(out, methods, weights, seeds)
     else:
-        collected = collect_sweep(out, args.methods, args.weights)
+        collected = collect_sweep(out, args.methods, args.weights, args.seeds)
         if not collected:
             print(f"no <method>_w<λ> run folders under {out}")
             return 1

@@ -11,21 +11,43 @@ weights, teacher config) and the last evaluation in its ``metrics.json``:
   when only logit KD is on, "none" for plain models; **tap** and **λ** from the same entries,
   **λ_kd** from ``MODEL.DISTILL.KD_WEIGHT``.
 
-Δ is each distilled run's metric minus that of the no-KD baseline with the same student model
-on the same data set. Runs that are missing or unfinished never enter a table; they are listed
-in a section of their own (and in ``runs.csv``).
+Seeds: runs whose configs differ only in ``SEED`` and ``OUTPUT_DIR`` (and that have the same
+role) are seeds of one setting and make one table row: the mean over seeds, the sample standard
+deviation (ddof 1; none for one seed) and the number of seeds, ``52.00 ± 8.00 (5)`` in Markdown
+and ``mIoU``, ``mIoU_std``, ``seeds`` in the CSV (likewise for every metric shown).
+
+Δ is a distilled setting's mean minus that of the no-KD baseline with the same student model on
+the same data set, with the standard error of that difference of means,
+``delta_se = sqrt(s²/n + s_b²/n_b)`` (undefined, blank, when either side has one seed). A Δ is
+marked significant (``*``) when Δ > 2·delta_se. Runs that are missing or unfinished never enter
+a table; they are listed one per run folder in a section of their own (and in ``runs.csv``).
+
+Loss balance: distillation runs log ``grad_ratio/<term>`` (the gradient norm of a distillation
+term over that of the task loss at the same student feature) every
+MODEL.DISTILL.DIAGNOSTICS_PERIOD iterations; the report gives, per setting, the median of each
+term's ratio over all logged periods and seeds (``loss_balance.csv``).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
+import statistics
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .runs import DET_METRICS, SEM_SEG_METRICS, RunResult, cfg_get, read_run
+from .runs import (
+    DET_METRICS,
+    SEM_SEG_METRICS,
+    RunResult,
+    cfg_get,
+    read_run,
+    seed_run_dirs,
+    setting_key,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,11 +105,35 @@ DATASET_NAMES = {
     "synthetic_sem_seg": "Synthetic",
     "synthetic_det": "Synthetic-det",
 }
-# CSV columns: what identifies a run, its metrics (and deltas), where it came from
+# CSV columns: what identifies a setting, its metrics over seeds (and deltas), where it came
+# from. A metric column is the mean over seeds, <metric>_std their sample std, seeds their count.
 _CSV_RUN_FIELDS = ["role", "dataset", "teacher", "model", "method", "tap", "weight", "kd_weight"]
-_CSV_SOURCE_FIELDS = ["baseline_run", "iterations", "run", "path"]
-SEG_CSV_FIELDS = [*_CSV_RUN_FIELDS, *SEM_SEG_METRICS, "delta", *_CSV_SOURCE_FIELDS]
-DET_CSV_FIELDS = [*_CSV_RUN_FIELDS, *DET_METRICS, *[f"delta_{m}" for m in DET_METRICS], *_CSV_SOURCE_FIELDS]
+_CSV_SOURCE_FIELDS = ["baseline_run", "baseline_seeds", "iterations", "seed_values", "run", "path"]
+
+
+def _metric_fields(metrics: Sequence[str]) -> List[str]:
+    return [f for m in metrics for f in (m, f"{m}_std")]
+
+
+# "delta" is renamed after the metric it is of when written (delta_mIoU by default)
+SEG_CSV_FIELDS = [
+    *_CSV_RUN_FIELDS,
+    *_metric_fields(SEM_SEG_METRICS),
+    "seeds",
+    "delta",
+    "delta_se",
+    *_CSV_SOURCE_FIELDS,
+]
+DET_CSV_FIELDS = [
+    *_CSV_RUN_FIELDS,
+    *_metric_fields(DET_METRICS),
+    "seeds",
+    *[f for m in DET_METRICS for f in (f"delta_{m}", f"delta_{m}_se")],
+    *_CSV_SOURCE_FIELDS,
+]
+BALANCE_CSV_FIELDS = [*_CSV_RUN_FIELDS, "seeds", "run", "path"]  # + grad_ratio/<term> columns
+_SEED_SUFFIX = re.compile(r"/seed\d+$")  # run_name of a seed folder: <arm>/seed<k>
+SIGNIFICANCE_NOTE = "`*`: Δ > 2·SE of the difference, SE = sqrt(s²/n + s_b²/n_b)."
 RUNS_CSV_FIELDS = [
     "run",
     "status",
@@ -101,6 +147,7 @@ RUNS_CSV_FIELDS = [
     "tap",
     "weight",
     "kd_weight",
+    "seed",
     "iterations",
     "path",
 ]
@@ -136,6 +183,77 @@ class RunInfo:
     @property
     def distilled(self) -> bool:
         return self.method not in ("none", "?")
+
+    @property
+    def setting(self) -> tuple:
+        """What this run's seeds share: role, task and the config without SEED/OUTPUT_DIR (a
+        run without a config is a setting of its own)."""
+        cfg = self.result.config
+        return (self.role, self.task, setting_key(cfg) if cfg else f"run:{self.result.path}")
+
+
+@dataclass
+class RunGroup:
+    """The seeds of one setting (runs equal but for SEED and OUTPUT_DIR), in the order read."""
+
+    runs: List[RunInfo]
+
+    @property
+    def info(self) -> RunInfo:
+        """The first seed: what describes the setting (role, model, method, ...)."""
+        return self.runs[0]
+
+    @property
+    def name(self) -> str:
+        """``lad_res5`` for the seeds ``lad_res5/seed<k>`` (or a single run); other seeds of
+        one setting in folders of their own are named together, ``run_a,run_b``."""
+        arms = OrderedDict.fromkeys(_SEED_SUFFIX.sub("", r.name) for r in self.runs)
+        return ",".join(arms)
+
+    def values(self, metric: str) -> List[float]:
+        """``metric`` of every seed that has it."""
+        return [float(r.metrics[metric]) for r in self.runs if r.metrics.get(metric) is not None]
+
+    def grad_ratios(self) -> Dict[str, List[float]]:
+        """``term -> every grad_ratio/<term> value`` of every seed, pooled."""
+        pooled: "OrderedDict[str, List[float]]" = OrderedDict()
+        for r in self.runs:
+            for term, vals in r.result.grad_ratios.items():
+                pooled.setdefault(term, []).extend(vals)
+        return pooled
+
+
+def group_runs(infos: Iterable[RunInfo]) -> List[RunGroup]:
+    """Runs grouped by :attr:`RunInfo.setting`, groups in the order of their first run. A
+    folder given twice counts once: a seed read twice would shrink the std and the SE."""
+    groups: "OrderedDict[tuple, RunGroup]" = OrderedDict()
+    for info in infos:
+        group = groups.setdefault(info.setting, RunGroup([]))
+        if all(r.result.path.resolve() != info.result.path.resolve() for r in group.runs):
+            group.runs.append(info)
+    return list(groups.values())
+
+
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], float, int]:
+    """``(mean, sample std with ddof 1, n)``; mean None for no value, std NaN for fewer than 2."""
+    n = len(values)
+    if n == 0:
+        return None, math.nan, 0
+    return statistics.fmean(values), (statistics.stdev(values) if n > 1 else math.nan), n
+
+
+def delta_se(std: float, n: int, std_b: float, n_b: int) -> float:
+    """Standard error of a difference of two means, ``sqrt(std²/n + std_b²/n_b)``; NaN when
+    either side has fewer than two seeds (its spread is unknown)."""
+    if n < 2 or n_b < 2 or not (math.isfinite(std) and math.isfinite(std_b)):
+        return math.nan
+    return math.sqrt(std**2 / n + std_b**2 / n_b)
+
+
+def significant(delta: Optional[float], se: Optional[float]) -> bool:
+    """Whether an improvement Δ is more than twice its standard error (never when the SE is
+    undefined)."""
+    return delta is not None and se is not None and math.isfinite(se) and delta > 2 * se
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,11 +437,18 @@ def assign_roles(infos: List[RunInfo]) -> None:
 def collect_runs(
     runs: Iterable, teachers: Iterable = (), baselines: Iterable = ()
 ) -> List[RunInfo]:
-    """Read and describe run folders; ``teachers``/``baselines`` force those roles."""
-    infos = []
+    """Read and describe run folders; ``teachers``/``baselines`` force those roles. A folder
+    without run files of its own but ``seed<k>`` subfolders is read as those seeds; a folder
+    met twice is read once (with the role it had first)."""
+    infos, seen = [], set()
     for role, paths in ((None, runs), ("teacher", teachers), ("baseline", baselines)):
         for p in paths:
-            infos.append(describe_run(read_run(p), role))
+            # an arm folder of a --seeds run stands for its seed<k> folders
+            for run_dir in seed_run_dirs(p):
+                key = Path(run_dir).resolve()
+                if key not in seen:  # a folder given twice (a glob and its arm) is one run
+                    seen.add(key)
+                    infos.append(describe_run(read_run(run_dir), role))
     assign_roles(infos)
     return infos
 
@@ -333,13 +458,20 @@ def collect_runs(
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Report:
-    """Finished runs as table rows plus the runs left out. ``seg_rows``/``det_rows`` are dicts
-    with the CSV fields (SEG_CSV_FIELDS / DET_CSV_FIELDS)."""
+    """Finished runs as table rows, one per setting over its seeds; the loss balance of every
+    setting that logged gradient ratios; and every run read.
+
+    ``seg_rows``/``det_rows`` are dicts with the CSV fields (SEG_CSV_FIELDS / DET_CSV_FIELDS)
+    plus ``<metric>_n``, the number of seeds with that metric. ``balance_rows`` have
+    BALANCE_CSV_FIELDS and ``grad_ratio/<term>`` (a median) for each term of ``balance_terms``.
+    """
 
     runs: List[RunInfo]
     seg_rows: List[dict]
     det_rows: List[dict]
     seg_metric: str = "mIoU"
+    balance_rows: List[dict] = field(default_factory=list)
+    balance_terms: List[str] = field(default_factory=list)
 
     @property
     def left_out(self) -> List[RunInfo]:
@@ -352,8 +484,30 @@ def _fmt(x, digits=2) -> str:
     return f"{x:.{digits}f}"
 
 
-def _fmt_delta(x, digits=2) -> str:
-    return "" if x is None else f"{x:+.{digits}f}"
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _summary_text(row: dict, metric: str, digits: int, mark: Optional[str] = None) -> str:
+    """``**52.00** ± 8.00 (5)``: the mean (with its rank mark), the sample std when there are
+    two seeds or more, and the number of seeds; "–" when no seed has the metric."""
+    mean = row.get(metric)
+    if mean is None:
+        return "–"
+    text = _mark(_fmt(mean, digits), mark)
+    std = row.get(f"{metric}_std")
+    if _finite(std):
+        text += f" ± {std:.{digits}f}"
+    return text + f" ({row.get(f'{metric}_n', 0)})"
+
+
+def _delta_text(delta: float, se: Optional[float], digits: int) -> str:
+    """``Δ +1.60 ± 4.10*``: the difference of means, ± its standard error when defined, and the
+    significance mark when Δ > 2·SE."""
+    text = f"Δ {delta:+.{digits}f}"
+    if _finite(se):
+        text += f" ± {se:.{digits}f}"
+    return text + ("*" if significant(delta, se) else "")
 
 
 def _tap_rank(tap: str) -> int:
@@ -383,7 +537,10 @@ def _order_key(row: dict):
     )
 
 
-def _base_row(info: RunInfo) -> dict:
+def _base_row(group: RunGroup) -> dict:
+    """What identifies a setting and where its seeds came from (no metrics yet)."""
+    info = group.info
+    results = [r.result for r in group.runs]
     return {
         "role": info.role,
         "dataset": info.dataset,
@@ -393,45 +550,82 @@ def _base_row(info: RunInfo) -> dict:
         "tap": info.tap,
         "weight": info.weight,
         "kd_weight": info.kd_weight,
+        "seeds": len(results),
         "baseline_run": "",
-        "iterations": info.result.progress,
-        "run": info.name,
-        "path": str(info.result.path),
+        "baseline_seeds": None,
+        "iterations": ";".join(OrderedDict.fromkeys(r.progress for r in results)),
+        "seed_values": ";".join(str(r.seed) for r in results if r.seed is not None),
+        "run": group.name,
+        "path": ";".join(str(r.path) for r in results),
     }
 
 
+def _add_summary(row: dict, group: RunGroup, metric: str) -> None:
+    row[metric], row[f"{metric}_std"], row[f"{metric}_n"] = mean_std(group.values(metric))
+
+
+def _add_delta(row: dict, base: Optional[dict], metric: str, key: str, se_key: str) -> None:
+    """``row[key]`` = row mean − baseline mean of ``metric``, ``row[se_key]`` its SE."""
+    if base is None or row.get(metric) is None or base.get(metric) is None:
+        row[key] = row[se_key] = None
+        return
+    row[key] = row[metric] - base[metric]
+    row[se_key] = delta_se(
+        row[f"{metric}_std"], row[f"{metric}_n"], base[f"{metric}_std"], base[f"{metric}_n"]
+    )
+
+
+def _balance_rows(infos: List[RunInfo]) -> Tuple[List[str], List[dict]]:
+    """``(terms, rows)``: per setting (over its seeds, finished or not: a run that diverged is
+    where the balance matters most) the median of each term's pooled grad_ratio values."""
+    groups = group_runs(i for i in infos if i.result.grad_ratios)
+    terms = sorted({t for g in groups for t in g.grad_ratios()})
+    rows = []
+    for g in groups:
+        row = {k: v for k, v in _base_row(g).items() if k in BALANCE_CSV_FIELDS}
+        pooled = g.grad_ratios()
+        for t in terms:
+            row[f"grad_ratio/{t}"] = statistics.median(pooled[t]) if pooled.get(t) else None
+        rows.append(row)
+    rows.sort(key=lambda r: (r["dataset"],) + _order_key(r))
+    return terms, rows
+
+
 def build_report(infos: List[RunInfo], seg_metric: str = "mIoU") -> Report:
-    """Rows for the segmentation and detection tables from the finished runs, with Δ versus
-    the no-KD baseline of the same student model and data set."""
+    """Rows for the segmentation and detection tables from the finished runs, one per setting
+    (its seeds grouped, see the module doc), with Δ and its standard error versus the no-KD
+    baseline of the same student model and data set; and the loss-balance rows."""
     if seg_metric not in SEM_SEG_METRICS:
         raise ValueError(f"segmentation metric {seg_metric!r}: choose one of {SEM_SEG_METRICS}")
     done = [i for i in infos if i.status == "finished"]
-    baselines: Dict[tuple, RunInfo] = {}
-    for i in done:
-        if i.role == "baseline":
-            baselines.setdefault((i.task, i.model, i.dataset), i)
+    rows: List[Tuple[RunGroup, dict]] = []
+    baselines: Dict[tuple, dict] = {}
+    for g in group_runs(done):
+        info, row = g.info, _base_row(g)
+        for m in SEM_SEG_METRICS if info.task == "sem_seg" else DET_METRICS:
+            _add_summary(row, g, m)
+        rows.append((g, row))
+        if info.role == "baseline":
+            baselines.setdefault((info.task, info.model, info.dataset), row)
     seg_rows, det_rows = [], []
-    for info in done:
-        row = _base_row(info)
+    for g, row in rows:
+        info = g.info
         base = (
             baselines.get((info.task, info.model, info.dataset)) if info.role == "student" else None
         )
-        row["baseline_run"] = base.name if base else ""
+        row["baseline_run"] = base["run"] if base else ""
+        row["baseline_seeds"] = base["seeds"] if base else None
         if info.task == "sem_seg":
-            for m in SEM_SEG_METRICS:
-                row[m] = info.metrics.get(m)
-            v, b = info.metrics.get(seg_metric), base.metrics.get(seg_metric) if base else None
-            row["delta"] = (v - b) if (v is not None and b is not None) else None
+            _add_delta(row, base, seg_metric, "delta", "delta_se")
             seg_rows.append(row)
         else:
             for m in DET_METRICS:
-                row[m] = info.metrics.get(m)
-                v, b = info.metrics.get(m), base.metrics.get(m) if base else None
-                row[f"delta_{m}"] = (v - b) if (v is not None and b is not None) else None
+                _add_delta(row, base, m, f"delta_{m}", f"delta_{m}_se")
             det_rows.append(row)
     seg_rows.sort(key=lambda r: (r["dataset"],) + _order_key(r))
     det_rows.sort(key=lambda r: (r["dataset"], _order_key(r)[0], r["model"]) + _order_key(r)[1:])
-    return Report(list(infos), seg_rows, det_rows, seg_metric)
+    terms, balance = _balance_rows(list(infos))
+    return Report(list(infos), seg_rows, det_rows, seg_metric, balance, terms)
 
 
 def _row_label(row: dict) -> str:
@@ -456,6 +650,15 @@ def _rank_marks(values: Dict[tuple, float]) -> Dict[tuple, str]:
 
 def _mark(text: str, mark: Optional[str]) -> str:
     return f"**{text}**" if mark == "bold" else f"<u>{text}</u>" if mark == "underline" else text
+
+
+def _cells_legend(metric: str, best: str) -> str:
+    return (
+        f"Cells: {metric}, mean ± sample std over seeds (number of seeds); for a distilled "
+        "setting, Δ = its mean − that of the no-KD student of the same model ± the standard "
+        f"error of that difference (no ± with one seed on either side). {SIGNIFICANCE_NOTE} "
+        f"**Best**/<u>second best</u> {best}."
+    )
 
 
 def _seg_tables(report: Report) -> List[str]:
@@ -491,10 +694,7 @@ def _seg_tables(report: Report) -> List[str]:
             f"### {'Teacher ' + t if t else 'Models without a distilled student'}: val {metric} (%)"
         )
         out.append("")
-        out.append(
-            f"Cells: {metric} (Δ vs the no-KD student of the same model). "
-            "**Best**/<u>second best</u> distilled result per student and data set."
-        )
+        out.append(_cells_legend(metric, "distilled mean per student and data set"))
         out.append("")
         out.append("| Method | tap | λ | λ_kd | " + " | ".join(datasets) + " |")
         out.append("|---|---|---:|---:|" + "---:|" * len(datasets))
@@ -547,9 +747,11 @@ def _md_row(cell: dict, datasets, metric, marks, k) -> str:
         if c is None:
             vals.append("–")
             continue
-        text = _mark(_fmt(c[metric]), marks.get((k, ds)))
+        text = _summary_text(c, metric, 2, marks.get((k, ds)))
         if c["role"] == "student":
-            text += f" ({_fmt_delta(c['delta'])})" if c["delta"] is not None else " (no baseline)"
+            delta = c["delta"]
+            text += f", {_delta_text(delta, c['delta_se'], 2)}" if delta is not None else ""
+            text += "" if delta is not None else " (no baseline)"
         vals.append(text)
     return f"| {label} | {r['tap']} | {w} | {kd} | " + " | ".join(vals) + " |"
 
@@ -562,8 +764,7 @@ def _det_tables(report: Report) -> List[str]:
         out += [
             f"### {ds}: box AP (%)",
             "",
-            "Cells: AP (Δ vs the no-KD student of the same model). "
-            "**Best**/<u>second best</u> distilled AP.",
+            _cells_legend("AP", "distilled mean"),
             "",
             "| Teacher | Student | Method | tap | λ | " + " | ".join(DET_METRICS) + " |",
             "|---|---|---|---|---:|" + "---:|" * len(DET_METRICS),
@@ -579,9 +780,9 @@ def _det_tables(report: Report) -> List[str]:
             w = "" if r["weight"] is None else f"{r['weight']:g}"
             vals = []
             for m in DET_METRICS:
-                text = _mark(_fmt(r[m], 1), marks[m].get(i))
+                text = _summary_text(r, m, 1, marks[m].get(i))
                 if r["role"] == "student" and r[f"delta_{m}"] is not None:
-                    text += f" ({_fmt_delta(r[f'delta_{m}'], 1)})"
+                    text += f", {_delta_text(r[f'delta_{m}'], r[f'delta_{m}_se'], 1)}"
                 vals.append(text)
             out.append(
                 f"| {teacher} | {student} | {method} | {r['tap']} | {w} | "
@@ -610,26 +811,56 @@ def _left_out_section(report: Report) -> List[str]:
     return out + [""]
 
 
+def _balance_section(report: Report) -> List[str]:
+    """One row per setting, one column per distillation term: median gradient ratios."""
+    if not report.balance_rows:
+        return []
+    terms = report.balance_terms
+    out = [
+        "## Loss balance (median gradient ratio to the task loss)",
+        "",
+        "Per setting and distillation term: the median, over every diagnostics period "
+        "(MODEL.DISTILL.DIAGNOSTICS_PERIOD) and every seed, of the term's gradient norm over the "
+        "task loss's at the same student feature (`grad_ratio/<term>` in metrics.json). Far "
+        "above 1 the term's gradient swamps the task's; far below 1 the term barely acts.",
+        "",
+        f"| run | data set | model | method | tap | λ | λ_kd | seeds | {' | '.join(terms)} |",
+        "|---|---|---|---|---|---:|---:|---:|" + "---:|" * len(terms),
+    ]
+    for r in report.balance_rows:
+        w = "" if r["weight"] is None else f"{r['weight']:g}"
+        kd = f"{r['kd_weight']:g}" if r["role"] == "student" else ""
+        vals = [r[f"grad_ratio/{t}"] for t in terms]
+        out.append(
+            f"| {r['run']} | {r['dataset']} | {r['model']} | {r['method']} | {r['tap']} | {w} "
+            f"| {kd} | {r['seeds']} | "
+            + " | ".join("–" if v is None else f"{v:.3g}" for v in vals)
+            + " |"
+        )
+    return out + [""]
+
+
 def _runs_section(report: Report) -> List[str]:
     out = [
         "## Runs read",
         "",
-        "| run | status | role | data set | model | teacher | method | tap | λ | λ_kd |",
-        "|---|---|---|---|---|---|---|---|---:|---:|",
+        "| run | status | role | data set | model | teacher | method | tap | λ | λ_kd | SEED |",
+        "|---|---|---|---|---|---|---|---|---:|---:|---:|",
     ]
     for i in report.runs:
         w = "" if i.weight is None else f"{i.weight:g}"
         kd = f"{i.kd_weight:g}" if i.distilled else ""
+        seed = "" if i.result.seed is None else i.result.seed
         out.append(
             f"| {i.name} | {i.status} | {i.role} | {i.dataset} | {i.model} | {i.teacher} "
-            f"| {i.method} "
-            f"| {i.tap} | {w} | {kd} |"
+            f"| {i.method} | {i.tap} | {w} | {kd} | {seed} |"
         )
     return out + [""]
 
 
 def report_markdown(report: Report, title: str = "radkd-d2 report") -> str:
-    """The whole report: segmentation tables, detection tables, runs left out, runs read."""
+    """The whole report: segmentation tables, detection tables, loss balance, runs left out,
+    runs read."""
     lines = [f"# {title}", ""]
     n_fin = sum(r.status == "finished" for r in report.runs)
     lines += [
@@ -643,7 +874,7 @@ def report_markdown(report: Report, title: str = "radkd-d2 report") -> str:
         lines += ["## Object detection", ""] + _det_tables(report)
     if not report.seg_rows and not report.det_rows:
         lines += ["No finished run: no table.", ""]
-    lines += _left_out_section(report) + _runs_section(report)
+    lines += _balance_section(report) + _left_out_section(report) + _runs_section(report)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -666,8 +897,9 @@ def _write_csv(path: Path, fields: List[str], rows: List[dict]) -> None:
 def write_report(
     report: Report, out_dir: str | Path, title: str = "radkd-d2 report"
 ) -> Dict[str, Path]:
-    """Write ``report.md``, ``segmentation.csv``, ``detection.csv`` (when there are such rows)
-    and ``runs.csv`` (every run with its status) under ``out_dir``; returns the paths."""
+    """Write ``report.md``, ``segmentation.csv``, ``detection.csv``, ``loss_balance.csv`` (each
+    when there are such rows) and ``runs.csv`` (every run folder with its status) under
+    ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "runs": out / "runs.csv"}
@@ -681,6 +913,16 @@ def write_report(
     if report.det_rows:
         paths["detection"] = out / "detection.csv"
         _write_csv(paths["detection"], DET_CSV_FIELDS, report.det_rows)
+    if report.balance_rows:
+        paths["loss_balance"] = out / "loss_balance.csv"
+        columns = [f"grad_ratio/{t}" for t in report.balance_terms]
+        fields = [*BALANCE_CSV_FIELDS[:-2], *columns, *BALANCE_CSV_FIELDS[-2:]]
+        # ratios span decades (1e-4 .. 1e3): significant digits, not the 4 decimals of metrics
+        rows = [
+            {**r, **{c: "" if r[c] is None else f"{r[c]:.6g}" for c in columns}}
+            for r in report.balance_rows
+        ]
+        _write_csv(paths["loss_balance"], fields, rows)
     runs = [
         {
             "run": i.name,
@@ -695,6 +937,7 @@ def write_report(
             "tap": i.tap,
             "weight": i.weight,
             "kd_weight": i.kd_weight if i.distilled else None,
+            "seed": i.result.seed,
             "iterations": i.result.progress,
             "path": str(i.result.path),
         }

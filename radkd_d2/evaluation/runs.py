@@ -3,11 +3,17 @@
 A run folder holds what ``tools/train_net.py`` writes: ``config.yaml`` (the full config),
 ``metrics.json`` (one JSON object per logged iteration, with the EvalHook's ``sem_seg/mIoU`` or
 ``bbox/AP`` rows) and ``log.txt``. Nothing here needs torch.
+
+Seeds: the tools that train several seeds of one setting (``--seeds N``) put them in
+``<arm>/seed<k>/``; such a run is named ``<arm>/seed<k>`` and an ``<arm>`` folder given in their
+place stands for all its seed folders (:func:`seed_run_dirs`). Runs whose configs differ only in
+:data:`SEED_FREE_KEYS` are seeds of one setting (:func:`setting_key`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,6 +26,11 @@ SEM_SEG_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
 DET_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 EVAL_TASKS = ("sem_seg", "bbox")
 STATUSES = ("finished", "unfinished", "missing")
+# config keys that differ between the seeds of one setting (and nothing else may)
+SEED_FREE_KEYS = ("SEED", "OUTPUT_DIR")
+GRAD_RATIO_PREFIX = "grad_ratio/"
+
+_SEED_DIR = re.compile(r"^seed(\d+)$")
 
 _COPYPASTE = re.compile(r"copypaste: (.*)$")
 _EVAL_FOR = re.compile(r"Evaluation results for (\S+) in csv format")
@@ -51,6 +62,13 @@ class RunResult:
     metrics_by_dataset: Dict[str, dict] = field(default_factory=dict)
     note: str = ""
     config: dict = field(default_factory=dict)
+    grad_ratios: Dict[str, List[float]] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> Optional[int]:
+        """The run's ``SEED`` from its config.yaml (None when it has no config)."""
+        value = cfg_get(self.config, "SEED")
+        return int(value) if isinstance(value, (int, float)) else None
 
     @property
     def progress(self) -> str:
@@ -59,6 +77,65 @@ class RunResult:
             return ""
         done = min(self.last_iter + 1, self.max_iter) if self.max_iter else self.last_iter + 1
         return f"{done}/{self.max_iter}" if self.max_iter else str(done)
+
+
+def seed_folder(arm_dir: str | Path, index: int, seeds: int) -> Path:
+    """Output folder of seed ``index`` of ``seeds`` seeds of one arm: ``arm_dir`` itself when
+    there is one seed (the layout from before seeds existed), else ``arm_dir/seed<index>``."""
+    arm_dir = Path(arm_dir)
+    return arm_dir if seeds == 1 else arm_dir / f"seed{index}"
+
+
+def seed_run_dirs(path: str | Path) -> List[Path]:
+    """The run folders ``path`` stands for: its ``seed<k>`` subfolders (by k) when it holds no
+    run files of its own but such subfolders, else ``[path]``."""
+    path = Path(path)
+    if not path.is_dir() or any(
+        (path / f).exists() for f in ("config.yaml", "metrics.json", "log.txt")
+    ):
+        return [path]
+    seeds = [(int(m.group(1)), d) for d in path.iterdir() if (m := _SEED_DIR.match(d.name))]
+    return [d for _, d in sorted(seeds) if d.is_dir()] or [path]
+
+
+def run_name(path: str | Path) -> str:
+    """Display name of a run folder: ``lad_res5``, or ``lad_res5/seed2`` for a seed folder
+    (every seed folder is called ``seed<k>``, so the arm has to be in the name)."""
+    path = Path(path)
+    if _SEED_DIR.match(path.name) and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
+
+
+def setting_key(config: dict) -> str:
+    """What a run's seeds have in common: its config without :data:`SEED_FREE_KEYS`, as
+    canonical JSON (two runs are seeds of one setting when their keys are equal)."""
+    rest = {k: v for k, v in config.items() if k not in SEED_FREE_KEYS}
+    return json.dumps(rest, sort_keys=True, default=str)
+
+
+def grad_ratios(rows: List[dict]) -> Dict[str, List[float]]:
+    """``term -> [value per logged iteration]`` of the ``grad_ratio/<term>`` scalars in
+    metrics.json rows (the gradient norm of a distillation term over that of the task loss at
+    the same student feature, logged every MODEL.DISTILL.DIAGNOSTICS_PERIOD iterations).
+
+    An iteration logged twice (a run resumed from a checkpoint before it) counts once, with its
+    last value; values that are not finite numbers are dropped.
+    """
+    by_term: Dict[str, dict] = defaultdict(dict)
+    for row in rows:
+        it = row.get("iteration")
+        for key, value in row.items():
+            if not key.startswith(GRAD_RATIO_PREFIX) or len(key) == len(GRAD_RATIO_PREFIX):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                term = key[len(GRAD_RATIO_PREFIX) :]
+                # a row without an iteration number cannot repeat one: give it a slot of its own
+                slot = it if isinstance(it, int) else ("row", len(by_term[term]))
+                by_term[term][slot] = float(value)
+    return {term: list(vals.values()) for term, vals in by_term.items()}
 
 
 def read_metrics_json(path: Path) -> list[dict]:
@@ -179,7 +256,7 @@ def read_run(path: str | Path, name: str | None = None, max_iter: int | None = N
     folder does not exist or holds neither metrics.json nor log.txt.
     """
     path = Path(path)
-    name = name or path.name
+    name = name or run_name(path)
     if not path.is_dir():
         return RunResult(name, path, "missing", note="no such folder")
     config = read_run_config(path)
@@ -245,6 +322,7 @@ def read_run(path: str | Path, name: str | None = None, max_iter: int | None = N
         by_ds,
         note,
         config,
+        grad_ratios(rows),
     )
 
 

@@ -1,0 +1,535 @@
+"""Seeds in the report and the tools: runs equal but for SEED/OUTPUT_DIR make one row (mean,
+sample std, number of seeds, Δ ± its standard error, significance), the loss-balance section
+(median gradient ratios), and the --seeds plans of tools/demo.py, sweep.py and camvid_study.py
+(planned, never trained). Fabricated run folders only."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import shlex
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from radkd_d2.analysis.sweep import collect_sweep, format_sweep, sweep_curves
+from radkd_d2.evaluation.report import build_report, collect_runs, write_report
+
+from conftest import REPO
+from test_reports import LAD_CFG, _csv, _tool, det_config, seg_config
+
+SEED0 = 42  # the SEED of the synthetic, CamVid and demo configs
+
+
+def fake_run(
+    path: Path,
+    cfg: dict,
+    *,
+    seed: int,
+    seg: dict | None = None,
+    det: dict | None = None,
+    ratios: list | None = None,
+    finished: bool = True,
+    iters: int = 100,
+    replace: bool = False,
+):
+    """A run folder as train_net leaves it: config.yaml with SEED and OUTPUT_DIR, metrics.json
+    with a training row every 20 iterations (``ratios[j]`` = the ``grad_ratio/*`` scalars of
+    training row j, plus grad_norm keys the report must ignore) and, when finished, the final
+    ``sem_seg/*`` (``seg``) or ``bbox/*`` (``det``) evaluation row. ``replace``: the folder may
+    exist already (train_net's log in it)."""
+    path.mkdir(parents=True, exist_ok=replace)
+    cfg = copy.deepcopy(cfg)
+    cfg["SEED"], cfg["OUTPUT_DIR"] = seed, str(path)
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = []
+    last = iters if finished else iters // 2
+    for j, it in enumerate(range(19, last, 20)):
+        row = {"iteration": it, "time": 0.5, "total_loss": 1.0}
+        if ratios and j < len(ratios):
+            row.update({f"grad_ratio/{k}": v for k, v in ratios[j].items()})
+            row.update({f"grad_norm/{k}/res5": 3.0 for k in ratios[j]})
+        rows.append(row)
+    if finished and seg:
+        rows.append({"iteration": iters, **{f"sem_seg/{k}": v for k, v in seg.items()}})
+    if finished and det:
+        rows.append({"iteration": iters, **{f"bbox/{k}": v for k, v in det.items()}})
+    (path / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def seeded_arm(arm_dir: Path, cfg: dict, mious, paccs=None, **kw):
+    """Seeds ``seed<k>`` of one arm with SEED 42 + k and the given mIoU (and pACC) per seed."""
+    paccs = paccs or [90.0] * len(mious)
+    return [
+        fake_run(
+            arm_dir / f"seed{k}",
+            cfg,
+            seed=SEED0 + k,
+            seg={"mIoU": v, "pACC": p, "fwIoU": 80.0, "mACC": 70.0},
+            **kw,
+        )
+        for k, (v, p) in enumerate(zip(mious, paccs))
+    ]
+
+
+def expected_se(a, b) -> float:
+    """Standard error of mean(a) − mean(b), written out with numpy (ddof=1)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
+
+
+# values: baseline and both students have a sample std of exactly 1, so the SE of each Δ is
+# sqrt(1/3 + 1/3) = 0.816 and 2·SE = 1.633; LAD's Δ 1.70 is above it, CAD's Δ 1.60 below
+BASE = [60.0, 61.0, 62.0]
+LAD = [61.7, 62.7, 63.7]
+CAD = [61.6, 62.6, 63.6]
+LAD_PACC = [88.0, 89.0, 93.0]
+NAIVE = 65.0  # one seed: Δ +4 but no SE, so never significant
+CITY_BASE, CITY_LAD = 50.0, [52.0, 54.0, 56.0]  # baseline with one seed: no SE either
+CITY = "cityscapes_fine_sem_seg_val"
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    root = tmp_path / "runs"
+    lad_taps = [["res5", "res5", "lad", 10.0]]
+    r = {
+        "teacher": [
+            fake_run(
+                root / "pspnet_r101",
+                seg_config(101, 0.5),
+                seed=SEED0,
+                seg={"mIoU": 70.0, "pACC": 95.0, "fwIoU": 85.0, "mACC": 80.0},
+            )
+        ]
+    }
+    r["nokd"] = seeded_arm(root / "pspnet_r18", seg_config(), BASE)
+    r["lad"] = seeded_arm(root / "lad_res5", seg_config(taps=lad_taps), LAD, LAD_PACC)
+    # a fourth LAD seed that stopped early: listed, but in no mean
+    r["lad"].append(
+        fake_run(root / "lad_res5" / "seed3", seg_config(taps=lad_taps), seed=45, finished=False)
+    )
+    # CAD's seeds in folders of their own: grouped by config, not by folder name
+    r["cad"] = [
+        fake_run(
+            root / f"cad_s{k}",
+            seg_config(taps=[["res5", "res5", "cad", 10.0]]),
+            seed=SEED0 + k,
+            seg={"mIoU": v, "pACC": 90.0, "fwIoU": 80.0, "mACC": 70.0},
+        )
+        for k, v in enumerate(CAD)
+    ]
+    r["naive"] = seeded_arm(
+        root / "naive_res5", seg_config(taps=[["res5", "res5", "naive", 10.0]]), [NAIVE]
+    )
+    # LAD again but with another learning rate: another setting, not a fourth seed
+    other = seg_config(taps=lad_taps)
+    other["SOLVER"]["BASE_LR"] = 0.02
+    r["lad_lr"] = seeded_arm(root / "lad_slow_lr", other, [60.5])
+    r["city_nokd"] = seeded_arm(root / "city_r18", seg_config(dataset=CITY), [CITY_BASE])
+    r["city_lad"] = seeded_arm(root / "city_lad", seg_config(taps=lad_taps, dataset=CITY), CITY_LAD)
+    return root, r
+
+
+def _write(tmp_path, root, r):
+    out = tmp_path / "report"
+    arms = ["nokd", "lad", "naive", "lad_lr", "city_nokd", "city_lad"]
+    # arm folders stand for their seed<k> folders; CAD's runs are given one by one
+    args = [
+        str(root / n)
+        for n in (
+            "pspnet_r101",
+            "pspnet_r18",
+            "lad_res5",
+            "naive_res5",
+            "lad_slow_lr",
+            "city_r18",
+            "city_lad",
+        )
+    ]
+    args += [str(p) for p in r["cad"]] + [str(r["lad"][0])]  # a LAD seed again: read once
+    assert _tool("report").main([*args, "--out", str(out)]) == 0
+    n_runs = sum(len(r[k]) for k in ["teacher", "cad", *arms])
+    return out, n_runs
+
+
+def test_seeds_make_one_row_with_mean_std_and_delta_se(seeded, tmp_path, capsys):
+    root, r = seeded
+    out, n_runs = _write(tmp_path, root, r)
+    capsys.readouterr()
+    seg = {row["run"]: row for row in _csv(out / "segmentation.csv")}
+    assert set(seg) == {
+        "pspnet_r101",
+        "pspnet_r18",
+        "lad_res5",
+        "cad_s0,cad_s1,cad_s2",
+        "naive_res5",
+        "lad_slow_lr",
+        "city_r18",
+        "city_lad",
+    }
+    lad, base, cad = seg["lad_res5"], seg["pspnet_r18"], seg["cad_s0,cad_s1,cad_s2"]
+    # mean, sample std and number of seeds; the unfinished fourth seed is in none of them
+    assert (lad["seeds"], base["seeds"], cad["seeds"]) == ("3", "3", "3")
+    assert float(lad["mIoU"]) == pytest.approx(statistics.fmean(LAD), abs=1e-4)
+    assert float(lad["mIoU_std"]) == pytest.approx(statistics.stdev(LAD), abs=1e-4)
+    assert float(lad["pACC"]) == pytest.approx(statistics.fmean(LAD_PACC), abs=1e-4)
+    assert float(lad["pACC_std"]) == pytest.approx(statistics.stdev(LAD_PACC), abs=1e-4)
+    assert float(base["mIoU_std"]) == pytest.approx(statistics.stdev(BASE), abs=1e-4)
+    assert lad["seed_values"] == "42;43;44" and lad["baseline_run"] == "pspnet_r18"
+    assert lad["path"].split(";") == [str(p) for p in r["lad"][:3]]
+    # Δ of the means and its standard error, against the formula written out independently
+    for row, vals in ((lad, LAD), (cad, CAD)):
+        delta = statistics.fmean(vals) - statistics.fmean(BASE)
+        assert float(row["delta_mIoU"]) == pytest.approx(delta, abs=1e-4)
+        assert float(row["delta_se"]) == pytest.approx(expected_se(vals, BASE), abs=1e-4)
+        assert row["baseline_seeds"] == "3"
+    # one seed: no std, no SE, whichever side has it
+    naive = seg["naive_res5"]
+    assert (naive["seeds"], naive["mIoU_std"], naive["delta_se"]) == ("1", "", "")
+    assert float(naive["delta_mIoU"]) == pytest.approx(NAIVE - statistics.fmean(BASE), abs=1e-4)
+    city = seg["city_lad"]
+    assert float(city["mIoU_std"]) == pytest.approx(2.0, abs=1e-4) and city["delta_se"] == ""
+    assert float(city["delta_mIoU"]) == pytest.approx(statistics.fmean(CITY_LAD) - CITY_BASE)
+    assert base["delta_mIoU"] == "" and base["delta_se"] == ""
+    # another learning rate is another setting, even with the same method, tap and λ
+    assert seg["lad_slow_lr"]["seeds"] == "1" and float(seg["lad_slow_lr"]["mIoU"]) == 60.5
+    # every run folder is still one line of runs.csv, with its SEED
+    lines = _csv(out / "runs.csv")
+    runs = {row["run"]: row for row in lines}
+    assert len(lines) == len(runs) == n_runs  # the LAD seed given twice is one line
+    assert [runs[f"lad_res5/seed{k}"]["seed"] for k in range(4)] == ["42", "43", "44", "45"]
+    assert runs["lad_res5/seed3"]["status"] == "unfinished"
+
+
+def test_markdown_marks_significance_exactly_when_delta_exceeds_2se(seeded, tmp_path, capsys):
+    root, r = seeded
+    out, _ = _write(tmp_path, root, r)
+    capsys.readouterr()
+    md = (out / "report.md").read_text()
+    se = expected_se(LAD, BASE)
+    assert statistics.fmean(LAD) - statistics.fmean(BASE) > 2 * se  # the cases are as meant:
+    assert statistics.fmean(CAD) - statistics.fmean(BASE) < 2 * se  # one on each side
+    assert "| S: PSPNet-R18/4 |  |  |  | 61.00 ± 1.00 (3) | 50.00 (1) |" in md
+    # naive (one seed, Δ +4) is the best CamVid mean, LAD second, CAD unmarked; on Cityscapes
+    # the baseline has one seed, so LAD's Δ +4 has no ± and no mark
+    assert (
+        "| + LAD | res5 | 10 | 10 | <u>62.70</u> ± 1.00 (3), Δ +1.70 ± 0.82* "
+        "| **54.00** ± 2.00 (3), Δ +4.00 |" in md
+    )
+    assert "| + CAD | res5 | 10 | 10 | 62.60 ± 1.00 (3), Δ +1.60 ± 0.82 | – |" in md
+    assert "| + Naive | res5 | 10 | 10 | **65.00** (1), Δ +4.00 | – |" in md
+    assert "| + LAD (lad_slow_lr) | res5 | 10 | 10 | 60.50 (1), Δ -0.50 | – |" in md
+    assert "`*`: Δ > 2·SE of the difference" in md
+    tables = md.split("## Runs not in the tables")[0]
+    assert len(re.findall(r"\d\* \|", tables)) == 1  # LAD on CamVid is the only significant Δ
+    left = md.split("## Runs not in the tables")[1].split("## Runs read")[0]
+    assert "| lad_res5/seed3 | unfinished |" in left
+    assert "| lad_res5/seed1 | finished | student | CamVid |" in md  # runs read: per folder
+
+
+def test_detection_seeds_ap_std_and_delta_se(tmp_path):
+    def det(ap):  # every AP column moves with AP
+        return {
+            "AP": ap,
+            "AP50": ap + 20,
+            "AP75": ap + 3,
+            "APs": ap - 17,
+            "APm": ap + 3,
+            "APl": ap + 12,
+        }
+
+    base_ap, lad_ap = [37.0, 37.4, 37.8], [40.0, 41.0, 42.0]
+    root = tmp_path / "det"
+    teacher = fake_run(root / "ret_x101", det_config(101, 32), seed=SEED0, det=det(41.0))
+    base = [
+        fake_run(root / "ret_r50" / f"seed{k}", det_config(50), seed=SEED0 + k, det=det(v))
+        for k, v in enumerate(base_ap)
+    ]
+    lad_cfg = det_config(50, taps=[["p3", "p3", "lad", 2.0]])
+    lad = [
+        fake_run(root / "ret_lad" / f"seed{k}", lad_cfg, seed=SEED0 + k, det=det(v))
+        for k, v in enumerate(lad_ap)
+    ]
+    report = build_report(collect_runs([*base, *lad], teachers=[teacher]))
+    paths = write_report(report, tmp_path / "report")
+    rows = {row["run"]: row for row in _csv(paths["detection"])}
+    row, se = rows["ret_lad"], expected_se(lad_ap, base_ap)
+    assert row["seeds"] == "3" and float(row["AP_std"]) == pytest.approx(1.0, abs=1e-4)
+    assert float(row["AP"]) == pytest.approx(41.0, abs=1e-4)
+    for m in ("AP", "APs", "APl"):
+        assert float(row[f"delta_{m}"]) == pytest.approx(41.0 - 37.4, abs=1e-4)
+        assert float(row[f"delta_{m}_se"]) == pytest.approx(se, abs=1e-4)
+    assert rows["ret_x101"]["seeds"] == "1" and rows["ret_x101"]["AP_std"] == ""
+    md = paths["markdown"].read_text()
+    assert (
+        "| RetinaNet-X101 | RetinaNet-R50 | LAD | p3 | 2 | **41.0** ± 1.0 (3), Δ +3.6 ± 0.6* |"
+        in md
+    )
+    assert "|  | RetinaNet-R50 | w/o KD |  |  | 37.4 ± 0.4 (3) |" in md
+
+
+def test_loss_balance_median_over_periods_and_seeds(tmp_path):
+    lad_key, kd_key = "loss_distill_lad_res5", "loss_distill_kd_logits"
+    ratios = [  # per seed, per logged period
+        [{lad_key: 0.5, kd_key: 4.0}, {lad_key: 2.0, kd_key: 8.0}, {lad_key: 1.0, kd_key: 6.0}],
+        [{lad_key: 3.0, kd_key: 5.0}, {lad_key: 0.25, kd_key: float("nan")}],
+        [{lad_key: 1.5, kd_key: 7.0}, {lad_key: 0.75, kd_key: 9.0}, {lad_key: 10.0}],
+    ]
+    root = tmp_path / "runs"
+    taps = [["res5", "res5", "lad", 10.0]]
+    runs = [
+        fake_run(
+            root / "lad_res5" / f"seed{k}",
+            seg_config(taps=taps),
+            seed=SEED0 + k,
+            seg={"mIoU": 60.0 + k},
+            ratios=rk,
+        )
+        for k, rk in enumerate(ratios)
+    ]
+    # seed 1 resumed from a checkpoint: iteration 39 logged again, the later value counts
+    with open(runs[1] / "metrics.json", "a") as f:
+        f.write(json.dumps({"iteration": 39, f"grad_ratio/{lad_key}": 5.0}) + "\n")
+    cad = fake_run(
+        root / "cad_res5",
+        seg_config(taps=[["res5", "res5", "cad", 10.0]]),
+        seed=SEED0,
+        seg={"mIoU": 61.0},
+        ratios=[{"loss_distill_cad_res5": 0.02}],
+    )
+    nokd = fake_run(root / "nokd", seg_config(), seed=SEED0, seg={"mIoU": 59.0})
+    report = build_report(collect_runs([root / "lad_res5", cad, nokd]))
+    lad_vals = [0.5, 2.0, 1.0, 3.0, 5.0, 1.5, 0.75, 10.0]  # 0.25 replaced by the resumed 5.0
+    kd_vals = [4.0, 8.0, 6.0, 5.0, 7.0, 9.0]  # NaN dropped
+    assert report.balance_terms == ["loss_distill_cad_res5", kd_key, lad_key]
+    rows = {r["run"]: r for r in report.balance_rows}
+    assert set(rows) == {"lad_res5", "cad_res5"}  # the no-KD run logs no ratio
+    assert rows["lad_res5"][f"grad_ratio/{lad_key}"] == statistics.median(lad_vals)
+    assert rows["lad_res5"][f"grad_ratio/{kd_key}"] == statistics.median(kd_vals)
+    assert rows["lad_res5"]["seeds"] == 3 and rows["cad_res5"][f"grad_ratio/{lad_key}"] is None
+    paths = write_report(report, tmp_path / "report")
+    md = paths["markdown"].read_text()
+    assert "## Loss balance (median gradient ratio to the task loss)" in md
+    assert (
+        f"| lad_res5 | CamVid | PSPNet-R18/4 | LAD | res5 | 10 | 10 | 3 | – "
+        f"| {statistics.median(kd_vals):.3g} | {statistics.median(lad_vals):.3g} |" in md
+    )
+    cad_line = "| cad_res5 | CamVid | PSPNet-R18/4 | CAD | res5 | 10 | 10 | 1 | 0.02 | – | – |"
+    assert cad_line in md
+    csv_rows = {r["run"]: r for r in _csv(paths["loss_balance"])}
+    assert float(csv_rows["lad_res5"][f"grad_ratio/{lad_key}"]) == pytest.approx(
+        statistics.median(lad_vals), rel=1e-6
+    )
+    assert csv_rows["cad_res5"][f"grad_ratio/{kd_key}"] == ""
+    # no ratios anywhere: no section, no CSV
+    plain = build_report(collect_runs([nokd]))
+    assert (
+        not plain.balance_rows
+        and "Loss balance" not in write_report(plain, tmp_path / "plain")["markdown"].read_text()
+    )
+
+
+# --- the tools' --seeds plans ------------------------------------------------------------------
+def _opts(opts) -> dict:
+    """KEY VALUE overrides as a dict (the last value of a key wins, as in Detectron2)."""
+    opts = [str(x) for x in opts]
+    assert len(opts) % 2 == 0
+    return dict(zip(opts[0::2], opts[1::2]))
+
+
+def test_demo_plans_seeds_per_student_arm_and_one_teacher(tmp_path):
+    from radkd_d2.engine.setup import load_config
+
+    demo = _tool("demo")
+    parser = demo.build_parser()
+    assert parser.parse_args([]).seeds == 3  # the documented default
+    plan = demo.plan_runs(
+        parser.parse_args(["--output", str(tmp_path), "--seeds", "3", "--iters", "7"])
+    )
+    assert [r.arm for r in plan] == ["teacher"] + ["student_nokd", "student_lad"] * 3
+    teacher = _opts(plan[0].opts)
+    assert "SEED" not in teacher and teacher["OUTPUT_DIR"] == str(tmp_path / "teacher")
+    for arm in ("student_nokd", "student_lad"):
+        runs = [_opts(r.opts) for r in plan if r.arm == arm]
+        assert [o["SEED"] for o in runs] == ["42", "43", "44"]
+        assert [o["OUTPUT_DIR"] for o in runs] == [
+            str(tmp_path / arm / f"seed{k}") for k in range(3)
+        ]
+        assert all(o["SOLVER.MAX_ITER"] == "7" for o in runs)
+    lad = [_opts(r.opts) for r in plan if r.arm == "student_lad"]
+    assert {o["MODEL.DISTILL.TEACHER.WEIGHTS"] for o in lad} == {
+        str(tmp_path / "teacher" / "model_final.pth")
+    }
+    # the overrides are real config keys, and seed 0 keeps the config's own SEED
+    first, second = (r for r in plan if r.arm == "student_lad" and r.index < 2)
+    assert load_config(str(first.config), [], validate=False).SEED == 42
+    cfg = load_config(str(second.config), [str(x) for x in second.opts], validate=False)
+    assert (cfg.SEED, cfg.OUTPUT_DIR) == (43, str(tmp_path / "student_lad" / "seed1"))
+    # one seed: the folders and SEED of before seeds existed
+    single = demo.plan_runs(parser.parse_args(["--output", str(tmp_path), "--seeds", "1"]))
+    assert [_opts(r.opts)["OUTPUT_DIR"] for r in single] == [
+        str(tmp_path / a) for a in ("teacher", "student_nokd", "student_lad")
+    ]
+    assert all("SEED" not in _opts(r.opts) for r in single)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "0"])
+
+
+def test_sweep_dry_run_prints_a_seeded_command_per_point(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    base = [
+        "--config",
+        str(REPO / LAD_CFG),
+        "--methods",
+        "naive",
+        "lad",
+        "--weights",
+        "1",
+        "--out",
+        str(out),
+        "--dry-run",
+    ]
+    assert _tool("sweep").main([*base, "--seeds", "2"]) == 0
+    cmds = [
+        shlex.split(line) for line in capsys.readouterr().out.splitlines() if "train_net" in line
+    ]
+    opts = [_opts(c[c.index("--config-file") + 2 :]) for c in cmds]
+    got = [(o["MODEL.DISTILL.TAPS"], o["SEED"], o["OUTPUT_DIR"]) for o in opts]
+    assert got == [
+        (repr([["res5", "res5", m, 1.0]]), str(SEED0 + k), str(out / f"{m}_w1" / f"seed{k}"))
+        for m in ("naive", "lad")
+        for k in range(2)
+    ]
+    assert _tool("sweep").main(base) == 0  # default: one seed, as before
+    cmds = [
+        shlex.split(line) for line in capsys.readouterr().out.splitlines() if "train_net" in line
+    ]
+    opts = [_opts(c[c.index("--config-file") + 2 :]) for c in cmds]
+    assert [o["OUTPUT_DIR"] for o in opts] == [str(out / "naive_w1"), str(out / "lad_w1")]
+    assert all("SEED" not in o for o in opts)
+
+
+def test_sweep_collect_averages_seeds(tmp_path):
+    out = tmp_path / "sweep"
+    values = {1: [60.0, 62.0, 64.0], 10: [65.0, 66.0, 67.0]}
+    for w, vals in values.items():
+        for k, v in enumerate(vals):
+            fake_run(
+                out / f"naive_w{w}" / f"seed{k}",
+                seg_config(taps=[["res5", "res5", "naive", float(w)]]),
+                seed=SEED0 + k,
+                seg={"mIoU": v},
+            )
+    fake_run(
+        out / "naive_w100" / "seed0",
+        seg_config(taps=[["res5", "res5", "naive", 100.0]]),
+        seed=SEED0,
+        finished=False,
+    )
+    collected = collect_sweep(out)  # the seed folders found
+    assert [w for w, _ in collected["naive"]] == [1.0] * 3 + [10.0] * 3 + [100.0]
+    assert sweep_curves(collected)["Naive"] == [(1.0, 62.0), (10.0, 66.0)]
+    text = format_sweep(collected)
+    assert "62.00 ± 2.00 (3)" in text and "66.00 ± 1.00 (3)" in text
+    assert "Naive: spread 4.00 (min 62.00, max 66.00 at λ=10, 2 λ, 6 runs)" in text
+    assert "naive_w100/seed0: unfinished" in text
+    planned = collect_sweep(out, ["naive"], [100.0], seeds=2)  # a planned seed never run
+    assert [r.status for _, r in planned["naive"]] == ["unfinished", "missing"]
+
+
+def test_camvid_study_plans_seeds_for_every_student_run(tmp_path):
+    study = _tool("camvid_study")
+    parser = study.build_parser()
+    assert parser.parse_args(["--data-root", "d"]).seeds == 1
+    args = parser.parse_args(
+        [
+            "--data-root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "o"),
+            "--seeds",
+            "2",
+            "--sweep-weights",
+            "1",
+            "100",
+        ]
+    )
+    plan = study.plan_runs(args)
+    out = tmp_path / "o"
+    assert "SEED" not in _opts(plan.teacher.opts) and plan.teacher.out_dir == out / "teacher"
+    arms = {}
+    for r in plan.students:
+        arms.setdefault(r.arm, []).append(_opts(r.opts))
+    assert sorted(arms) == sorted(
+        [
+            "student_nokd",
+            "naive_res5",
+            "lad_res5",
+            "cad_res5",
+            "pad_res5",
+            "naive_w1",
+            "naive_w100",
+            "lad_w1",
+            "lad_w100",
+        ]
+    )
+    for arm, runs in arms.items():
+        assert [o["SEED"] for o in runs] == ["42", "43"], arm
+        where = out / "sweep" if "_w" in arm else out
+        assert [o["OUTPUT_DIR"] for o in runs] == [str(where / arm / f"seed{k}") for k in range(2)]
+    assert arms["lad_w100"][1]["MODEL.DISTILL.TAPS"] == repr([["res5", "res5", "lad", 100.0]])
+    assert len({r.out_dir for r in plan.students}) == len(plan.students) == 18
+    assert plan.arm_dirs("lad_res5") == [out / "lad_res5" / "seed0", out / "lad_res5" / "seed1"]
+    single = study.plan_runs(parser.parse_args(["--data-root", "d", "--out", str(out)]))
+    assert all("SEED" not in _opts(r.opts) for r in single.students)
+    assert single.arm_dirs("lad_res5") == [out / "lad_res5"]
+    assert math.isclose(float(_opts(single.students[0].opts)["SOLVER.MAX_ITER"]), 300)
+
+
+def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
+    """The whole demo with train_net replaced by a fake that writes the run folder the real one
+    would (config.yaml from the planned config + overrides, metrics.json with an mIoU that
+    depends on the arm and the seed): the report has one row per arm, over its seeds."""
+    from radkd_d2.engine.setup import load_config
+
+    demo = _tool("demo")
+    miou = {"teacher": 70.0, "student_nokd": 60.0, "student_lad": 64.0}
+    commands = []
+
+    def fake_training(cmd, log, **kwargs):
+        commands.append(cmd)
+        at = cmd.index("--config-file")
+        cfg = load_config(cmd[at + 1], cmd[at + 2 :], validate=False)
+        run = Path(cfg.OUTPUT_DIR)
+        arm = run.name if run.name == "teacher" else run.parent.name
+        fake_run(
+            run,
+            yaml.safe_load(cfg.dump()),
+            seed=cfg.SEED,
+            seg={"mIoU": miou[arm] + (cfg.SEED - SEED0), "pACC": 90.0, "fwIoU": 80.0, "mACC": 70.0},
+            iters=cfg.SOLVER.MAX_ITER,
+            replace=True,
+        )
+        return 0
+
+    monkeypatch.setattr(demo, "run_training", fake_training)
+    demo.main(["--output", str(tmp_path / "demo"), "--seeds", "2", "--iters", "20"])
+    assert len(commands) == 5  # the teacher once, two student arms twice
+    seg = {r["run"]: r for r in _csv(tmp_path / "demo" / "report" / "segmentation.csv")}
+    assert set(seg) == {"teacher", "student_nokd", "student_lad"}
+    assert (seg["student_lad"]["seeds"], seg["student_lad"]["seed_values"]) == ("2", "42;43")
+    assert float(seg["student_lad"]["mIoU"]) == pytest.approx(64.5)
+    assert float(seg["student_lad"]["delta_mIoU"]) == pytest.approx(4.0)
+    assert float(seg["student_lad"]["delta_se"]) == pytest.approx(
+        expected_se([64, 65], [60, 61]), abs=1e-4
+    )
+    text = (tmp_path / "demo" / "report.md").read_text()
+    assert "**64.50** ± 0.71 (2), Δ +4.00 ± 0.71*" in text and "60.50 ± 0.71 (2)" in text
+    assert "(student_lad/seed1) | 90.00 |" in text  # pixel accuracy and time, per run
