@@ -30,7 +30,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from radkd_d2.engine import Trainer  # noqa: E402
 from radkd_d2.engine.setup import load_config  # noqa: E402
 
-DEFAULT_CONFIG = "configs/synthetic/demo/student_pspnet_r18x8_synthetic.yaml"
+DEFAULT_CONFIG = "configs/synthetic/demo/student_pspnet_r18x4_synthetic.yaml"
 
 
 def sync(device: str) -> None:

@@ -14,8 +14,6 @@ from radkd_d2.modeling.distill import DistillSchedule, LossBalanceMonitor, Tap
 from radkd_d2.modeling.teacher import TeacherLoadError
 from test_distill_seg import SMALL, TEACHER_CFG, batch, distill_cfg
 
-DEMO_TEACHER = "configs/synthetic/demo/teacher_pspnet_r18x2_synthetic.yaml"
-DEMO_STUDENT = "configs/synthetic/demo/lad_res5_pspr18x2_pspr18x8_synthetic.yaml"
 
 
 def capture(module, store, key):

@@ -350,12 +350,15 @@ def test_demo_plans_seeds_per_student_arm_and_one_teacher(tmp_path):
     demo = _tool("demo")
     parser = demo.build_parser()
     assert parser.parse_args([]).seeds == 3  # the documented default
-    plan = demo.plan_runs(
-        parser.parse_args(["--output", str(tmp_path), "--seeds", "3", "--iters", "7"])
+    planned = demo.plan_runs(
+        parser.parse_args(["--output", str(tmp_path), "--seeds", "3", "--iters", "7", "--teacher-iters", "9"])
     )
-    assert [r.arm for r in plan] == ["teacher"] + ["student_nokd", "student_lad"] * 3
+    plan = [r for r, _ in planned]
+    assert [n for _, n in planned] == [9, 300] + [7] * 6
+    assert [r.arm for r in plan] == ["teacher", "student_start"] + ["student_nokd", "student_lad"] * 3
     teacher = _opts(plan[0].opts)
     assert "SEED" not in teacher and teacher["OUTPUT_DIR"] == str(tmp_path / "teacher")
+    start = str(tmp_path / "student_start" / "model_final.pth")
     for arm in ("student_nokd", "student_lad"):
         runs = [_opts(r.opts) for r in plan if r.arm == arm]
         assert [o["SEED"] for o in runs] == ["42", "43", "44"]
@@ -363,6 +366,7 @@ def test_demo_plans_seeds_per_student_arm_and_one_teacher(tmp_path):
             str(tmp_path / arm / f"seed{k}") for k in range(3)
         ]
         assert all(o["SOLVER.MAX_ITER"] == "7" for o in runs)
+        assert all(o["MODEL.WEIGHTS"] == start for o in runs)  # both arms continue one start
     lad = [_opts(r.opts) for r in plan if r.arm == "student_lad"]
     assert {o["MODEL.DISTILL.TEACHER.WEIGHTS"] for o in lad} == {
         str(tmp_path / "teacher" / "model_final.pth")
@@ -372,125 +376,14 @@ def test_demo_plans_seeds_per_student_arm_and_one_teacher(tmp_path):
     assert load_config(str(first.config), [], validate=False).SEED == 42
     cfg = load_config(str(second.config), [str(x) for x in second.opts], validate=False)
     assert (cfg.SEED, cfg.OUTPUT_DIR) == (43, str(tmp_path / "student_lad" / "seed1"))
+    # scored on the held-out test split
+    assert tuple(cfg.DATASETS.TEST) == ("synthetic_sem_seg_test",) and cfg.DATASETS.SYNTHETIC.NUM_TEST > 0
     # one seed: the folders and SEED of before seeds existed
-    single = demo.plan_runs(parser.parse_args(["--output", str(tmp_path), "--seeds", "1"]))
+    single = [r for r, _ in demo.plan_runs(parser.parse_args(["--output", str(tmp_path), "--seeds", "1"]))]
     assert [_opts(r.opts)["OUTPUT_DIR"] for r in single] == [
-        str(tmp_path / a) for a in ("teacher", "student_nokd", "student_lad")
+        str(tmp_path / a) for a in ("teacher", "student_start", "student_nokd", "student_lad")
     ]
     assert all("SEED" not in _opts(r.opts) for r in single)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--seeds", "0"])
-
-
-def test_sweep_dry_run_prints_a_seeded_command_per_point(tmp_path, capsys):
-    out = tmp_path / "sweep"
-    base = [
-        "--config",
-        str(REPO / LAD_CFG),
-        "--methods",
-        "naive",
-        "lad",
-        "--weights",
-        "1",
-        "--out",
-        str(out),
-        "--dry-run",
-    ]
-    assert _tool("sweep").main([*base, "--seeds", "2"]) == 0
-    cmds = [
-        shlex.split(line) for line in capsys.readouterr().out.splitlines() if "train_net" in line
-    ]
-    opts = [_opts(c[c.index("--config-file") + 2 :]) for c in cmds]
-    got = [(o["MODEL.DISTILL.TAPS"], o["SEED"], o["OUTPUT_DIR"]) for o in opts]
-    assert got == [
-        (repr([["res5", "res5", m, 1.0]]), str(SEED0 + k), str(out / f"{m}_w1" / f"seed{k}"))
-        for m in ("naive", "lad")
-        for k in range(2)
-    ]
-    assert _tool("sweep").main(base) == 0  # default: one seed, as before
-    cmds = [
-        shlex.split(line) for line in capsys.readouterr().out.splitlines() if "train_net" in line
-    ]
-    opts = [_opts(c[c.index("--config-file") + 2 :]) for c in cmds]
-    assert [o["OUTPUT_DIR"] for o in opts] == [str(out / "naive_w1"), str(out / "lad_w1")]
-    assert all("SEED" not in o for o in opts)
-
-
-def test_sweep_collect_averages_seeds(tmp_path):
-    out = tmp_path / "sweep"
-    values = {1: [60.0, 62.0, 64.0], 10: [65.0, 66.0, 67.0]}
-    for w, vals in values.items():
-        for k, v in enumerate(vals):
-            fake_run(
-                out / f"naive_w{w}" / f"seed{k}",
-                seg_config(taps=[["res5", "res5", "naive", float(w)]]),
-                seed=SEED0 + k,
-                seg={"mIoU": v},
-            )
-    fake_run(
-        out / "naive_w100" / "seed0",
-        seg_config(taps=[["res5", "res5", "naive", 100.0]]),
-        seed=SEED0,
-        finished=False,
-    )
-    collected = collect_sweep(out)  # the seed folders found
-    assert [w for w, _ in collected["naive"]] == [1.0] * 3 + [10.0] * 3 + [100.0]
-    assert sweep_curves(collected)["Naive"] == [(1.0, 62.0), (10.0, 66.0)]
-    text = format_sweep(collected)
-    assert "62.00 ± 2.00 (3)" in text and "66.00 ± 1.00 (3)" in text
-    assert "Naive: spread 4.00 (min 62.00, max 66.00 at λ=10, 2 λ, 6 runs)" in text
-    assert "naive_w100/seed0: unfinished" in text
-    planned = collect_sweep(out, ["naive"], [100.0], seeds=2)  # a planned seed never run
-    assert [r.status for _, r in planned["naive"]] == ["unfinished", "missing"]
-
-
-def test_camvid_study_plans_seeds_for_every_student_run(tmp_path):
-    study = _tool("camvid_study")
-    parser = study.build_parser()
-    assert parser.parse_args(["--data-root", "d"]).seeds == 1
-    args = parser.parse_args(
-        [
-            "--data-root",
-            str(tmp_path / "data"),
-            "--out",
-            str(tmp_path / "o"),
-            "--seeds",
-            "2",
-            "--sweep-weights",
-            "1",
-            "100",
-        ]
-    )
-    plan = study.plan_runs(args)
-    out = tmp_path / "o"
-    assert "SEED" not in _opts(plan.teacher.opts) and plan.teacher.out_dir == out / "teacher"
-    arms = {}
-    for r in plan.students:
-        arms.setdefault(r.arm, []).append(_opts(r.opts))
-    assert sorted(arms) == sorted(
-        [
-            "student_nokd",
-            "naive_res5",
-            "lad_res5",
-            "cad_res5",
-            "pad_res5",
-            "naive_w1",
-            "naive_w100",
-            "lad_w1",
-            "lad_w100",
-        ]
-    )
-    for arm, runs in arms.items():
-        assert [o["SEED"] for o in runs] == ["42", "43"], arm
-        where = out / "sweep" if "_w" in arm else out
-        assert [o["OUTPUT_DIR"] for o in runs] == [str(where / arm / f"seed{k}") for k in range(2)]
-    assert arms["lad_w100"][1]["MODEL.DISTILL.TAPS"] == repr([["res5", "res5", "lad", 100.0]])
-    assert len({r.out_dir for r in plan.students}) == len(plan.students) == 18
-    assert plan.arm_dirs("lad_res5") == [out / "lad_res5" / "seed0", out / "lad_res5" / "seed1"]
-    single = study.plan_runs(parser.parse_args(["--data-root", "d", "--out", str(out)]))
-    assert all("SEED" not in _opts(r.opts) for r in single.students)
-    assert single.arm_dirs("lad_res5") == [out / "lad_res5"]
-    assert math.isclose(float(_opts(single.students[0].opts)["SOLVER.MAX_ITER"]), 300)
 
 
 def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
@@ -500,7 +393,7 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
     from radkd_d2.engine.setup import load_config
 
     demo = _tool("demo")
-    miou = {"teacher": 70.0, "student_nokd": 60.0, "student_lad": 64.0}
+    miou = {"teacher": 70.0, "student_start": 50.0, "student_nokd": 60.0, "student_lad": 64.0}
     commands = []
 
     def fake_training(cmd, log, **kwargs):
@@ -508,7 +401,7 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
         at = cmd.index("--config-file")
         cfg = load_config(cmd[at + 1], cmd[at + 2 :], validate=False)
         run = Path(cfg.OUTPUT_DIR)
-        arm = run.name if run.name == "teacher" else run.parent.name
+        arm = run.name if run.name in ("teacher", "student_start") else run.parent.name
         fake_run(
             run,
             yaml.safe_load(cfg.dump()),
@@ -521,7 +414,7 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(demo, "run_training", fake_training)
     demo.main(["--output", str(tmp_path / "demo"), "--seeds", "2", "--iters", "20"])
-    assert len(commands) == 5  # the teacher once, two student arms twice
+    assert len(commands) == 6  # the teacher and the start once, two student arms twice
     seg = {r["run"]: r for r in _csv(tmp_path / "demo" / "report" / "segmentation.csv")}
     assert set(seg) == {"teacher", "student_nokd", "student_lad"}
     assert (seg["student_lad"]["seeds"], seg["student_lad"]["seed_values"]) == ("2", "42;43")
@@ -532,4 +425,5 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
     )
     text = (tmp_path / "demo" / "report.md").read_text()
     assert "**64.50** ± 0.71 (2), Δ +4.00 ± 0.71*" in text and "60.50 ± 0.71 (2)" in text
-    assert "(student_lad/seed1) | 90.00 |" in text  # pixel accuracy and time, per run
+    assert "(student_lad/seed1) | 65.00 | 90.00 |" in text  # mIoU, pixel accuracy, time per run
+    assert "(student_start) | 50.00 | 90.00 |" in text
