@@ -29,9 +29,9 @@ def test_bench_distill_step_prints_ratios(task):
 
 
 def test_bench_eval_prints_throughput(tmp_path):
-    out = run("bench_eval.py", "--data-root", str(tmp_path), "DATASETS.SYNTHETIC.NUM_VAL", "4",
+    out = run("bench_eval.py", "--data-root", str(tmp_path), "DATASETS.SYNTHETIC.NUM_TEST", "4",
               "DATASETS.SYNTHETIC.NUM_TRAIN", "4")
-    assert "synthetic_sem_seg_val (4 images, 96x96)" in out
+    assert "synthetic_sem_seg_test (4 images, 96x96)" in out
     assert re.search(r"model only\s+[0-9.]+ images/s", out)
     assert re.search(r"inference_on_dataset\s+[0-9.]+ images/s", out)
     assert re.search(r"mIoU of these weights\s+[0-9.]+", out)

@@ -2,6 +2,7 @@
 precision and non-finite losses."""
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -167,5 +168,15 @@ def test_nan_loss_stops_with_term_and_iteration(data_root, teacher_weights, tmp_
     proc = run_train_net("--config-file", DISTILL, *_opts(data_root, tmp_path / "out", tmp_path / "nan_teacher.pth", 4, 4),
                          check=False)
     assert proc.returncode != 0
-    assert "FloatingPointError: Loss became infinite or NaN at iteration=0" in proc.stderr
-    assert "loss_distill_lad_res5=nan" in proc.stderr
+    # caught when the teacher is loaded, naming it, before any loss is computed
+    assert "TeacherLoadError" in proc.stderr and "holds NaN or Inf values" in proc.stderr
+    assert "nan_teacher.pth" in proc.stderr and not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_non_finite_loss_stops_with_term_and_iteration(data_root, teacher_weights, tmp_path):
+    # a learning rate that makes the student diverge within a few steps
+    proc = run_train_net("--config-file", DISTILL, *_opts(data_root, tmp_path / "out", teacher_weights, 8, 8),
+                         "SOLVER.BASE_LR", "1e12", check=False)
+    assert proc.returncode != 0
+    assert re.search(r"FloatingPointError: Loss became infinite or NaN at iteration=\d+: non-finite term",
+                     proc.stderr), proc.stderr[-2000:]
