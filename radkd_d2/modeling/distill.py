@@ -39,6 +39,10 @@ class Tap:
         """Name used in loss and diagnostic keys: ``res5``, or ``res4_to_res5`` when they differ."""
         return self.student if self.student == self.teacher else f"{self.student}_to_{self.teacher}"
 
+    def term(self, loss_name: str) -> str:
+        """Name of one of its weighted losses in the loss dict: ``loss_distill_lad_res5``."""
+        return f"loss_distill_{loss_name}_{self.key}"
+
 
 def parse_taps(entries: Sequence, kd_weight: float = 0.0) -> List[Tap]:
     """Group ``MODEL.DISTILL.TAPS`` entries ``[student_pos, teacher_pos, loss, weight]`` by
@@ -153,7 +157,7 @@ class LossBalanceMonitor:
         for tap in self.taps:
             task = norms.get(f"grad_norm/task/{tap.student}")
             for name, _ in tap.losses:
-                term = f"loss_distill_{name}_{tap.key}"
+                term = tap.term(name)
                 own = norms.get(f"grad_norm/{term}/{tap.student}")
                 if own is not None and task is not None:
                     norms[f"grad_ratio/{term}"] = own / task.clamp_min(1e-12)
@@ -169,7 +173,7 @@ class LossBalanceMonitor:
     def _check(self, values: Dict[str, float], iteration: int) -> None:
         for tap in self.taps:
             for name, weight in tap.losses:
-                term = f"loss_distill_{name}_{tap.key}"
+                term = tap.term(name)
                 ratio = values.get(f"grad_ratio/{term}")
                 if ratio is None:
                     continue
@@ -266,7 +270,7 @@ class FeatureDistiller(nn.Module):
     @property
     def loss_names(self) -> List[str]:
         """The ``loss_distill_<loss>_<tap key>`` names this distiller returns, in order."""
-        return [f"loss_distill_{name}_{tap.key}" for tap in self.taps for name, _ in tap.losses]
+        return [tap.term(name) for tap in self.taps for name, _ in tap.losses]
 
     @property
     def student_positions(self) -> set:
@@ -306,7 +310,7 @@ class FeatureDistiller(nn.Module):
             s = self.align(tap, student_feats[tap.student], t)
             for name, _ in tap.losses:
                 loss = self.losses[f"{tap.key}__{name}"](s, t, **context)
-                losses[f"loss_distill_{name}_{tap.key}"] = loss if factor == 1.0 else loss * factor
+                losses[tap.term(name)] = loss if factor == 1.0 else loss * factor
             if log:
                 stats[tap.key] = feature_stats_tensor(s, t)
         if stats:  # one host read for all taps, on diagnostics iterations only
@@ -358,7 +362,7 @@ class FeatureDistiller(nn.Module):
             for tap in self.taps:
                 for name, weight in tap.losses:
                     storage.put_scalar(
-                        f"distill_weight/loss_distill_{name}_{tap.key}", weight * factor, smoothing_hint=False
+                        f"distill_weight/{tap.term(name)}", weight * factor, smoothing_hint=False
                     )
         if self.schedule.stopped(it):
             return {**task_losses, **self.zero_losses()}
