@@ -81,6 +81,7 @@ def _add_data_config(cfg: CN) -> None:
     cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 256  # synthetic-scene training images
     cfg.DATASETS.SYNTHETIC.NUM_VAL = 64  # synthetic-scene validation images
     cfg.DATASETS.SYNTHETIC.NUM_TEST = 0  # held-out test images (synthetic_*_test); 0: no test split
+    cfg.DATASETS.SYNTHETIC.TEST_STREAM = 0  # random stream of the test split; a new value: fresh scenes
     cfg.DATASETS.SYNTHETIC.SIZE = 96  # side of the square synthetic images
     cfg.DATASETS.SYNTHETIC.SEED = 0  # generator seed; same seed gives identical files
 

@@ -427,3 +427,11 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
     assert "**64.50** ± 0.71 (2), Δ +4.00 ± 0.71*" in text and "60.50 ± 0.71 (2)" in text
     assert "(student_lad/seed1) | 65.00 | 90.00 |" in text  # mIoU, pixel accuracy, time per run
     assert "(student_start) | 50.00 | 90.00 |" in text
+    # --resume reuses the finished runs: nothing is trained again, the report is the same
+    commands.clear()
+    demo.main(["--output", str(tmp_path / "demo"), "--seeds", "2", "--iters", "20", "--resume"])
+    assert commands == []
+    assert "**64.50** ± 0.71 (2), Δ +4.00 ± 0.71*" in (tmp_path / "demo" / "report.md").read_text()
+    # a run with other iterations is not reused
+    demo.main(["--output", str(tmp_path / "demo"), "--seeds", "2", "--iters", "30", "--resume"])
+    assert len(commands) == 4 and all("30" in c for c in commands)

@@ -54,10 +54,25 @@ def test_masks_and_boxes_agree(tmp_path):
         assert (objects & ~covered).sum() <= 0.02 * objects.sum() + 12
 
 
-@pytest.mark.parametrize("field", ["num_train", "num_val"])
-def test_bad_spec(field):
-    with pytest.raises(ValueError, match=field):
-        SyntheticSpec(**{field: 0})
+@pytest.mark.parametrize(
+    "field, value", [("num_train", 0), ("num_val", 0), ("num_test", -1), ("test_stream", -1), ("size", 16)]
+)
+def test_bad_spec(field, value):
+    with pytest.raises(ValueError, match=field.replace("size", "size must be")):
+        SyntheticSpec(**{field: value})
+
+
+def test_test_stream_draws_fresh_test_scenes_only(tmp_path):
+    first = SyntheticSpec(num_train=2, num_val=2, size=64, seed=3, num_test=3)
+    fresh = SyntheticSpec(num_train=2, num_val=2, size=64, seed=3, num_test=3, test_stream=1)
+    assert first.folder_name == SyntheticSpec(**{**first.__dict__, "test_stream": 0}).folder_name
+    assert first.folder_name != fresh.folder_name
+    a, b = ensure_synthetic(tmp_path, first), ensure_synthetic(tmp_path, fresh)
+    for split in ("train", "val"):  # what runs train and choose on is the same
+        assert filecmp.cmp(a / split / "images/00001.png", b / split / "images/00001.png", shallow=False)
+    old = sorted((a / "test/images").iterdir())
+    for t in sorted((b / "test/images").iterdir()):  # the new stream repeats no old test scene
+        assert not any(filecmp.cmp(t, o, shallow=False) for o in old), t
 
 
 def test_held_out_test_split_is_its_own_stream(tmp_path):

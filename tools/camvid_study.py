@@ -1,24 +1,31 @@
 #!/usr/bin/env python
-"""The CamVid real-data study in one command: teacher, students (no KD, naive, LAD, CAD, PAD),
-a loss-weight sweep (naive vs LAD), then the report, the sweep plot (Fig. 1/5), the magnitude
+"""The CamVid real-data study in one command: teacher, a shared student start, students (no
+KD, naive, LAD, CAD; PAD on request), a loss-weight sweep (naive vs LAD), then the report with the
+schedule checks (teacher and plain-student val curves), the sweep plot (Fig. 1/5), the magnitude
 plot (Fig. 2) and feature heatmaps (Fig. 6).
 
-    python tools/camvid_study.py --data-root ../shared/data            # CPU scale (about 1 h on 2 cores)
+    python tools/camvid_study.py --data-root ../shared/data            # CPU scale (about 75 min on 2 cores)
     python tools/camvid_study.py --data-root DIR --scale gpu --jobs 6  # larger, on one GPU
-    python tools/camvid_study.py --data-root DIR --seeds 3             # 3 seeds per student run
+
+The paper's shape at small scale, as in the demo: the students do not start from nothing but from
+one shared checkpoint of the plain student (``--start-iters``; the paper's ImageNet start), and
+every student arm continues it for ``--iters`` iterations, with or without a teacher.
 
 Scales (all on configs/camvid/*.yaml, overridden here):
-  cpu: teacher PSPNet-R50/4 (deep stem, OS 8), students PSPNet-R18/4; crop 180x240 of images
-       scaled 0.5-1.0, batch 8, ITERS iterations (default 300), eval at 360x480.
+  cpu: images at half size (random scale 0.25-0.5, crop 90x120, batch 8; evaluated on the full
+       360x480 val images): teacher PSPNet-R18 at 1/2 width (4x the student's convolution cost)
+       trained 1200 iterations; students PSPNet-R18/4, start 600 iterations, arms 300 more.
   gpu: teacher PSPNet-R101 (full width), students PSPNet-R18 (full width); crop 360x480 of
-       images scaled 0.5-2.0, batch 8, bf16 AMP, ITERS iterations (default 1000).
+       images scaled 0.5-2.0, batch 8, bf16 AMP; start 1000, arms 1000, teacher 4000.
 Runs go to ``<out>/<name>/``; already finished runs are skipped, so the command can be rerun.
 
-Seeds: ``--seeds N`` (default 1) trains every student run (the main runs and every sweep point)
-N times, seed k into ``<name>/seed<k>/`` with SEED = 42 + k (42 is the CamVid configs' SEED, so
-seed 0 is the single-seed run); the teacher trains once. The report then shows each setting's
+Seeds: ``--seeds N`` (default 3) trains every main student arm N times and ``--sweep-seeds M``
+(default 2) every sweep point M times, seed k into ``<name>/seed<k>/`` with SEED = 42 + k (42 is
+the CamVid configs' SEED); the teacher and the start train once. The report shows each setting's
 mean ± sample std over seeds and Δ ± its standard error, the sweep table and plot the means, and
-the magnitude plot and heatmaps seed 0. With one seed the folders and SEED are those of before.
+the magnitude plot and heatmaps seed 0. The teacher, the start and the first no-KD seed are
+evaluated every ``--eval-period`` iterations: the report's "Schedule" section shows those curves,
+the gain over their last quarter and the teacher's lead over the plain student.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,31 +58,33 @@ from radkd_d2.analysis.sweep import (  # noqa: E402
     sweep_curves,
 )
 from radkd_d2.evaluation.report import build_report, collect_runs, write_report  # noqa: E402
-from radkd_d2.evaluation.runs import read_run, seed_folder  # noqa: E402
+from radkd_d2.evaluation.runs import read_run, read_scalars, seed_folder  # noqa: E402
 
 CFG = REPO / "configs/camvid"
 SCALES = {
     "cpu": dict(
         teacher=[
             "MODEL.DRN.DEPTH",
-            50,
+            18,
             "MODEL.DRN.WIDTH_MULT",
-            0.25,
+            0.5,
             "MODEL.SEM_SEG_HEAD.CONVS_DIM",
             128,
         ],
         student=["MODEL.DRN.WIDTH_MULT", 0.25, "MODEL.SEM_SEG_HEAD.CONVS_DIM", 128],
         common=[
             "INPUT.SEM_SEG.CROP_SIZE",
-            "(180, 240)",
+            "(90, 120)",
             "INPUT.SEM_SEG.SCALE_RANGE",
-            "(0.5, 1.0)",
+            "(0.25, 0.5)",
             "SOLVER.IMS_PER_BATCH",
             8,
             "DATALOADER.NUM_WORKERS",
             1,
         ],
         iters=300,
+        start_iters=600,
+        teacher_iters=1200,
     ),
     "gpu": dict(
         teacher=[
@@ -100,23 +109,30 @@ SCALES = {
             "bfloat16",
         ],
         iters=1000,
+        start_iters=1000,
+        teacher_iters=4000,
     ),
 }
-MAIN_METHODS = ("naive", "lad", "cad", "pad")
+MAIN_METHODS = ("naive", "lad", "cad")  # the study's arms besides no KD
+ALL_METHODS = ("naive", "lad", "cad", "pad")
 SWEEP_METHODS = ("naive", "lad")
 MAIN_WEIGHT = 10.0  # λ of the main runs (their configs'): the sweep's λ = 10 points
 
 
 @dataclass
 class StudyPlan:
-    """The study's runs: the teacher, then every student run (main runs and sweep points,
-    each seed its own run), and what the report and figures need to find them."""
+    """The study's runs: the teacher, the shared start, then every student run (main runs and
+    sweep points, each seed its own run), and what the report and figures need to find them."""
 
     out: Path
     iters: int
+    start_iters: int
     teacher_iters: int
     seeds: int
+    sweep_seeds: int
+    methods: List[str]
     teacher: PlannedRun
+    start: Optional[PlannedRun]
     students: List[PlannedRun]
     sweep_dir: Path
     sweep_weights: List[float]
@@ -139,14 +155,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, help="folder holding camvid/")
     p.add_argument("--out", default="output/camvid_study")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    p.add_argument("--iters", type=int, help="iterations per run (default: the scale's)")
+    p.add_argument("--iters", type=int, help="iterations of every student arm (default: the scale's)")
+    p.add_argument(
+        "--start-iters",
+        type=int,
+        help="iterations of the shared plain-student start the arms continue from (default: the "
+        "scale's; 0: every arm from scratch)",
+    )
     p.add_argument(
         "--teacher-iters",
         type=int,
-        help="iterations of the teacher (default: --iters); a deeper teacher trained from "
-        "scratch needs more than the students to get ahead of them",
+        help="iterations of the teacher (default: the scale's); it should reach its plateau",
+    )
+    p.add_argument(
+        "--eval-period",
+        type=int,
+        default=100,
+        help="val evaluation period of the teacher, the start and the first no-KD seed, for the "
+        "schedule curves (default 100)",
     )
     p.add_argument("--jobs", type=int, default=1, help="student runs trained in parallel")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=ALL_METHODS,
+        default=list(MAIN_METHODS),
+        help="feature-distillation arms besides no KD (default: naive lad cad)",
+    )
     p.add_argument(
         "--sweep-weights",
         type=float,
@@ -157,11 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds",
         type=seeds_arg,
-        default=1,
-        help="runs (seeds) of every student setting, SEED 42, 43, ...; the teacher "
-        "trains once (default 1)",
+        default=3,
+        help="runs (seeds) of every main student arm, SEED 42, 43, ... (default 3)",
+    )
+    p.add_argument(
+        "--sweep-seeds",
+        type=seeds_arg,
+        default=2,
+        help="runs (seeds) of every sweep point (default 2)",
     )
     return p
+
+
+def last_quarter_gain(points: Sequence[Tuple[int, float]]) -> float:
+    """How much a val curve ``[(iteration, mIoU), ...]`` still rose over its last quarter of
+    iterations: the last value minus the last one at or before 3/4 of the final iteration (a
+    flattened curve gains about nothing)."""
+    end = points[-1][0]
+    before = [v for it, v in points if it <= 0.75 * end] or [points[0][1]]
+    return points[-1][1] - before[-1]
+
+
+def _iters(n: int) -> list:
+    return ["SOLVER.MAX_ITER", n, "SOLVER.CHECKPOINT_PERIOD", n]
 
 
 def plan_runs(args: argparse.Namespace) -> StudyPlan:
@@ -172,21 +225,20 @@ def plan_runs(args: argparse.Namespace) -> StudyPlan:
     """
     s = SCALES[args.scale]
     iters = args.iters or s["iters"]
-    teacher_iters = args.teacher_iters or iters
+    start_iters = s["start_iters"] if args.start_iters is None else args.start_iters
+    teacher_iters = args.teacher_iters or s["teacher_iters"]
     out = (REPO / args.out).resolve()
     common = [
         "DATASETS.ROOT",
         args.data_root,
         *s["common"],
-        "SOLVER.MAX_ITER",
-        iters,
-        "SOLVER.CHECKPOINT_PERIOD",
-        iters,
+        *_iters(iters),
         "TEST.EVAL_PERIOD",
         0,
         "MODEL.DISTILL.DIAGNOSTICS_PERIOD",
         20,
     ]
+    curve = ["TEST.EVAL_PERIOD", args.eval_period]
     teacher_dir = out / "teacher"
     teacher_opts = [
         "MODEL.DISTILL.TEACHER.WEIGHTS",
@@ -194,35 +246,42 @@ def plan_runs(args: argparse.Namespace) -> StudyPlan:
         "MODEL.DISTILL.TEACHER.OPTS",
         repr([str(x) for x in s["teacher"]]),
     ]
-    longer = ["SOLVER.MAX_ITER", teacher_iters, "SOLVER.CHECKPOINT_PERIOD", teacher_iters]
     teacher = plan_seeds(
         "teacher",
         CFG / "pspnet_r101_camvid.yaml",
-        [*common, *s["teacher"], *longer],
+        [*common, *s["teacher"], *_iters(teacher_iters), *curve],
         teacher_dir,
         1,
     )[0]
+    student_cfg = CFG / "pspnet_r18_camvid.yaml"
+    start, from_start = None, []
+    if start_iters:
+        start = plan_seeds(
+            "student_start",
+            student_cfg,
+            [*common, *s["student"], *_iters(start_iters), *curve],
+            out / "student_start",
+            1,
+        )[0]
+        from_start = ["MODEL.WEIGHTS", start.out_dir / "model_final.pth"]
     students = plan_seeds(
-        "student_nokd",
-        CFG / "pspnet_r18_camvid.yaml",
-        [*common, *s["student"]],
-        out / "student_nokd",
-        args.seeds,
+        "student_nokd", student_cfg, [*common, *s["student"], *from_start], out / "student_nokd", args.seeds
     )
-    for m in MAIN_METHODS:
+    students[0].opts.extend(curve)  # the plain student's val curve: has it flattened?
+    for m in args.methods:
         students += plan_seeds(
             f"{m}_res5",
             CFG / f"{m}_res5_pspr101_pspr18_camvid.yaml",
-            [*common, *s["student"], *teacher_opts],
+            [*common, *s["student"], *teacher_opts, *from_start],
             out / f"{m}_res5",
             args.seeds,
         )
     sweep_dir = out / "sweep"
     for m in SWEEP_METHODS:
         cfg = CFG / f"{m}_res5_pspr101_pspr18_camvid.yaml"
-        base = config_seed(cfg) if args.seeds > 1 else -1
-        for pt in plan_sweep(sweep_dir, [m], args.sweep_weights, args.seeds, base_seed=base):
-            opts = [*common, *s["student"], *teacher_opts, *point_opts(pt, "res5")]
+        base = config_seed(cfg) if args.sweep_seeds > 1 else -1
+        for pt in plan_sweep(sweep_dir, [m], args.sweep_weights, args.sweep_seeds, base_seed=base):
+            opts = [*common, *s["student"], *teacher_opts, *from_start, *point_opts(pt, "res5")]
             students.append(
                 PlannedRun(
                     run_dir_name(pt.method, pt.weight),
@@ -238,15 +297,48 @@ def plan_runs(args: argparse.Namespace) -> StudyPlan:
     return StudyPlan(
         out,
         iters,
+        start_iters,
         teacher_iters,
         args.seeds,
+        args.sweep_seeds,
+        list(args.methods),
         teacher,
+        start,
         students,
         sweep_dir,
         list(args.sweep_weights),
         common,
         teacher_opts,
     )
+
+
+def schedule_section(plan: StudyPlan) -> str:
+    """The report's "Schedule" section: val mIoU curves of the teacher, the start and the first
+    no-KD seed, each curve's gain over its last quarter, and the teacher's lead over the plain
+    student (mean over seeds)."""
+    lines = ["## Schedule (val mIoU curves)", ""]
+    curves = [("teacher", plan.teacher.out_dir)]
+    curves += [("shared start", plan.start.out_dir)] if plan.start else []
+    curves += [("no KD, seed 0 (from the start)" if plan.start else "no KD, seed 0", plan.arm_dirs("student_nokd")[0])]
+    lines += ["| run | curve (iteration: mIoU) | gain over the last quarter |", "|---|---|---:|"]
+    for label, d in curves:
+        pts = read_scalars(d, "sem_seg/mIoU").get("sem_seg/mIoU", [])
+        if not pts:
+            lines.append(f"| {label} | (no evaluations) | |")
+            continue
+        end = read_run(d).max_iter or pts[-1][0] + 1
+        # a periodic evaluation is logged at the iteration before its count, the final one after
+        text = ", ".join(f"{min(it + 1, end)}: {v:.1f}" for it, v in pts)
+        lines.append(f"| {label} | {text} | {last_quarter_gain(pts):+.1f} |")
+    teach = read_run(plan.teacher.out_dir).metrics.get("mIoU")
+    plain = [read_run(d).metrics.get("mIoU") for d in plan.arm_dirs("student_nokd")]
+    plain = [v for v in plain if v is not None]
+    if teach is not None and plain:
+        lead = teach - sum(plain) / len(plain)
+        verdict = "at least" if lead >= 8 else "LESS than"
+        lines += ["", f"Teacher {teach:.1f} vs plain student {sum(plain) / len(plain):.1f} (mean of "
+                  f"{len(plain)}): lead {lead:+.1f} points, {verdict} the 8 the study asks for."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
@@ -268,18 +360,32 @@ def main(argv=None):
     print(f"[1/3] teacher ({teacher_iters} iterations)", flush=True)
     if train(plan.teacher, teacher_iters)[1]:
         sys.exit(1)
-    seeds = f" ({plan.seeds} seeds per setting)" if plan.seeds > 1 else ""
-    print(f"[2/3] {len(plan.students)} student runs{seeds}, {args.jobs} at a time", flush=True)
+    if plan.start is not None:
+        print(f"      shared student start ({plan.start_iters} iterations)", flush=True)
+        if train(plan.start, plan.start_iters)[1]:
+            sys.exit(1)
+    # seed-major main arms first (an interrupted study still has whole seeds to compare), then
+    # the sweep points
+    order = sorted(plan.main_runs(), key=lambda r: r.index) + [
+        r for r in plan.students if r not in plan.main_runs()
+    ]
+    seeds = f" ({plan.seeds} seeds per arm, {plan.sweep_seeds} per sweep point)"
+    print(f"[2/3] {len(order)} student runs{seeds}, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        failed = [n for n, rc in pool.map(train, plan.students) if rc]
+        failed = [n for n, rc in pool.map(train, order) if rc]
 
     print("[3/3] report and figures", flush=True)
     # the sweep's λ = 10 points are the main naive/LAD runs
     main_runs = [plan.teacher.out_dir] + [r.out_dir for r in plan.main_runs()]
-    title = f"CamVid study ({args.scale} scale, {iters} iterations, teacher {teacher_iters}"
-    title += f", {plan.seeds} seeds)" if plan.seeds > 1 else ")"
+    start = f"start {plan.start_iters} + " if plan.start else ""
+    title = (
+        f"CamVid study ({args.scale} scale, students {start}{iters} iterations, teacher "
+        f"{teacher_iters}, {plan.seeds} seeds per arm, val split)"
+    )
     write_report(build_report(collect_runs(main_runs)), out / "report", title=title)
-    collected = collect_sweep(plan.sweep_dir, list(SWEEP_METHODS), plan.sweep_weights, plan.seeds)
+    with open(out / "report" / "report.md", "a") as f:
+        f.write("\n" + schedule_section(plan))
+    collected = collect_sweep(plan.sweep_dir, list(SWEEP_METHODS), plan.sweep_weights, plan.sweep_seeds)
     for method in SWEEP_METHODS:
         main_pts = [(MAIN_WEIGHT, read_run(d)) for d in plan.arm_dirs(f"{method}_res5")]
         collected[method] = sorted(collected.get(method, []) + main_pts, key=lambda x: x[0])
@@ -294,9 +400,9 @@ def main(argv=None):
         teacher=teach,
     )
     # the figures of single runs show seed 0
-    first = {arm: plan.arm_dirs(arm)[0] for arm in (f"{m}_res5" for m in MAIN_METHODS)}
+    first = {arm: plan.arm_dirs(arm)[0] for arm in (f"{m}_res5" for m in plan.methods)}
     sweep_first = [
-        (f"naive λ={w:g}", seed_folder(plan.sweep_dir / run_dir_name("naive", w), 0, plan.seeds))
+        (f"naive λ={w:g}", seed_folder(plan.sweep_dir / run_dir_name("naive", w), 0, plan.sweep_seeds))
         for w in plan.sweep_weights
     ]
     plot_magnitudes(
@@ -308,7 +414,7 @@ def main(argv=None):
         from radkd_d2.analysis.heatmaps import heatmaps_from_config
         from radkd_d2.engine.setup import load_config
 
-        for m in ("lad", "cad", "pad"):
+        for m in (m for m in ("lad", "cad", "pad") if m in plan.methods):
             cfg = load_config(
                 str(CFG / f"{m}_res5_pspr101_pspr18_camvid.yaml"),
                 [*plan.common, *s["student"], *plan.teacher_opts, "MODEL.DEVICE", "cpu"],

@@ -72,4 +72,7 @@ def register_synthetic(root: str = "", spec: SyntheticSpec = SyntheticSpec()) ->
 
 def spec_from_cfg(cfg) -> SyntheticSpec:
     s = cfg.DATASETS.SYNTHETIC
-    return SyntheticSpec(num_train=s.NUM_TRAIN, num_val=s.NUM_VAL, size=s.SIZE, seed=s.SEED, num_test=s.NUM_TEST)
+    return SyntheticSpec(
+        num_train=s.NUM_TRAIN, num_val=s.NUM_VAL, size=s.SIZE, seed=s.SEED,
+        num_test=s.NUM_TEST, test_stream=s.TEST_STREAM,
+    )

@@ -49,26 +49,31 @@ class SyntheticSpec:
     size: int = 96
     seed: int = 0
     num_test: int = 0  # held-out split, drawn from its own random stream; 0: none
+    test_stream: int = 0  # which test stream: each value is a fresh, independent test set
 
     def __post_init__(self):
         for key in ("num_train", "num_val"):
             if getattr(self, key) < 1:
                 raise ValueError(f"synthetic data: {key} must be >= 1, got {getattr(self, key)}")
-        if self.num_test < 0:
-            raise ValueError(f"synthetic data: num_test must be >= 0, got {self.num_test}")
+        for key in ("num_test", "test_stream"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"synthetic data: {key} must be >= 0, got {getattr(self, key)}")
+        if self.size < 32:
+            raise ValueError(f"synthetic data: size must be >= 32 pixels, got {self.size}")
 
     @property
     def splits(self) -> dict:
         """``{split: number of images}`` of the splits this spec generates."""
         return {"train": self.num_train, "val": self.num_val, **({"test": self.num_test} if self.num_test else {})}
-        if self.size < 32:
-            raise ValueError(f"synthetic data: size must be >= 32 pixels, got {self.size}")
 
     @property
     def folder_name(self) -> str:
         fields = asdict(self)
-        if not self.num_test:  # specs without a test split keep the folders they always had
+        # specs without a test split (or on test stream 0) keep the folders they always had
+        if not self.num_test:
             del fields["num_test"]
+        if not self.test_stream:
+            del fields["test_stream"]
         digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
         return f"synthetic_{digest}"
 
@@ -153,11 +158,13 @@ def _write_split(folder: Path, split: str, n: int, spec: SyntheticSpec) -> dict:
     (folder / split / "images").mkdir(parents=True)
     (folder / split / "labels").mkdir(parents=True)
     # each split draws from its own seed sequence (spec seed, split, index): the test split's
-    # scenes are independent of everything a run may have been tuned on
+    # scenes are independent of everything a run may have been tuned on; test stream k > 0
+    # appends k, so a fresh test set is drawn once a stream has been looked at
     split_seed = {"train": 0, "val": 1, "test": 2}[split]
+    stream = [spec.test_stream] if split == "test" and spec.test_stream else []
     images, annotations = [], []
     for idx in range(n):
-        rng = np.random.default_rng([spec.seed, split_seed, idx])
+        rng = np.random.default_rng([spec.seed, split_seed, idx, *stream])
         image, label, objects = render_scene(rng, spec.size)
         name = f"{idx:05d}.png"
         cv2.imwrite(str(folder / split / "images" / name), image[:, :, ::-1])

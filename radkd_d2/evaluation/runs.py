@@ -27,7 +27,9 @@ DET_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 EVAL_TASKS = ("sem_seg", "bbox")
 STATUSES = ("finished", "unfinished", "missing")
 # config keys that differ between the seeds of one setting (and nothing else may)
-SEED_FREE_KEYS = ("SEED", "OUTPUT_DIR")
+# keys (dotted for nested ones) that do not make a different setting: the seed, the folder, and
+# how often the run was evaluated on the way (the final score does not depend on it)
+SEED_FREE_KEYS = ("SEED", "OUTPUT_DIR", "TEST.EVAL_PERIOD")
 GRAD_RATIO_PREFIX = "grad_ratio/"
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -110,7 +112,14 @@ def run_name(path: str | Path) -> str:
 def setting_key(config: dict) -> str:
     """What a run's seeds have in common: its config without :data:`SEED_FREE_KEYS`, as
     canonical JSON (two runs are seeds of one setting when their keys are equal)."""
-    rest = {k: v for k, v in config.items() if k not in SEED_FREE_KEYS}
+    rest = json.loads(json.dumps(config, default=str))
+    for key in SEED_FREE_KEYS:
+        *parents, leaf = key.split(".")
+        node = rest
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return json.dumps(rest, sort_keys=True, default=str)
 
 
