@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean-output
+.PHONY: setup demo test test-fast bench clean-output
 
 setup:
 	@bash tools/setup_env.sh
@@ -14,6 +14,11 @@ demo: setup
 ## Tests (CPU). pytest's exit code 5 (nothing collected) counts as a failure.
 test: setup
 	@$(PY) -m pytest tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+## The fast unit suite only (no subprocess trainings or full-size builds: tests marked slow).
+test-fast: setup
+	@$(PY) -m pytest tests -m "not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 bench: setup

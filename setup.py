@@ -23,4 +23,5 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["radkd_d2", "radkd_d2.*"]),
     install_requires=REQUIREMENTS,
+    entry_points={"console_scripts": ["radkd-train-net = radkd_d2.train_net:cli"]},
 )

@@ -50,3 +50,13 @@ def run_train_net(*args, cwd: Path | None = None, timeout: int = 600, check: boo
 def read_metrics(output_dir: Path) -> list[dict]:
     """Detectron2's metrics.json: one JSON object per line."""
     return [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines() if line]
+
+
+# module fixtures that train through tools/train_net.py in a subprocess: a test using one is slow
+SUBPROCESS_FIXTURES = {"distill_run", "trained_seg"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SUBPROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -2,6 +2,7 @@
 import re
 
 import pytest
+import torch
 
 from conftest import REPO, load_cfg, run_train_net
 from radkd_d2.engine import ConfigError
@@ -18,15 +19,18 @@ def _fails(tmp_path, *args, match):
     return proc
 
 
+@pytest.mark.slow
 def test_config_file_missing(tmp_path):
     _fails(tmp_path, "--config-file", tmp_path / "nope.yaml", match="does not exist")
 
 
+@pytest.mark.slow
 def test_unknown_dataset(tmp_path):
     _fails(tmp_path, "--config-file", SEG, "DATASETS.TRAIN", "('nope_train',)",
            match="unknown data set 'nope_train'")
 
 
+@pytest.mark.slow
 def test_dataset_folder_missing(tmp_path):
     _fails(tmp_path, "--config-file", REPO / "configs/camvid/pspnet_r18_camvid.yaml",
            "DATASETS.ROOT", tmp_path / "empty", match="is missing or empty")
@@ -50,6 +54,7 @@ def test_bad_config_values(tmp_path, key, value, match):
         load_cfg(SEG, key, value, data_root=tmp_path)
 
 
+@pytest.mark.slow
 def test_unknown_config_key(tmp_path):
     _fails(tmp_path, "--config-file", SEG, "MODEL.DISTILL.TAPZ", "[]", match="MODEL.DISTILL.TAPZ")
 
@@ -67,6 +72,7 @@ def test_output_dir_not_writable(tmp_path):
         load_cfg(SEG, "OUTPUT_DIR", tmp_path / "a_file" / "run", data_root=tmp_path)
 
 
+@pytest.mark.slow
 def test_corrupt_image_file_names_it(tmp_path):
     from detectron2.data import DatasetCatalog
 
@@ -107,6 +113,7 @@ def test_coco_box_outside_image(tmp_path):
         DatasetCatalog.get("mini_train2017")
 
 
+@pytest.mark.slow
 def test_empty_dataset(tmp_path):
     _coco_folder(tmp_path / "data", [], [], name="tiny_coco")  # a COCO folder with no image
     out = tmp_path / "out"
@@ -117,3 +124,26 @@ def test_empty_dataset(tmp_path):
     )
     assert proc.returncode != 0 and "Dataset 'tiny_coco_train2017' is empty!" in proc.stderr
     assert _no_results(out)
+
+
+def test_connector_choices_come_from_the_registry():
+    """A connector registered by a user is a valid MODEL.DISTILL.CONNECTOR at start-up; an
+    unknown one is refused with the registered names."""
+    from detectron2.config import get_cfg
+
+    from radkd_d2.config import add_radkd_config
+    from radkd_d2.engine.checks import ConfigError, check_choice
+    from radkd_d2.modeling.connectors import CONNECTOR_REGISTRY, build_connector, connector_choices
+
+    assert {"conv_bn_relu", "conv", "none"} <= set(connector_choices())
+    name = "test_identity_connector"
+    if name not in CONNECTOR_REGISTRY:
+        CONNECTOR_REGISTRY._do_register(name, lambda c_in, c_out: torch.nn.Identity())
+    cfg = get_cfg()
+    add_radkd_config(cfg)
+    cfg.MODEL.DISTILL.CONNECTOR = name
+    check_choice(cfg, "MODEL.DISTILL.CONNECTOR", connector_choices())
+    assert isinstance(build_connector(name, 4, 4), torch.nn.Identity)
+    cfg.MODEL.DISTILL.CONNECTOR = "nope"
+    with pytest.raises(ConfigError, match="MODEL.DISTILL.CONNECTOR.*test_identity_connector"):
+        check_choice(cfg, "MODEL.DISTILL.CONNECTOR", connector_choices())

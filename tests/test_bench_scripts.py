@@ -16,6 +16,7 @@ def run(script, *args):
     return out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["seg", "det"])
 def test_bench_distill_step_prints_ratios(task):
     out = run("bench_distill_step.py", "--task", task, "--size", "smoke", "--reps", "1", "--warmup", "0")
@@ -28,6 +29,7 @@ def test_bench_distill_step_prints_ratios(task):
     assert re.search(r"host reads in loss path\s+0 ", out), out  # the loss path never waits for a GPU
 
 
+@pytest.mark.slow
 def test_bench_eval_prints_throughput(tmp_path):
     out = run("bench_eval.py", "--data-root", str(tmp_path), "DATASETS.SYNTHETIC.NUM_TEST", "4",
               "DATASETS.SYNTHETIC.NUM_TRAIN", "4")

@@ -53,6 +53,7 @@ def teacher_cfg(config_file: str):
     return load_teacher_cfg(str(REPO / config_file), "cpu")
 
 
+@pytest.mark.slow
 def test_generator_check_passes():
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "make_config_matrix.py"), "--check"],
@@ -98,6 +99,7 @@ def test_matrix_covers_the_tables():
         assert row.paper_miou is not None and 15 < row.paper_miou < 90
 
 
+@pytest.mark.slow
 def test_listing_tool_prints_every_row():
     tool = REPO / "tools" / "list_configs.py"
     for table in TABLES:
@@ -158,6 +160,7 @@ def built():
     return get
 
 
+@pytest.mark.slow
 def test_every_distillation_builds_teacher_student_and_taps(built):
     """All distillation configs: student and teacher (reduced) build and every tap resolves."""
     for run in DISTILL:

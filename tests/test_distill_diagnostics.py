@@ -205,6 +205,7 @@ def test_tap_reads_the_feature_it_names(tmp_path, student_pos, teacher_pos):
 # ---------------------------------------------------------------- distillation has an effect
 
 
+@pytest.mark.slow
 def test_lad_falls_and_cos_theta_rises_over_training(tmp_path):
     """Forty iterations on synthetic scenes: the student's res5 turns towards the teacher's."""
     import numpy as np
@@ -263,6 +264,7 @@ def _teacher_run(tmp_path, data_root, *opts, check=True):
     return out, proc
 
 
+@pytest.mark.slow
 def test_teacher_evaluated_before_training_and_recorded(tmp_path, data_root):
     out, _ = _teacher_run(tmp_path, data_root, "MODEL.DISTILL.TEACHER.EVAL_BEFORE_TRAIN", True)
     record = json.loads((out / "teacher_eval.json").read_text())
@@ -273,6 +275,7 @@ def test_teacher_evaluated_before_training_and_recorded(tmp_path, data_root):
     assert (out / "model_final.pth").exists()
 
 
+@pytest.mark.slow
 def test_teacher_below_the_floor_refuses_to_start(tmp_path, data_root):
     out, proc = _teacher_run(tmp_path, data_root, "MODEL.DISTILL.TEACHER.MIN_SCORE", 99.0, check=False)
     assert proc.returncode != 0

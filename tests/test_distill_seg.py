@@ -252,6 +252,7 @@ def test_train_net_distillation_writes_diagnostics(distill_run):
     assert any(k.startswith("distiller.connectors.res5") for k in ckpt["model"])
 
 
+@pytest.mark.slow
 def test_export_student_round_trip(distill_run, data_root, tmp_path):
     from radkd_d2.engine.setup import load_config
     from radkd_d2.export import export_student
@@ -271,6 +272,7 @@ def test_export_student_round_trip(distill_run, data_root, tmp_path):
     assert f"copypaste: {final['sem_seg/mIoU']:.4f}" in log
 
 
+@pytest.mark.slow
 def test_train_net_distillation_two_processes(data_root, teacher_ckpt, tmp_path):
     run_train_net("--config-file", REPO / DISTILL, "--num-gpus", 2, *_opts(data_root, tmp_path, teacher_ckpt, iters=6))
     assert any("loss_distill_lad_res5" in r for r in read_metrics(tmp_path))

@@ -48,6 +48,7 @@ def _final_state(out):
     return torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(data_root, teacher_weights, tmp_path):
     iters, period = 24, 4
     full = tmp_path / "full"
@@ -111,6 +112,7 @@ def test_rng_state_round_trip():
     assert a == b
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(data_root, teacher_weights, tmp_path):
     """Same total batch, deterministic inputs, no BN/dropout randomness across ranks.
 
@@ -154,6 +156,7 @@ def test_bf16_autocast_keeps_distillation_losses_fp32(data_root, teacher_weights
     sum(losses.values()).backward()
 
 
+@pytest.mark.slow
 def test_amp_training_on_cpu(data_root, teacher_weights, tmp_path):
     run_train_net("--config-file", DISTILL, *_opts(data_root, tmp_path, teacher_weights, 4, 4,
                   "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16"))
@@ -161,6 +164,7 @@ def test_amp_training_on_cpu(data_root, teacher_weights, tmp_path):
     assert rows and all(v == v and abs(v) != float("inf") for r in rows for k, v in r.items() if k.startswith("loss_"))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_term_and_iteration(data_root, teacher_weights, tmp_path):
     state = torch.load(teacher_weights, weights_only=False)
     state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state["model"].items()}
@@ -173,6 +177,7 @@ def test_nan_loss_stops_with_term_and_iteration(data_root, teacher_weights, tmp_
     assert "nan_teacher.pth" in proc.stderr and not (tmp_path / "out" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_term_and_iteration(data_root, teacher_weights, tmp_path):
     # a learning rate that makes the student diverge within a few steps
     proc = run_train_net("--config-file", DISTILL, *_opts(data_root, tmp_path / "out", teacher_weights, 8, 8),
@@ -180,3 +185,97 @@ def test_non_finite_loss_stops_with_term_and_iteration(data_root, teacher_weight
     assert proc.returncode != 0
     assert re.search(r"FloatingPointError: Loss became infinite or NaN at iteration=\d+: non-finite term",
                      proc.stderr), proc.stderr[-2000:]
+
+
+def test_teacher_integrity_hook_runs_before_the_checkpointer(monkeypatch):
+    """Hooks run in list order: the teacher check must come before the PeriodicCheckpointer, so a
+    changed teacher stops the run before that iteration's checkpoint is written."""
+    from unittest import mock
+
+    from detectron2.config import CfgNode
+    from detectron2.engine import DefaultTrainer, hooks
+
+    from radkd_d2.engine.hooks import TeacherIntegrityHook
+    from radkd_d2.engine.trainer import Trainer
+
+    ckpt = hooks.PeriodicCheckpointer(mock.MagicMock(), 10)
+    d2_list = [hooks.IterationTimer(), ckpt, hooks.EvalHook(0, lambda: {}), hooks.PeriodicWriter([])]
+    monkeypatch.setattr(DefaultTrainer, "build_hooks", lambda self: list(d2_list))
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg = CfgNode({"SOLVER": CfgNode({"CHECKPOINT_PERIOD": 10})})
+    built = Trainer.build_hooks(trainer)
+    kinds = [type(h) for h in built]
+    assert kinds.index(TeacherIntegrityHook) == kinds.index(hooks.PeriodicCheckpointer) - 1
+    assert len(built) == len(d2_list) + 1
+
+
+def _checkpoints(tmp_path, iterations):
+    """A run folder with a checkpoint per iteration (AtomicCheckpointer, as training writes
+    them), the newest named in last_checkpoint; mtimes in iteration order."""
+    import os
+
+    from radkd_d2.engine.train_loop import AtomicCheckpointer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    ckpt = AtomicCheckpointer(model, str(tmp_path))
+    paths = []
+    for k, it in enumerate(iterations):
+        with torch.no_grad():
+            model.weight.fill_(float(it))
+        ckpt.save(f"model_{it:07d}", iteration=it)
+        paths.append(tmp_path / f"model_{it:07d}.pth")
+        os.utime(paths[-1], (1000 + k, 1000 + k))
+    return model, ckpt, paths
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, caplog):
+    """--resume when the newest checkpoint was cut short: the newest readable one is loaded,
+    with a warning naming the unreadable file (not a raw PytorchStreamReader traceback)."""
+    import logging
+
+    model, ckpt, paths = _checkpoints(tmp_path, [9, 19, 29])
+    _truncate(paths[2])
+    _truncate(paths[1])
+    assert ckpt.get_checkpoint_file() == str(paths[0])
+    with caplog.at_level(logging.WARNING):
+        extra = ckpt.resume_or_load("", resume=True)
+    assert extra["iteration"] == 9 and torch.all(model.weight == 9.0)
+    text = caplog.text
+    assert str(paths[2]) in text and "also unreadable" in text and str(paths[1]) in text
+    # an intact newest checkpoint is used as before, silently
+    model2, ckpt2, paths2 = _checkpoints(tmp_path / "ok", [9, 19])
+    assert ckpt2.get_checkpoint_file() == str(paths2[1])
+
+
+def test_resume_with_no_readable_checkpoint_names_every_file(tmp_path):
+    from radkd_d2.errors import CorruptCheckpointError
+
+    _, ckpt, paths = _checkpoints(tmp_path, [9, 19])
+    for p in paths:
+        _truncate(p)
+    with pytest.raises(CorruptCheckpointError) as e:
+        ckpt.resume_or_load("", resume=True)
+    msg = str(e.value)
+    assert all(str(p) in msg for p in paths) and "mv " in msg and "last_checkpoint" in msg
+
+
+def test_fvcore_save_contract_the_atomic_checkpointer_relies_on(tmp_path):
+    """AtomicCheckpointer.save lets fvcore's Checkpointer.save (0.1.5) write <name>.pth into
+    save_dir and tag it in last_checkpoint, then renames; if fvcore changes either, this fails."""
+    from fvcore.common.checkpoint import Checkpointer
+
+    Checkpointer(torch.nn.Linear(2, 2), str(tmp_path)).save("x", iteration=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "x.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "x.pth"
+    (tmp_path / "atomic").mkdir()
+    ckpt = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path / "atomic"))
+    ckpt.save("model_0000003", iteration=3)
+    assert sorted(p.name for p in (tmp_path / "atomic").iterdir()) == ["last_checkpoint", "model_0000003.pth"]
+    assert torch.load(tmp_path / "atomic" / "model_0000003.pth", weights_only=False)["iteration"] == 3

@@ -435,3 +435,51 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
     # a run with other iterations is not reused
     demo.main(["--output", str(tmp_path / "demo"), "--seeds", "2", "--iters", "30", "--resume"])
     assert len(commands) == 4 and all("30" in c for c in commands)
+
+
+def test_eval_period_does_not_split_a_setting():
+    """A seed evaluated on the way (TEST.EVAL_PERIOD, for a val curve) is still a seed of the
+    same setting; any other key makes another setting."""
+    from radkd_d2.evaluation.runs import setting_key
+
+    a = {"SEED": 1, "OUTPUT_DIR": "a", "TEST": {"EVAL_PERIOD": 0, "AUG": {"ENABLED": False}}}
+    b = {"SEED": 2, "OUTPUT_DIR": "b", "TEST": {"EVAL_PERIOD": 100, "AUG": {"ENABLED": False}}}
+    assert setting_key(a) == setting_key(b)
+    c = copy.deepcopy(b)
+    c["TEST"]["AUG"]["ENABLED"] = True
+    assert setting_key(c) != setting_key(a)
+    assert a["TEST"]["EVAL_PERIOD"] == 0  # the config itself is left as it was
+
+
+def test_camvid_study_plan_paper_shape(tmp_path):
+    """The CamVid study: one teacher and one shared start (both with val curves), 3 seeds of the
+    no-KD and every feature arm continued from the start, 2 seeds per sweep point, the first
+    no-KD seed evaluated on the way; every override a real config key."""
+    from radkd_d2.engine.setup import load_config
+
+    study = _tool("camvid_study")
+    args = study.build_parser().parse_args(
+        ["--data-root", "DATA", "--out", str(tmp_path), "--eval-period", "50"]
+    )
+    plan = study.plan_runs(args)
+    assert (plan.iters, plan.start_iters, plan.teacher_iters) == (300, 600, 1200)
+    start = str(tmp_path / "student_start" / "model_final.pth")
+    main = plan.main_runs()
+    assert sorted({r.arm for r in main}) == ["cad_res5", "lad_res5", "naive_res5", "student_nokd"]
+    assert all(len(plan.arm_dirs(a)) == 3 for a in {r.arm for r in main})
+    assert all(_opts(r.opts)["MODEL.WEIGHTS"] == start for r in plan.students)
+    sweep = [r for r in plan.students if r not in main]
+    assert len(sweep) == 2 * 3 * 2  # naive/LAD x λ {1, 100, 1000} x 2 seeds
+    assert {_opts(r.opts)["SEED"] for r in sweep} == {"42", "43"}
+    curves = [r for r in [plan.teacher, plan.start, *plan.students] if _opts(r.opts)["TEST.EVAL_PERIOD"] == "50"]
+    assert [r.name for r in curves] == ["teacher", "student_start", "student_nokd/seed0"]
+    assert _opts(plan.teacher.opts)["SOLVER.MAX_ITER"] == "1200"
+    cfg = load_config(str(sweep[-1].config), [str(x) for x in sweep[-1].opts], validate=False)
+    assert cfg.MODEL.DISTILL.TAPS == [["res5", "res5", "lad", 1000.0]] and cfg.SOLVER.MAX_ITER == 300
+    assert cfg.MODEL.DISTILL.TEACHER.WEIGHTS == str(tmp_path / "teacher" / "model_final.pth")
+    # from scratch on request: no start, no weights
+    scratch = study.plan_runs(study.build_parser().parse_args(
+        ["--data-root", "DATA", "--out", str(tmp_path), "--start-iters", "0"]))
+    assert scratch.start is None and all("MODEL.WEIGHTS" not in _opts(r.opts) for r in scratch.students)
+    # the schedule check: gain over the last quarter of a curve
+    assert study.last_quarter_gain([(99, 10.0), (199, 20.0), (299, 25.0), (399, 26.0)]) == 1.0

@@ -204,7 +204,7 @@ def test_report_tables_deltas_and_left_out_runs(fabricated, tmp_path, capsys):
     )
     # Table 1 layout: teacher, no-KD, methods; best bold, second underlined, Δ vs no-KD; one
     # seed each: no std, no standard error, never significant
-    assert "### Teacher PSPNet-R101/2: val mIoU (%)" in md
+    assert "### Teacher PSPNet-R101/2: mIoU (%) (validation split unless a column says test)" in md
     assert "| T: PSPNet-R101/2 |  |  |  | 70.00 (1) |" in md
     assert "| S: PSPNet-R18/4 |  |  |  | 60.00 (1) |" in md
     assert "| + LAD | res5 | 10 | 10 | **64.50** (1), Δ +4.50 |" in md

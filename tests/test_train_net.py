@@ -39,6 +39,7 @@ def test_seg_train_writes_metrics_and_checkpoint(trained_seg):
     assert (trained_seg / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_seg_eval_only_reproduces_final_miou(trained_seg, data_root, tmp_path):
     proc = run_train_net(
         "--config-file", REPO / SEG, "--eval-only", *seg_opts(data_root, tmp_path),
@@ -48,6 +49,7 @@ def test_seg_eval_only_reproduces_final_miou(trained_seg, data_root, tmp_path):
     assert f"{final['sem_seg/mIoU']:.4f}"[:-1] in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_seg_train_two_processes_gloo(data_root, tmp_path):
     proc = run_train_net(
         "--config-file", REPO / SEG, "--num-gpus", 2, *seg_opts(data_root, tmp_path, iters=10)
@@ -58,6 +60,7 @@ def test_seg_train_two_processes_gloo(data_root, tmp_path):
     assert "world size: 2" in (proc.stdout + proc.stderr).lower() or "Rank of current process: 0. World size: 2" in (proc.stdout + proc.stderr)
 
 
+@pytest.mark.slow
 def test_detection_train_and_coco_eval(data_root, tmp_path):
     run_train_net(
         "--config-file", REPO / DET, "MODEL.DEVICE", "cpu", "DATASETS.ROOT", data_root,

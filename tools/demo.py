@@ -177,6 +177,7 @@ def main(argv=None):
                 offset=offset,
                 max_iter=n_iter,
                 label=f"[{i + 1}/{len(plan)}] {run.label}",
+                cwd=REPO,
             )
             seconds[run.name] = time.time() - start
             offset += n_iter

@@ -24,16 +24,16 @@ from tqdm import tqdm
 
 from radkd_d2.evaluation.runs import seed_folder
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_NET = REPO / "tools" / "train_net.py"
+TRAIN_NET_MODULE = "radkd_d2.train_net"  # the package's own train_net: no repository needed
 _ITER_RE = re.compile(r"eta: \S+\s+iter: (\d+)")
 
 
 def train_command(
     config: str | Path, opts: Sequence[str] = (), *, resume: bool = False
 ) -> list[str]:
-    """``python tools/train_net.py --config-file CONFIG [--resume] KEY VALUE ...``."""
-    cmd = [sys.executable, str(TRAIN_NET), "--config-file", str(config)]
+    """``python -m radkd_d2.train_net --config-file CONFIG [--resume] KEY VALUE ...`` (the same
+    command as the repository's ``tools/train_net.py``)."""
+    cmd = [sys.executable, "-m", TRAIN_NET_MODULE, "--config-file", str(config)]
     if resume:
         cmd.append("--resume")
     return cmd + [os.fspath(x) if isinstance(x, os.PathLike) else str(x) for x in opts]
@@ -133,8 +133,11 @@ def run_training(
     offset: int = 0,
     max_iter: Optional[int] = None,
     label: str = "",
+    cwd: str | Path | None = None,
 ) -> int:
-    """Run a train_net command from the repository root, writing its output to ``log_path``.
+    """Run a train_net command in ``cwd`` (default: the working directory; relative paths in
+    configs, such as a teacher's CONFIG_FILE, resolve against it), writing its output to
+    ``log_path``.
 
     With ``bar``, the bar is moved to ``offset + iterations done`` as the run logs them (and to
     ``offset + max_iter`` at the end), and its postfix shows ``label`` and the phase.
@@ -148,7 +151,7 @@ def run_training(
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             list(cmd),
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -44,7 +44,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import nn
 
-from .report import ConversionReport, WeightConversionError
+from .report import (
+    ConversionReport,
+    ReportingCheckpointer,
+    WeightConversionError,
+    format_incompatible_keys,
+)
 
 __all__ = [
     "CONVERTERS",
@@ -973,13 +978,11 @@ def convert_d2_pkl(path: str, target: nn.Module, *, prefix=None, allow_partial=F
     built from the config); the report lists its missing / unexpected / shape-mismatched keys.
     ``prefix`` is not used. The returned state dict holds only the keys actually loaded.
     """
-    from radkd_d2.modeling.teacher import _ReportingCheckpointer
-
     if not isinstance(target, nn.Module):
         raise TypeError("d2_pkl needs the target model (nn.Module), built from --config-file")
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    checkpointer = _ReportingCheckpointer(target)
+    checkpointer = ReportingCheckpointer(target)
     checkpointer.load(str(path), checkpointables=[])
     incompatible = checkpointer.incompatible
     missing = list(incompatible.missing_keys) if incompatible else []
@@ -1109,10 +1112,8 @@ def verify_loadable(model: nn.Module, path: str, report: ConversionReport) -> No
     """Load ``path`` into ``model`` through Detectron2's checkpointer (as ``MODEL.WEIGHTS`` does)
     and check that exactly the converted keys load: no unexpected or mis-shaped key, and the only
     missing keys are the report's missing / mismatched / out-of-scope ones."""
-    from radkd_d2.modeling.teacher import _ReportingCheckpointer, format_incompatible_keys
-
     saved = torch.load(str(path), map_location="cpu", weights_only=True)["model"]
-    checkpointer = _ReportingCheckpointer(model)
+    checkpointer = ReportingCheckpointer(model)
     checkpointer.load(str(path), checkpointables=[])
     inc = checkpointer.incompatible
     expected_missing = (

@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from detectron2.checkpoint import DetectionCheckpointer
+
 __all__ = ["ConversionReport", "WeightConversionError"]
 
 
@@ -115,9 +117,27 @@ def _group_by_reason(keys: Dict[str, str]) -> Dict[str, List[str]]:
     return groups
 
 
-class WeightConversionError(RuntimeError):
-    """A conversion left keys unused, missing or shape-mismatched (``report`` lists them all)."""
+from radkd_d2.errors import WeightConversionError  # noqa: E402  (re-exported)
 
-    def __init__(self, message: str, report: Optional[ConversionReport] = None):
-        super().__init__(message)
-        self.report = report
+
+def format_incompatible_keys(missing, unexpected, shapes) -> str:
+    """Every missing / unexpected / shape-mismatched key, one per line."""
+    lines = []
+    for title, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            lines.append(f"{len(keys)} {title} keys:")
+            lines += [f"  {k}" for k in sorted(keys)]
+    if shapes:
+        lines.append(f"{len(shapes)} keys with a different shape (checkpoint vs model):")
+        lines += [f"  {k}: {tuple(a)} vs {tuple(b)}" for k, a, b in shapes]
+    return "\n".join(lines)
+
+
+class ReportingCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that keeps the incompatible keys (``.incompatible``) instead of only
+    logging them, so the caller can list every one of them (teacher loading, the converters)."""
+
+    incompatible = None
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        self.incompatible = incompatible

@@ -6,8 +6,10 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key and the allowed values."""
+from radkd_d2.errors import ConfigError  # noqa: F401  (re-exported)
+from radkd_d2.modeling.connectors import connector_choices
+
+
 
 
 def check_choice(cfg, key: str, allowed) -> None:
@@ -104,7 +106,7 @@ def validate_config(cfg) -> None:
     lo, hi = cfg.INPUT.SEM_SEG.SCALE_RANGE
     if not 0 < lo <= hi:
         raise ConfigError(f"INPUT.SEM_SEG.SCALE_RANGE = {(lo, hi)} must satisfy 0 < min <= max")
-    check_choice(cfg, "MODEL.DISTILL.CONNECTOR", ("conv_bn_relu", "conv", "none"))
+    check_choice(cfg, "MODEL.DISTILL.CONNECTOR", connector_choices())
     check_choice(cfg, "MODEL.DISTILL.TEACHER.DTYPE", ("float32", "float16", "bfloat16"))
     check_choice(cfg, "SOLVER.AMP.PRECISION", ("float16", "bfloat16"))
     check_range(cfg, "MODEL.DISTILL.KD_WEIGHT", low=0)

@@ -6,6 +6,8 @@ import logging
 import os
 import random
 import time
+import zipfile
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -13,6 +15,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, SimpleTrainer
+
+from radkd_d2.errors import CorruptCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -104,26 +108,71 @@ class ResumableTrainingSampler(TrainingSampler):
         yield from itertools.islice(stream, self._rank, None, self._world_size)
 
 
+def checkpoint_readable(path: str) -> bool:
+    """Whether a ``.pth`` file reads back whole: the zip archive ``torch.save`` writes passes its
+    CRC check of every member (a legacy, non-zip file is loaded instead)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return z.testzip() is None
+        torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception:  # any failure to read is "not readable"
+        return False
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose files are written to a temporary name and renamed, so a kill
     mid-write never leaves a truncated checkpoint or ``last_checkpoint`` behind."""
 
     def save(self, name: str, **kwargs) -> None:
+        # fvcore's Checkpointer.save (fvcore 0.1.5) writes <name>.pth in place, then tags it in
+        # last_checkpoint: let it write <name>.partial.pth, then rename and tag ours. A kill
+        # mid-write leaves at most a .partial.pth, never a truncated <name>.pth or a tag to one.
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        path = os.path.join(self.save_dir, f"{name}.pth")
-        self.logger.info("Saving checkpoint to %s", path)
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        partial = f"{name}.partial"
+        super().save(partial, **kwargs)
+        os.replace(
+            os.path.join(self.save_dir, f"{partial}.pth"), os.path.join(self.save_dir, f"{name}.pth")
+        )
         self.tag_last_checkpoint(f"{name}.pth")
+
+    def get_checkpoint_file(self) -> str:
+        """The newest *readable* checkpoint of ``save_dir`` (fvcore's ``resume_or_load`` resumes
+        from what this returns). When the one ``last_checkpoint`` names is truncated or damaged
+        (a full disk, a bad copy), the newest intact ``model_*.pth`` is used instead, with a
+        warning naming both; when none is intact, :class:`CorruptCheckpointError` says so."""
+        newest = super().get_checkpoint_file()
+        if not newest or checkpoint_readable(newest):
+            return newest
+        others = sorted(
+            (
+                p
+                for p in Path(self.save_dir).glob("model_*.pth")
+                if str(p) != newest and not p.name.endswith(".partial.pth")
+            ),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        bad = [newest]
+        for p in others:
+            if checkpoint_readable(str(p)):
+                self.logger.warning(
+                    "Checkpoint %s cannot be read (truncated or damaged); resuming from the newest "
+                    "readable one, %s%s",
+                    newest,
+                    p,
+                    f" (also unreadable: {', '.join(bad[1:])})" if len(bad) > 1 else "",
+                )
+                return str(p)
+            bad.append(str(p))
+        raise CorruptCheckpointError(
+            f"--resume: no checkpoint in {self.save_dir} can be read; unreadable: "
+            f"{', '.join(bad)}. Move them away (and last_checkpoint) to start again: "
+            f"mkdir -p {self.save_dir}/corrupt && mv {' '.join(bad)} "
+            f"{os.path.join(self.save_dir, 'last_checkpoint')} {self.save_dir}/corrupt/"
+        )
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")

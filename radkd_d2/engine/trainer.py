@@ -14,6 +14,7 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.engine import DefaultTrainer, create_ddp_model
+from detectron2.engine import hooks as d2_hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -22,7 +23,7 @@ from radkd_d2.evaluation import build_evaluator
 from radkd_d2.modeling.teacher import load_teacher_cfg
 from radkd_d2.solver import build_lr_scheduler
 
-from .checks import ConfigError
+from radkd_d2.errors import ConfigError
 from .hooks import TeacherIntegrityHook
 from .train_loop import (
     AMP_DTYPES,
@@ -150,8 +151,13 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
-        # before the checkpointer/writers so a changed teacher stops the run before saving
-        hooks.insert(-1, TeacherIntegrityHook(self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        # right before the PeriodicCheckpointer (hooks run in list order): a changed teacher
+        # stops the run before a checkpoint of that iteration is saved
+        at = next(
+            (i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.PeriodicCheckpointer)),
+            len(hooks),
+        )
+        hooks.insert(at, TeacherIntegrityHook(self.cfg.SOLVER.CHECKPOINT_PERIOD))
         return hooks
 
     def resume_or_load(self, resume=True):

@@ -49,7 +49,6 @@ from .runs import (
     setting_key,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 
 # registered loss name -> name in the paper's tables
 LOSS_LABELS = {
@@ -347,7 +346,7 @@ def classify_method(meta_arch: str, taps: Sequence, kd_weight: float = 0.0):
 
 def _find_file(name: str, run_dir: Path) -> Optional[Path]:
     p = Path(name)
-    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, REPO / p, run_dir / p]):
+    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, run_dir / p]):
         if cand.is_file():
             return cand
     return None
@@ -691,7 +690,8 @@ def _seg_tables(report: Report) -> List[str]:
         groups.append(("", orphans))
     for t, g in groups:
         out.append(
-            f"### {'Teacher ' + t if t else 'Models without a distilled student'}: val {metric} (%)"
+            f"### {'Teacher ' + t if t else 'Models without a distilled student'}: {metric} (%)"
+            " (validation split unless a column says test)"
         )
         out.append("")
         out.append(_cells_legend(metric, "distilled mean per student and data set"))

@@ -152,3 +152,15 @@ def check_positive(value: float, name: str, owner: str = "loss") -> float:
     if not v > 0.0:
         raise ValueError(f"{owner}: {name} must be > 0, got {name}={value!r}")
     return v
+
+
+def check_same_channels(student_channels, teacher_channels, owner: str) -> None:
+    """Feature losses compare features of equal width: the tap's connector
+    (``MODEL.DISTILL.CONNECTOR``) maps the student's channels to the teacher's before the loss,
+    so a loss built for two different widths is a wiring mistake, not something to adapt."""
+    if student_channels and teacher_channels and student_channels != teacher_channels:
+        raise ValueError(
+            f"{owner}: student_channels={student_channels} != teacher_channels={teacher_channels}; "
+            "the tap's connector (MODEL.DISTILL.CONNECTOR) maps the student feature to the "
+            "teacher's channels before the loss: build the loss with the connector's output width"
+        )

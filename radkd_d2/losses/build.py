@@ -7,6 +7,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from ._utils import check_weight
+from .config import default_distill_loss_config
 
 __all__ = [
     "DISTILL_LOSS_REGISTRY",
@@ -27,11 +28,7 @@ one; register new ones with :func:`register_distill_loss`.
 """
 
 
-class UnknownDistillLossError(KeyError, ValueError):
-    """Raised for a loss name that is not registered (both a KeyError and a ValueError)."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0]) if self.args else ""
+from radkd_d2.errors import UnknownDistillLossError  # noqa: E402  (re-exported)
 
 
 def register_distill_loss(*names: str):
@@ -55,8 +52,6 @@ def register_distill_loss(*names: str):
 def loss_config_node(cfg: Optional[Any], node: str) -> Any:
     """Return ``cfg.MODEL.DISTILL.<node>``; with ``cfg=None``, the node of the defaults."""
     if cfg is None:
-        from .config import default_distill_loss_config
-
         cfg = default_distill_loss_config()
     try:
         return getattr(cfg.MODEL.DISTILL, node)
@@ -118,7 +113,7 @@ def build_distill_loss(
         cfg: full Detectron2 config with radkd keys; None uses the published defaults
             declared in :mod:`radkd_d2.losses.config`.
         student_channels, teacher_channels: channel counts of the two features, needed by
-            losses with learnable parts (MGD, FGD, CIRKD memory, FitNet regressor).
+            losses with learnable parts (MGD, FGD, CIRKD memory).
         overrides: constructor keyword arguments that replace config values.
     """
     key = str(name).lower()

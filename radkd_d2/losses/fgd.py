@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import autocast_off, check_positive, check_same_shape, float32_math
+from ._utils import (
+    autocast_off,
+    check_positive,
+    check_same_channels,
+    check_same_shape,
+    float32_math,
+)
 from .build import DistillLoss, loss_config_node, register_distill_loss
 
 __all__ = ["fgd_masks", "fgd_attention", "fgd_loss", "GcContext", "FGDLoss"]
@@ -184,9 +190,7 @@ class FGDLoss(DistillLoss):
             raise ValueError("FGDLoss needs teacher_channels to build its GcBlocks")
         self.temperature = check_positive(temperature, "temperature", type(self).__name__)
         self.alpha, self.beta, self.gamma, self.lambda_ = map(float, (alpha, beta, gamma, lambda_))
-        self.align = None
-        if student_channels and student_channels != teacher_channels:
-            self.align = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        check_same_channels(student_channels, teacher_channels, type(self).__name__)
         self.global_student = GcContext(teacher_channels)
         self.global_teacher = GcContext(teacher_channels)
 
@@ -220,8 +224,6 @@ class FGDLoss(DistillLoss):
         dtype = self.global_student.score.weight.dtype
         with autocast_off(student.device.type):
             student = student.to(dtype)
-            if self.align is not None:
-                student = self.align(student)
         loss = fgd_loss(
             student,
             teacher.to(dtype),

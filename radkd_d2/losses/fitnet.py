@@ -4,9 +4,8 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ._utils import check_same_shape, float32_math
+from ._utils import check_same_channels, check_same_shape, float32_math
 from .build import DistillLoss, register_distill_loss
 
 __all__ = [
@@ -76,12 +75,9 @@ class MagnitudeLoss(DistillLoss):
 
 @register_distill_loss("fitnet")
 class FitNetLoss(DistillLoss):
-    """FitNets hint loss with its own convolutional regressor when channels differ.
-
-    When ``student_channels != teacher_channels`` a learnable 1x1 conv regressor maps the
-    student feature to the teacher's channels (FitNets' convolutional regressor; spatial sizes
-    already match in our taps, so a 1x1 kernel suffices). Otherwise no parameters.
-    """
+    """FitNets hint loss. FitNets' convolutional regressor is the tap's connector
+    (``MODEL.DISTILL.CONNECTOR``, e.g. ``conv1x1``), which the distiller applies before the loss;
+    the loss itself has no parameters and compares features of equal width."""
 
     def __init__(
         self,
@@ -91,9 +87,7 @@ class FitNetLoss(DistillLoss):
         teacher_channels: Optional[int] = None,
     ):
         super().__init__(weight=weight)
-        self.regressor = None
-        if student_channels and teacher_channels and student_channels != teacher_channels:
-            self.regressor = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        check_same_channels(student_channels, teacher_channels, type(self).__name__)
 
     @classmethod
     def from_config(
@@ -106,6 +100,4 @@ class FitNetLoss(DistillLoss):
         }
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **context) -> torch.Tensor:
-        if self.regressor is not None:
-            student = self.regressor(student.to(self.regressor.weight.dtype))
         return self.weight * fitnet_hint_loss(student, teacher)

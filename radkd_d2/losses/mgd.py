@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import autocast_off, check_4d, check_same_shape, float32_math
+from ._utils import autocast_off, check_4d, check_same_channels, check_same_shape, float32_math
 from .build import DistillLoss, loss_config_node, register_distill_loss
 
 __all__ = ["mgd_random_mask", "mgd_loss", "MGDLoss"]
@@ -80,9 +80,7 @@ class MGDLoss(DistillLoss):
             )
         self.alpha = float(alpha)
         self.mask_ratio = float(mask_ratio)
-        self.align = None
-        if student_channels and student_channels != teacher_channels:
-            self.align = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        check_same_channels(student_channels, teacher_channels, type(self).__name__)
         c = teacher_channels
         self.generation = nn.Sequential(
             nn.Conv2d(c, c, kernel_size=3, padding=1),
@@ -114,8 +112,6 @@ class MGDLoss(DistillLoss):
         dtype = self.generation[0].weight.dtype
         with autocast_off(student.device.type):
             student = student.to(dtype)
-            if self.align is not None:
-                student = self.align(student)
         if mask is None:
             mask = mgd_random_mask(student, self.mask_ratio)
         return (

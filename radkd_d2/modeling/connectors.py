@@ -33,6 +33,12 @@ def conv(in_channels: int, out_channels: int) -> nn.Module:
     return conv
 
 
+def connector_choices() -> list:
+    """Every value MODEL.DISTILL.CONNECTOR takes: the registered connectors and "none" (the
+    student feature is used as it is where the channel counts match)."""
+    return sorted(k for k, _ in CONNECTOR_REGISTRY) + ["none"]
+
+
 def build_connector(name: str, in_channels: int, out_channels: int) -> nn.Module:
     """Connector ``name`` from the registry (an unknown name lists the registered ones)."""
     try:

@@ -16,11 +16,11 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
-from radkd_d2.engine.checks import ConfigError
+from radkd_d2.errors import ConfigError
 from radkd_d2.losses import FEATURE_STATS, build_distill_loss, feature_stats_tensor
 
 from .connectors import build_connector
-from .teacher import teacher_input_tensors
+from .teacher import build_teacher, teacher_input_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +370,56 @@ class FeatureDistiller(nn.Module):
         if self._should_log():
             self.balance.measure(losses, student_feats, it)
         return losses
+
+
+def build_teacher_and_distiller(
+    cfg,
+    *,
+    kind: str,
+    teacher_type: type,
+    num_classes: Callable[[nn.Module], int],
+    student_classes: int,
+    classes_key: str,
+    taps: Sequence[Tap],
+    student_shapes: Dict[str, ShapeSpec],
+    teacher_shapes: Callable[[nn.Module], Dict[str, ShapeSpec]],
+) -> dict:
+    """The one construction path of every Distill* meta-architecture: the frozen teacher from
+    ``MODEL.DISTILL.TEACHER`` (checked to be a ``teacher_type`` predicting the student's classes)
+    and the :class:`FeatureDistiller` over ``taps``. Returns the ``from_config`` entries
+    ``teacher``, ``distiller``, ``teacher_input_format`` and ``teacher_dtype``.
+
+    Args:
+        kind: "segmentation" or "detection", for the messages.
+        num_classes: the class count of a built model (applied to the teacher).
+        classes_key: the student's config key of its class count, for the messages.
+        teacher_shapes: the tap shapes of a built model (applied to the teacher).
+    """
+    dcfg = cfg.MODEL.DISTILL
+    teacher, tcfg = build_teacher(
+        dcfg.TEACHER.CONFIG_FILE,
+        dcfg.TEACHER.WEIGHTS,
+        device=cfg.MODEL.DEVICE,
+        strict=dcfg.TEACHER.STRICT,
+        opts=dcfg.TEACHER.OPTS,
+    )
+    if not isinstance(teacher, teacher_type):
+        raise ConfigError(
+            f"MODEL.DISTILL.TEACHER.CONFIG_FILE builds a {type(teacher).__name__}; a "
+            f"{kind} teacher must be a {teacher_type.__name__}"
+        )
+    t_classes = num_classes(teacher)
+    if t_classes != student_classes:
+        raise ConfigError(
+            f"teacher predicts {t_classes} classes but the student {student_classes} "
+            f"({classes_key}): teacher and student must be for the same data set"
+        )
+    return dict(
+        teacher=teacher,
+        distiller=FeatureDistiller.from_config(cfg, taps, student_shapes, teacher_shapes(teacher)),
+        teacher_input_format=tcfg.INPUT.FORMAT,
+        teacher_dtype=dcfg.TEACHER.DTYPE,
+    )
 
 
 class TeacherMixin:

@@ -8,22 +8,21 @@ import logging
 from pathlib import Path
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from torch import nn
 
+from radkd_d2.checkpoint.report import ReportingCheckpointer, format_incompatible_keys
+from radkd_d2.config import add_radkd_config
+
 logger = logging.getLogger(__name__)
 
 
-class TeacherLoadError(RuntimeError):
-    """The teacher checkpoint is missing, unreadable or does not match the teacher model."""
+from radkd_d2.errors import TeacherLoadError  # noqa: E402  (re-exported)
 
 
 def load_teacher_cfg(config_file: str, device: str, opts=()):
     """The teacher's own config (model, pixel mean/std, input format) with radkd-d2 keys."""
-    from radkd_d2.config import add_radkd_config
-
     if not config_file:
         raise FileNotFoundError(
             "MODEL.DISTILL.TEACHER.CONFIG_FILE is empty: set it to the teacher's config file"
@@ -42,28 +41,6 @@ def load_teacher_cfg(config_file: str, device: str, opts=()):
     return cfg
 
 
-def format_incompatible_keys(missing, unexpected, shapes) -> str:
-    """Every missing / unexpected / shape-mismatched key, one per line."""
-    lines = []
-    for title, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            lines.append(f"{len(keys)} {title} keys:")
-            lines += [f"  {k}" for k in sorted(keys)]
-    if shapes:
-        lines.append(f"{len(shapes)} keys with a different shape (checkpoint vs model):")
-        lines += [f"  {k}: {tuple(a)} vs {tuple(b)}" for k, a, b in shapes]
-    return "\n".join(lines)
-
-
-class _ReportingCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that keeps the incompatible keys instead of only logging them."""
-
-    incompatible = None
-
-    def _log_incompatible_keys(self, incompatible) -> None:
-        self.incompatible = incompatible
-
-
 def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True, what="teacher"):
     """Load ``weights`` (.pth or Detectron2/Caffe2 .pkl) into ``model`` through Detectron2's
     checkpointer. Every missing, unexpected or shape-mismatched key is listed: as an error when
@@ -71,7 +48,7 @@ def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights {weights!r} do not exist")
-    ckpt = _ReportingCheckpointer(model)
+    ckpt = ReportingCheckpointer(model)
     try:
         ckpt.load(str(path), checkpointables=[])
     except Exception as e:  # torch.load / pickle errors differ by the kind of corruption

@@ -86,7 +86,7 @@ def test_kd_gradcheck():
         )
 
 
-def test_fitnet_hint_value_and_regressor():
+def test_fitnet_hint_value_and_no_parameters():
     s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     expected = (
         0.5 * sum((float(a) - float(b)) ** 2 for a, b in zip(s.flatten(), t.flatten())) / s.numel()
@@ -94,14 +94,15 @@ def test_fitnet_hint_value_and_regressor():
     assert fitnet_hint_loss(s, t).item() == pytest.approx(expected, rel=1e-5)
     assert fitnet_hint_loss(t, t).item() == 0.0
 
-    same = build_distill_loss("fitnet", student_channels=3, teacher_channels=3)
-    assert same.regressor is None and len(list(same.parameters())) == 0
-    mod = build_distill_loss("fitnet", weight=2.0, student_channels=5, teacher_channels=3)
-    x = torch.randn(2, 5, 4, 4)
-    out = mod(x, t)
-    assert out.item() == pytest.approx(2.0 * fitnet_hint_loss(mod.regressor(x), t).item(), rel=1e-6)
-    out.backward()
-    assert all(p.grad is not None for p in mod.parameters())
+    mod = build_distill_loss("fitnet", weight=2.0, student_channels=3, teacher_channels=3)
+    assert len(list(mod.parameters())) == 0  # FitNets' regressor is the tap's connector
+    assert mod(s, t).item() == pytest.approx(2.0 * fitnet_hint_loss(s, t).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fitnet", "mgd", "fgd"])
+def test_feature_losses_refuse_two_widths_and_name_the_connector(name):
+    with pytest.raises(ValueError, match="MODEL.DISTILL.CONNECTOR"):
+        build_distill_loss(name, student_channels=5, teacher_channels=3)
 
 
 def test_fitnet_gradcheck():

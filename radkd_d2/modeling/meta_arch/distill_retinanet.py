@@ -16,10 +16,15 @@ from detectron2.modeling.backbone import FPN
 from torch import nn
 from torch.nn import functional as F
 
-from radkd_d2.engine.checks import ConfigError
+from radkd_d2.errors import ConfigError
 
-from ..distill import FeatureDistiller, TeacherMixin, init_student_from_teacher, parse_taps
-from ..teacher import build_teacher
+from ..distill import (
+    FeatureDistiller,
+    TeacherMixin,
+    build_teacher_and_distiller,
+    init_student_from_teacher,
+    parse_taps,
+)
 
 
 def retinanet_tap_shapes(backbone: nn.Module) -> Dict[str, ShapeSpec]:
@@ -118,25 +123,19 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
                 f"MODEL.DISTILL.KD_WEIGHT = {dcfg.KD_WEIGHT}: the pixel-wise logit KD term is for "
                 "segmentation; set it to 0.0 for DistillRetinaNet and distil features via TAPS"
             )
-        teacher, tcfg = build_teacher(
-            dcfg.TEACHER.CONFIG_FILE,
-            dcfg.TEACHER.WEIGHTS,
-            device=cfg.MODEL.DEVICE,
-            strict=dcfg.TEACHER.STRICT,
-            opts=dcfg.TEACHER.OPTS,
-        )
-        if not isinstance(teacher, RetinaNet):
-            raise ConfigError(
-                f"MODEL.DISTILL.TEACHER.CONFIG_FILE builds a {type(teacher).__name__}; a "
-                "detection teacher must be a RetinaNet"
-            )
-        if teacher.num_classes != ret["num_classes"]:
-            raise ConfigError(
-                f"teacher predicts {teacher.num_classes} classes but the student "
-                f"{ret['num_classes']} (MODEL.RETINANET.NUM_CLASSES): teacher and student must be "
-                "for the same data set"
-            )
         backbone = ret["backbone"]
+        built = build_teacher_and_distiller(
+            cfg,
+            kind="detection",
+            teacher_type=RetinaNet,
+            num_classes=lambda m: m.num_classes,
+            student_classes=ret["num_classes"],
+            classes_key="MODEL.RETINANET.NUM_CLASSES",
+            taps=parse_taps(dcfg.TAPS),
+            student_shapes=retinanet_tap_shapes(backbone),
+            teacher_shapes=lambda m: retinanet_tap_shapes(m.backbone),
+        )
+        teacher = built["teacher"]
         s_pad = (backbone.size_divisibility, backbone.padding_constraints)
         t_pad = (teacher.backbone.size_divisibility, teacher.backbone.padding_constraints)
         if s_pad != t_pad:
@@ -145,14 +144,11 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
                 f"student and teacher pad their inputs differently (size divisibility, "
                 f"constraints: {s_pad} vs {t_pad}); their feature maps would not align"
             )
-        ret["distiller"] = FeatureDistiller.from_config(
-            cfg, parse_taps(dcfg.TAPS), retinanet_tap_shapes(backbone), retinanet_tap_shapes(teacher.backbone)
-        )
         if dcfg.INIT_STUDENT_FROM_TEACHER:
             student = nn.Module()  # the student's parameter names: backbone.*, head.*
             student.backbone, student.head = backbone, ret["head"]
             init_student_from_teacher(student, teacher, dcfg.INIT_STUDENT_FROM_TEACHER)
-        ret.update(teacher=teacher, teacher_input_format=tcfg.INPUT.FORMAT, teacher_dtype=dcfg.TEACHER.DTYPE)
+        ret.update(built)
         return ret
 
     def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:

@@ -13,10 +13,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.structures import ImageList
 from torch import nn
 
-from radkd_d2.engine.checks import ConfigError
+from radkd_d2.errors import ConfigError
 
-from ..distill import FeatureDistiller, TeacherMixin, parse_taps
-from ..teacher import build_teacher
+from ..distill import FeatureDistiller, TeacherMixin, build_teacher_and_distiller, parse_taps
 
 
 def seg_tap_shapes(model: nn.Module) -> Dict[str, ShapeSpec]:
@@ -72,31 +71,21 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
     def from_config(cls, cfg):
         ret = SemanticSegmentor.from_config(cfg)
         dcfg = cfg.MODEL.DISTILL
-        teacher, tcfg = build_teacher(
-            dcfg.TEACHER.CONFIG_FILE, dcfg.TEACHER.WEIGHTS, device=cfg.MODEL.DEVICE, strict=dcfg.TEACHER.STRICT,
-            opts=dcfg.TEACHER.OPTS,
-        )
-        if not isinstance(teacher, SemanticSegmentor):
-            raise ConfigError(
-                f"MODEL.DISTILL.TEACHER.CONFIG_FILE builds a {type(teacher).__name__}; a "
-                "segmentation teacher must be a SemanticSegmentor"
-            )
         student = nn.Module()  # shapes only need backbone + head
         student.backbone, student.sem_seg_head = ret["backbone"], ret["sem_seg_head"]
-        s_classes, t_classes = student.sem_seg_head.num_classes, teacher.sem_seg_head.num_classes
-        if s_classes != t_classes:
-            raise ConfigError(
-                f"teacher predicts {t_classes} classes but the student {s_classes} "
-                "(MODEL.SEM_SEG_HEAD.NUM_CLASSES): teacher and student must be for the same data set"
-            )
-        ret["distiller"] = FeatureDistiller.from_config(
-            cfg, parse_taps(dcfg.TAPS, dcfg.KD_WEIGHT), seg_tap_shapes(student), seg_tap_shapes(teacher)
-        )
         ret.update(
-            teacher=teacher,
+            build_teacher_and_distiller(
+                cfg,
+                kind="segmentation",
+                teacher_type=SemanticSegmentor,
+                num_classes=lambda m: m.sem_seg_head.num_classes,
+                student_classes=student.sem_seg_head.num_classes,
+                classes_key="MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+                taps=parse_taps(dcfg.TAPS, dcfg.KD_WEIGHT),
+                student_shapes=seg_tap_shapes(student),
+                teacher_shapes=seg_tap_shapes,
+            ),
             input_format=cfg.INPUT.FORMAT,
-            teacher_input_format=tcfg.INPUT.FORMAT,
-            teacher_dtype=dcfg.TEACHER.DTYPE,
         )
         return ret
 
