@@ -483,3 +483,27 @@ def test_camvid_study_plan_paper_shape(tmp_path):
     assert scratch.start is None and all("MODEL.WEIGHTS" not in _opts(r.opts) for r in scratch.students)
     # the schedule check: gain over the last quarter of a curve
     assert study.last_quarter_gain([(99, 10.0), (199, 20.0), (299, 25.0), (399, 26.0)]) == 1.0
+
+
+def test_camvid_schedule_section_reports_curves_and_the_teachers_lead(tmp_path):
+    """The study's "Schedule" section: each curve as (iterations done: mIoU), its gain over the
+    last quarter, and whether the teacher leads the plain student (seed mean) by 8 points."""
+    study = _tool("camvid_study")
+    plan = study.plan_runs(study.build_parser().parse_args(
+        ["--data-root", "D", "--out", str(tmp_path), "--methods", "lad", "--sweep-weights", "1"]))
+
+    def run(path, curve, final, max_iter):
+        fake_run(path, seg_config(max_iter=max_iter), seed=42, seg={"mIoU": final, "pACC": 90.0}, iters=max_iter)
+        lines = (path / "metrics.json").read_text().splitlines(True)  # the final row last
+        rows = [json.dumps({"iteration": it - 1, "sem_seg/mIoU": v}) + "\n" for it, v in curve]
+        (path / "metrics.json").write_text("".join(lines[:-1] + rows + lines[-1:]))
+
+    run(plan.teacher.out_dir, [(200, 20.0), (400, 28.0), (600, 29.0)], 29.5, 800)
+    run(plan.start.out_dir, [(200, 10.0)], 15.0, 400)
+    for k, d in enumerate(plan.arm_dirs("student_nokd")):
+        run(d, [(100, 18.0)] if k == 0 else [], 20.0 + k, 300)
+    text = study.schedule_section(plan)
+    assert "| teacher | 200: 20.0, 400: 28.0, 600: 29.0, 800: 29.5 | +0.5 |" in text
+    assert "| no KD, seed 0 (from the start) | 100: 18.0, 300: 20.0 | +2.0 |" in text
+    assert "lead +8.5 points, at least the 8" in text  # 29.5 vs mean(20, 21, 22) = 21
+    assert "| shared start | 200: 10.0, 400: 15.0 | +5.0 |" in text

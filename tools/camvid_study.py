@@ -138,6 +138,7 @@ class StudyPlan:
     sweep_weights: List[float]
     common: list
     teacher_opts: list
+    sweep_weight: dict  # out_dir of a sweep run -> its λ
 
     def main_runs(self) -> List[PlannedRun]:
         """The student runs outside the sweep (no KD and the λ = 10 methods), every seed."""
@@ -277,11 +278,13 @@ def plan_runs(args: argparse.Namespace) -> StudyPlan:
             args.seeds,
         )
     sweep_dir = out / "sweep"
+    sweep_weight = {}
     for m in SWEEP_METHODS:
         cfg = CFG / f"{m}_res5_pspr101_pspr18_camvid.yaml"
         base = config_seed(cfg) if args.sweep_seeds > 1 else -1
         for pt in plan_sweep(sweep_dir, [m], args.sweep_weights, args.sweep_seeds, base_seed=base):
             opts = [*common, *s["student"], *teacher_opts, *from_start, *point_opts(pt, "res5")]
+            sweep_weight[pt.path] = pt.weight
             students.append(
                 PlannedRun(
                     run_dir_name(pt.method, pt.weight),
@@ -309,6 +312,7 @@ def plan_runs(args: argparse.Namespace) -> StudyPlan:
         list(args.sweep_weights),
         common,
         teacher_opts,
+        sweep_weight,
     )
 
 
@@ -365,10 +369,11 @@ def main(argv=None):
         if train(plan.start, plan.start_iters)[1]:
             sys.exit(1)
     # seed-major main arms first (an interrupted study still has whole seeds to compare), then
-    # the sweep points
-    order = sorted(plan.main_runs(), key=lambda r: r.index) + [
-        r for r in plan.students if r not in plan.main_runs()
-    ]
+    # the sweep points seed-major too, the largest λ first, naive and LAD side by side
+    sweep = [r for r in plan.students if r not in plan.main_runs()]
+    order = sorted(plan.main_runs(), key=lambda r: r.index) + sorted(
+        sweep, key=lambda r: (r.index, -plan.sweep_weight[r.out_dir])
+    )
     seeds = f" ({plan.seeds} seeds per arm, {plan.sweep_seeds} per sweep point)"
     print(f"[2/3] {len(order)} student runs{seeds}, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
