@@ -115,3 +115,16 @@ def test_coco_folder_missing(tmp_path):
     register_coco_folder("absent", str(tmp_path), splits=("val2017",))
     with pytest.raises(FileNotFoundError, match="absent/val2017"):
         DatasetCatalog.get("absent_val2017")
+
+
+def test_sem_seg_test_resize_follows_min_size_test(tmp_path):
+    """INPUT.MIN_SIZE_TEST > 0 resizes a test image's shortest edge (the model resizes its
+    prediction back to height x width, the scored resolution); 0 keeps the original size."""
+    _fake_camvid(tmp_path, label_value=3)
+    cfg = load_cfg("configs/camvid/pspnet_r18_camvid.yaml", data_root=tmp_path, validate=False)
+    d = dict(DatasetCatalog.get("camvid_val")[0])
+    assert SemSegDatasetMapper(cfg, False)(dict(d))["image"].shape[-2:] == (24, 32)
+    cfg = load_cfg("configs/camvid/pspnet_r18_camvid.yaml", "INPUT.MIN_SIZE_TEST", 12,
+                   "INPUT.MAX_SIZE_TEST", 1000, data_root=tmp_path, validate=False)
+    out = SemSegDatasetMapper(cfg, False)(dict(d))
+    assert out["image"].shape[-2:] == (12, 16) and (out["height"], out["width"]) == (24, 32)

@@ -74,6 +74,11 @@ class SemSegDatasetMapper(ReadableDatasetMapper):
         ret = super().from_config(cfg, is_train)
         if is_train:
             ret["augmentations"] = build_sem_seg_train_augmentation(cfg)
+        elif cfg.INPUT.MIN_SIZE_TEST > 0:  # single scale, shortest edge resized; the model
+            # resizes its prediction back to the image's height x width, which is what is scored
+            ret["augmentations"] = [
+                T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+            ]
         else:  # single-scale test at the original resolution
             ret["augmentations"] = []
         ret["num_classes"] = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
