@@ -4,7 +4,7 @@ KD, naive, LAD, CAD; PAD on request), a loss-weight sweep (naive vs LAD), then t
 schedule checks (teacher and plain-student val curves), the sweep plot (Fig. 1/5), the magnitude
 plot (Fig. 2) and feature heatmaps (Fig. 6).
 
-    python tools/camvid_study.py --data-root ../shared/data            # CPU scale (about 75 min on 2 cores)
+    python tools/camvid_study.py --data-root ../shared/data            # CPU scale (about 90 min on 2 cores)
     python tools/camvid_study.py --data-root DIR --scale gpu --jobs 6  # larger, on one GPU
 
 The paper's shape at small scale, as in the demo: the students do not start from nothing but from
@@ -176,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         "schedule curves (default 200; each evaluation of the 101 val images costs 15-30 s on CPU)",
     )
     p.add_argument("--jobs", type=int, default=1, help="student runs trained in parallel")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the report and figures from the runs finished so far",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -361,6 +366,17 @@ def main(argv=None):
             print(log_tail(log))
         return run.name, rc
 
+    if args.report_only:
+        failed = []
+    else:
+        failed = _train_all(plan, train, args.jobs)
+    _report(plan, args, s, out, iters, teacher_iters)
+    sys.exit(1 if failed else 0)
+
+
+def _train_all(plan: StudyPlan, train, jobs: int) -> List[str]:
+    """The teacher, the start, then every student run; returns the names of failed runs."""
+    teacher_iters = plan.teacher_iters
     print(f"[1/3] teacher ({teacher_iters} iterations)", flush=True)
     if train(plan.teacher, teacher_iters)[1]:
         sys.exit(1)
@@ -375,10 +391,14 @@ def main(argv=None):
         sweep, key=lambda r: (r.index, -plan.sweep_weight[r.out_dir])
     )
     seeds = f" ({plan.seeds} seeds per arm, {plan.sweep_seeds} per sweep point)"
-    print(f"[2/3] {len(order)} student runs{seeds}, {args.jobs} at a time", flush=True)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        failed = [n for n, rc in pool.map(train, order) if rc]
+    print(f"[2/3] {len(order)} student runs{seeds}, {jobs} at a time", flush=True)
+    with ThreadPoolExecutor(jobs) as pool:
+        return [n for n, rc in pool.map(train, order) if rc]
 
+
+def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters: int) -> None:
+    """The report (tables, schedule curves), the sweep table and plot, the magnitude plot and the
+    heatmaps, from the runs that finished (missing ones are listed in the report)."""
     print("[3/3] report and figures", flush=True)
     # the sweep's λ = 10 points are the main naive/LAD runs
     main_runs = [plan.teacher.out_dir] + [r.out_dir for r in plan.main_runs()]
@@ -436,7 +456,6 @@ def main(argv=None):
         print(f"heatmaps failed: {e}")
     print((out / "report" / "report.md").read_text())
     print(f"outputs in {out}")
-    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

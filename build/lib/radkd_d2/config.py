@@ -1,0 +1,111 @@
+"""All config keys radkd-d2 adds to Detectron2's defaults, each declared once with a comment."""
+from detectron2.config import CfgNode as CN
+
+from radkd_d2.losses.config import add_distill_loss_config
+
+
+def add_radkd_config(cfg: CN) -> None:
+    """Add radkd-d2's keys to a Detectron2 config (call before ``merge_from_file``)."""
+    _add_model_config(cfg)
+    _add_distill_config(cfg)
+    _add_data_config(cfg)
+    _add_solver_config(cfg)
+    add_distill_loss_config(cfg)
+    _add_backbone_config(cfg)
+
+
+def _add_model_config(cfg: CN) -> None:
+    # Deep-stem dilated ResNet (PSPNet/CIRKD style) used as segmentation backbone.
+    cfg.MODEL.DRN = CN()
+    cfg.MODEL.DRN.DEPTH = 18  # 18, 34, 50 or 101
+    cfg.MODEL.DRN.WIDTH_MULT = 1.0  # multiplies every channel width; < 1 gives CPU-sized models
+    cfg.MODEL.DRN.OUTPUT_STRIDE = 8  # 8 (res4 dil 2, res5 dil 4), 16 (res5 dil 2) or 32
+    cfg.MODEL.DRN.NORM = "BN"  # normalisation: "BN", "SyncBN", "FrozenBN", "GN"
+    cfg.MODEL.DRN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned by forward()
+    cfg.MODEL.DRN.FREEZE_AT = 0  # 0 trains all; 1 freezes the stem; k freezes stem..res(k)
+    cfg.MODEL.DRN.STEM_OUT_CHANNELS = 128  # deep-stem width: 128 (PSPNet/CIRKD), 64 (mmseg V1c)
+
+    # Extra keys of the PSP / DeepLabV3 segmentation heads (others: MODEL.SEM_SEG_HEAD.*).
+    cfg.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]  # pyramid pooling output sizes (PSPNet)
+    cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]  # atrous rates of ASPP (DeepLabV3)
+    cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1  # dropout before the classifier
+    cfg.MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE = "res4"  # input of the auxiliary FCN head
+    cfg.MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT = 0.0  # weight of the auxiliary CE loss; 0 disables it
+
+
+def _add_distill_config(cfg: CN) -> None:
+    cfg.MODEL.DISTILL = CN()
+    # Meta-architecture of the student inside a Distill* wrapper ("SemanticSegmentor", "RetinaNet").
+    cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "SemanticSegmentor"
+    cfg.MODEL.DISTILL.TEACHER = CN()
+    cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = ""  # teacher's own config file (model, pixel mean/std)
+    cfg.MODEL.DISTILL.TEACHER.WEIGHTS = ""  # teacher checkpoint; loaded strictly
+    cfg.MODEL.DISTILL.TEACHER.OPTS = []  # KEY VALUE overrides applied to the teacher's config
+    cfg.MODEL.DISTILL.TEACHER.STRICT = True  # False loads partially but still logs every key
+    cfg.MODEL.DISTILL.TEACHER.DTYPE = "float32"  # teacher compute dtype on GPU: float32/float16/bfloat16
+    cfg.MODEL.DISTILL.TEACHER.EVAL_BEFORE_TRAIN = False  # score the teacher on DATASETS.TEST first
+    cfg.MODEL.DISTILL.TEACHER.MIN_SCORE = 0.0  # refuse to train when the teacher's mIoU/AP is below
+    # Feature taps: [student position, teacher position, loss name, weight] per entry. Positions:
+    # backbone outputs (res2..res5, p3..p7), "decoder" or "logits". Entries sharing a position
+    # pair share one connector. Default: the paper's LAD on the last backbone stage, lambda_ad 10.
+    cfg.MODEL.DISTILL.TAPS = [["res5", "res5", "lad", 10.0]]
+    cfg.MODEL.DISTILL.CONNECTOR = "conv_bn_relu"  # student->teacher adapter: conv_bn_relu/conv/none
+    cfg.MODEL.DISTILL.ALWAYS_CONNECT = False  # add a connector even when channels already match
+    # Pixel-wise logit KD (Hinton) term, lambda_kd in the paper's Eq. 9.
+    cfg.MODEL.DISTILL.KD_WEIGHT = 10.0  # lambda_kd; 0 disables the logit KD term
+    cfg.MODEL.DISTILL.KD_TEMPERATURE = 1.0  # softmax temperature of the logit KD term
+    # KD reduction: "element" = mean over B*K*h*w (IFVD/CWD code, per-pixel weight lambda_kd/K),
+    # "pixel" = sum over classes, mean over pixels (CIRKD's batchmean, per-pixel weight lambda_kd).
+    cfg.MODEL.DISTILL.KD_REDUCTION = "element"
+    # Iterations between diagnostics: m, n, mn/N, cos(theta) per tap and the per-term gradient
+    # norms w.r.t. the student features (grad_norm/*, grad_ratio/*); 0 disables them.
+    cfg.MODEL.DISTILL.DIAGNOSTICS_PERIOD = 20
+    cfg.MODEL.DISTILL.GRAD_RATIO_WARN = 10.0  # warn when a term's gradient exceeds the task's by this
+    cfg.MODEL.DISTILL.GRAD_RATIO_PATIENCE = 3  # ... for this many consecutive diagnostics periods
+    # Distillation-weight schedule: every distillation weight is multiplied by a factor in [0, 1].
+    cfg.MODEL.DISTILL.WARMUP_ITERS = 0  # factor rises linearly from 0 to 1 over these iterations
+    cfg.MODEL.DISTILL.STOP_ITER = -1  # from this iteration on, no distillation (and no teacher); -1 never
+    # Copy teacher parameters with identical names and shapes into the student (MGD/FGD recipe).
+    cfg.MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER = []  # name prefixes to copy, e.g. ["head."]
+
+
+def _add_data_config(cfg: CN) -> None:
+    cfg.INPUT.SEM_SEG = CN()
+    cfg.INPUT.SEM_SEG.SCALE_RANGE = (0.5, 2.0)  # random resize factor range of the train mapper
+    cfg.INPUT.SEM_SEG.CROP_SIZE = (512, 512)  # (h, w) train crop; images padded when smaller
+    cfg.INPUT.SEM_SEG.BASE_SIZE = 0  # long side before random scaling; 0 keeps the image size
+    cfg.INPUT.SEM_SEG.FLIP = True  # random horizontal flip in training
+    cfg.DATASETS.ROOT = ""  # dataset root; "" uses $DETECTRON2_DATASETS or ./datasets
+    cfg.DATASETS.SYNTHETIC = CN()
+    cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 256  # synthetic-scene training images
+    cfg.DATASETS.SYNTHETIC.NUM_VAL = 64  # synthetic-scene validation images
+    cfg.DATASETS.SYNTHETIC.NUM_TEST = 0  # held-out test images (synthetic_*_test); 0: no test split
+    cfg.DATASETS.SYNTHETIC.TEST_STREAM = 0  # random stream of the test split; a new value: fresh scenes
+    cfg.DATASETS.SYNTHETIC.SIZE = 96  # side of the square synthetic images
+    cfg.DATASETS.SYNTHETIC.SEED = 0  # generator seed; same seed gives identical files
+
+
+def _add_solver_config(cfg: CN) -> None:
+    cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype with SOLVER.AMP.ENABLED: float16/bfloat16
+    cfg.SOLVER.POLY_LR_POWER = 0.9  # power of WarmupPolyLR (LR_SCHEDULER_NAME: WarmupPolyLR)
+    cfg.TEST.SEM_SEG_EVAL_PIXEL_ACC = True  # report pixel accuracy next to mIoU
+
+
+def _add_backbone_config(cfg: CN) -> None:
+    """Add ``MODEL.MOBILENETV2`` and ``MODEL.SWIN`` to a Detectron2 config."""
+    # MobileNetV2 (timm "mobilenetv2_*"), the paper's MV2 student; res2..res5 = 24/32/96/320 ch.
+    cfg.MODEL.MOBILENETV2 = CN()
+    cfg.MODEL.MOBILENETV2.WIDTH_MULT = 1.0  # timm width variant: 0.35, 0.5, 0.75, 1.0 or 1.4
+    cfg.MODEL.MOBILENETV2.OUTPUT_STRIDE = 8  # 8 (dilated, as CIRKD/SKD), 16 or 32
+    cfg.MODEL.MOBILENETV2.NORM = "BN"  # "BN", "SyncBN" or "FrozenBN" (timm builds BatchNorm2d)
+    cfg.MODEL.MOBILENETV2.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned
+
+    # Swin Transformer (timm SwinTransformer). Defaults: Swin-T; Swin-B: 128, [2,2,18,2], [4..32].
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.EMBED_DIM = 96  # channels of res2; doubled at every later stage
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # transformer blocks per stage
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7  # side of the attention windows (in tokens)
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0  # hidden width of the MLPs / channels
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3  # stochastic depth (0.3 in the Swin UPerNet recipes)
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned, strides 4..32

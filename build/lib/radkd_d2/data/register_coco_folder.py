@@ -1,0 +1,62 @@
+"""Register any COCO-format folder: ``<root>/<name>/{annotations/instances_<split>.json, <split>/}``.
+
+Used for ``tiny_coco`` (tiny_coco_train2017 / tiny_coco_val2017); COCO 2017 itself uses
+Detectron2's built-in ``coco_2017_{train,val}`` registration.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from detectron2.data.datasets import load_coco_json
+
+from .common import datasets_root, register, require_folder
+
+
+def load_coco_folder(json_file: Path, image_root: Path, name: str) -> list[dict]:
+    """Load one split with Detectron2's ``load_coco_json``; a missing folder or json, or a json
+    that does not parse, fails with the path in the message."""
+    fix = f"Check DATASETS.ROOT / $DETECTRON2_DATASETS (looked for {json_file} and {image_root})."
+    require_folder(image_root, f"{name} images", fix)
+    if not json_file.is_file():
+        raise FileNotFoundError(f"{name}: annotation file {json_file} does not exist. {fix}")
+    try:
+        coco = json.loads(json_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name}: {json_file} is not valid JSON ({e}).") from None
+    check_boxes_inside(coco, json_file)
+    return load_coco_json(str(json_file), str(image_root), name)
+
+
+def check_boxes_inside(coco: dict, json_file, tolerance: float = 1.0) -> None:
+    """Fail naming the annotation when a box has a non-positive size or leaves its image by
+    more than ``tolerance`` pixels (COCO's own rounding stays inside that)."""
+    sizes = {img["id"]: (img.get("width"), img.get("height")) for img in coco.get("images", [])}
+    for ann in coco.get("annotations", []):
+        x, y, w, h = ann["bbox"]
+        iw, ih = sizes.get(ann["image_id"], (None, None))
+        outside = iw is not None and (x < -tolerance or y < -tolerance or x + w > iw + tolerance or y + h > ih + tolerance)
+        if w <= 0 or h <= 0 or outside:
+            raise ValueError(
+                f"{json_file}: annotation {ann.get('id')} of image {ann['image_id']} has bbox "
+                f"{[x, y, w, h]} (xywh) outside the {iw}x{ih} image or of empty size"
+            )
+
+
+def register_coco_folder(name: str, root: str = "", splits=("train2017", "val2017")) -> None:
+    """Register ``<name>_<split>`` for each split of ``<root>/<name>`` (evaluator_type coco)."""
+    folder = datasets_root(root) / name
+    for split in splits:
+        json_file = folder / "annotations" / f"instances_{split}.json"
+        image_root = folder / split
+        ds = f"{name}_{split}"
+        # thing_classes and the id map are filled in by load_coco_json on first load
+        register(
+            ds,
+            lambda j=json_file, i=image_root, ds=ds: load_coco_folder(j, i, ds),
+            json_file=str(json_file),
+            image_root=str(image_root),
+            evaluator_type="coco",
+            required_paths=[str(json_file), str(image_root)],
+            prepare_hint=f"Point DATASETS.ROOT or $DETECTRON2_DATASETS at the folder holding {name}/.",
+        )

@@ -1,0 +1,122 @@
+"""Start-up checks: bad config values and missing data fail before anything is written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+
+from radkd_d2.errors import ConfigError  # noqa: F401  (re-exported)
+from radkd_d2.modeling.connectors import connector_choices
+
+
+
+
+def check_choice(cfg, key: str, allowed) -> None:
+    """Fail unless ``cfg.<key>`` is one of ``allowed``."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    if value not in allowed:
+        raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def check_range(cfg, key: str, *, low=None, high=None, low_inclusive=True) -> None:
+    """Fail unless ``low <= cfg.<key> <= high`` (``low < ...`` when not ``low_inclusive``)."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    if too_low or (high is not None and value > high):
+        lo = "" if low is None else f"{'>=' if low_inclusive else '>'} {low}"
+        hi = "" if high is None else f"<= {high}"
+        raise ConfigError(f"{key} = {value!r} is out of range; it must be {' and '.join(x for x in (lo, hi) if x)}")
+
+
+def check_datasets(cfg) -> None:
+    """Every data set in DATASETS.TRAIN/TEST is registered, its folders exist, and a
+    semantic-segmentation set agrees with the model on ignore label and class count."""
+    registered = set(DatasetCatalog.list())
+    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
+        for name in getattr(cfg.DATASETS, key.split(".")[1]):
+            if name not in registered:
+                raise ConfigError(
+                    f"{key} names unknown data set {name!r}; registered: {sorted(registered)}"
+                )
+            meta = MetadataCatalog.get(name)
+            for path in getattr(meta, "required_paths", ()):
+                p = Path(path)
+                if not p.exists() or (p.is_dir() and not any(p.iterdir())):
+                    hint = getattr(meta, "prepare_hint", "see datasets/README.md")
+                    raise FileNotFoundError(
+                        f"data set {name!r}: {p} is missing or empty. {hint}"
+                    )
+            if getattr(meta, "evaluator_type", None) == "sem_seg":
+                _check_sem_seg_meta(cfg, name, meta)
+
+
+def _check_sem_seg_meta(cfg, name, meta) -> None:
+    head = cfg.MODEL.SEM_SEG_HEAD
+    if hasattr(meta, "ignore_label") and meta.ignore_label != head.IGNORE_VALUE:
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE = {head.IGNORE_VALUE} but data set {name!r} uses "
+            f"ignore label {meta.ignore_label}; set the key to {meta.ignore_label}"
+        )
+    if hasattr(meta, "stuff_classes") and len(meta.stuff_classes) != head.NUM_CLASSES:
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {head.NUM_CLASSES} but data set {name!r} has "
+            f"{len(meta.stuff_classes)} classes; set the key to {len(meta.stuff_classes)}"
+        )
+
+
+def check_output_dir(cfg) -> None:
+    """OUTPUT_DIR can be created and written (probed with a temporary file, then removed)."""
+    path = Path(cfg.OUTPUT_DIR)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r} is not writable: {existing} is a file")
+    import os
+    import tempfile
+
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r} is not writable: no write permission on {existing}")
+    if existing is not None:
+        try:
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as e:
+            raise ConfigError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r} is not writable: {e}") from None
+
+
+def validate_config(cfg) -> None:
+    """All start-up checks of a training/evaluation config (run before the output dir is made)."""
+    check_choice(
+        cfg,
+        "SOLVER.LR_SCHEDULER_NAME",
+        ("WarmupPolyLR", "WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR"),
+    )
+    check_choice(cfg, "MODEL.DRN.DEPTH", (18, 34, 50, 101))
+    check_choice(cfg, "MODEL.DRN.OUTPUT_STRIDE", (8, 16, 32))
+    check_range(cfg, "MODEL.DRN.WIDTH_MULT", low=0, low_inclusive=False)
+    check_range(cfg, "SOLVER.MAX_ITER", low=1)
+    check_range(cfg, "SOLVER.IMS_PER_BATCH", low=1)
+    check_range(cfg, "DATALOADER.NUM_WORKERS", low=0)
+    crop = cfg.INPUT.SEM_SEG.CROP_SIZE
+    if len(crop) != 2 or min(crop) < 1:
+        raise ConfigError(f"INPUT.SEM_SEG.CROP_SIZE = {tuple(crop)} must be two positive sizes (h, w)")
+    lo, hi = cfg.INPUT.SEM_SEG.SCALE_RANGE
+    if not 0 < lo <= hi:
+        raise ConfigError(f"INPUT.SEM_SEG.SCALE_RANGE = {(lo, hi)} must satisfy 0 < min <= max")
+    check_choice(cfg, "MODEL.DISTILL.CONNECTOR", connector_choices())
+    check_choice(cfg, "MODEL.DISTILL.TEACHER.DTYPE", ("float32", "float16", "bfloat16"))
+    check_choice(cfg, "SOLVER.AMP.PRECISION", ("float16", "bfloat16"))
+    check_range(cfg, "MODEL.DISTILL.KD_WEIGHT", low=0)
+    check_range(cfg, "MODEL.DISTILL.KD_TEMPERATURE", low=0, low_inclusive=False)
+    check_choice(cfg, "MODEL.DISTILL.KD_REDUCTION", ("element", "pixel"))
+    check_range(cfg, "MODEL.DISTILL.DIAGNOSTICS_PERIOD", low=0)
+    check_range(cfg, "MODEL.DISTILL.GRAD_RATIO_WARN", low=0, low_inclusive=False)
+    check_range(cfg, "MODEL.DISTILL.GRAD_RATIO_PATIENCE", low=1)
+    check_range(cfg, "MODEL.DISTILL.WARMUP_ITERS", low=0)
+    check_range(cfg, "MODEL.DISTILL.STOP_ITER", low=-1)
+    check_range(cfg, "MODEL.DISTILL.TEACHER.MIN_SCORE", low=0)
+    check_datasets(cfg)
+    check_output_dir(cfg)

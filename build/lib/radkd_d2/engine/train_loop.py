@@ -1,0 +1,181 @@
+"""Training-loop pieces: named non-finite loss errors, AMP on CPU and GPU, atomic checkpoints,
+RNG state in checkpoints, and a train sampler that resumes where it stopped."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import AMPTrainer, SimpleTrainer
+
+from radkd_d2.errors import CorruptCheckpointError
+
+logger = logging.getLogger(__name__)
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class _FiniteLossMixin:
+    """Fail on the first non-finite loss term with its name and the iteration (Detectron2
+    only reports that the total became non-finite)."""
+
+    def _write_metrics(self, loss_dict, data_time, prefix: str = "", iter: Optional[int] = None):
+        it = self.iter if iter is None else iter
+        values = [v.detach().float().reshape(-1) for v in loss_dict.values()]
+        if values and not torch.isfinite(torch.cat(values)).all():
+            bad = {k: v.item() for k, v in loss_dict.items() if not torch.isfinite(v.detach()).all()}
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration={it}: non-finite term(s) "
+                f"{', '.join(f'{k}={v}' for k, v in bad.items())}"
+            )
+        super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
+
+
+class Trainer32(_FiniteLossMixin, SimpleTrainer):
+    """SimpleTrainer (float32) with named non-finite loss errors."""
+
+
+class MixedPrecisionTrainer(_FiniteLossMixin, AMPTrainer):
+    """AMPTrainer that also runs on CPU: ``torch.autocast`` on the model's device type, bf16 or
+    fp16; the gradient scaler is only active for fp16 on CUDA (bf16 needs none)."""
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype, device_type: str):
+        scaler = torch.amp.GradScaler(device_type, enabled=precision == torch.float16 and device_type == "cuda")
+        super().__init__(model, data_loader, optimizer, grad_scaler=scaler, precision=precision)
+        self.device_type = device_type
+
+    def run_step(self):
+        assert self.model.training, "[MixedPrecisionTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        with torch.autocast(self.device_type, dtype=self.precision):
+            loss_dict = self.model(data)
+            losses = sum(loss_dict.values())
+        if not self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+
+class RNGState:
+    """Checkpointable RNG state of this process (python, numpy, torch CPU and CUDA), so that a
+    resumed run draws the same augmentations and dropout masks as an uninterrupted one."""
+
+    def state_dict(self) -> dict:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain types only, so checkpoints stay loadable with torch.load(weights_only=True)
+        numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+        state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumableTrainingSampler(TrainingSampler):
+    """Detectron2's TrainingSampler that can skip the first ``skip`` indices of the global
+    (all ranks) stream, so a resumed run continues with the samples it would have seen."""
+
+    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None):
+        super().__init__(size, shuffle, seed)
+        self.skip = 0
+
+    def __iter__(self):
+        import itertools
+
+        stream = itertools.islice(self._infinite_indices(), self.skip, None)
+        yield from itertools.islice(stream, self._rank, None, self._world_size)
+
+
+def checkpoint_readable(path: str) -> bool:
+    """Whether a ``.pth`` file reads back whole: the zip archive ``torch.save`` writes passes its
+    CRC check of every member (a legacy, non-zip file is loaded instead)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return z.testzip() is None
+        torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception:  # any failure to read is "not readable"
+        return False
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer whose files are written to a temporary name and renamed, so a kill
+    mid-write never leaves a truncated checkpoint or ``last_checkpoint`` behind."""
+
+    def save(self, name: str, **kwargs) -> None:
+        # fvcore's Checkpointer.save (fvcore 0.1.5) writes <name>.pth in place, then tags it in
+        # last_checkpoint: let it write <name>.partial.pth, then rename and tag ours. A kill
+        # mid-write leaves at most a .partial.pth, never a truncated <name>.pth or a tag to one.
+        if not self.save_dir or not self.save_to_disk:
+            return
+        partial = f"{name}.partial"
+        super().save(partial, **kwargs)
+        os.replace(
+            os.path.join(self.save_dir, f"{partial}.pth"), os.path.join(self.save_dir, f"{name}.pth")
+        )
+        self.tag_last_checkpoint(f"{name}.pth")
+
+    def get_checkpoint_file(self) -> str:
+        """The newest *readable* checkpoint of ``save_dir`` (fvcore's ``resume_or_load`` resumes
+        from what this returns). When the one ``last_checkpoint`` names is truncated or damaged
+        (a full disk, a bad copy), the newest intact ``model_*.pth`` is used instead, with a
+        warning naming both; when none is intact, :class:`CorruptCheckpointError` says so."""
+        newest = super().get_checkpoint_file()
+        if not newest or checkpoint_readable(newest):
+            return newest
+        others = sorted(
+            (
+                p
+                for p in Path(self.save_dir).glob("model_*.pth")
+                if str(p) != newest and not p.name.endswith(".partial.pth")
+            ),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        bad = [newest]
+        for p in others:
+            if checkpoint_readable(str(p)):
+                self.logger.warning(
+                    "Checkpoint %s cannot be read (truncated or damaged); resuming from the newest "
+                    "readable one, %s%s",
+                    newest,
+                    p,
+                    f" (also unreadable: {', '.join(bad[1:])})" if len(bad) > 1 else "",
+                )
+                return str(p)
+            bad.append(str(p))
+        raise CorruptCheckpointError(
+            f"--resume: no checkpoint in {self.save_dir} can be read; unreadable: "
+            f"{', '.join(bad)}. Move them away (and last_checkpoint) to start again: "
+            f"mkdir -p {self.save_dir}/corrupt && mv {' '.join(bad)} "
+            f"{os.path.join(self.save_dir, 'last_checkpoint')} {self.save_dir}/corrupt/"
+        )
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        with open(f"{path}.tmp", "w") as f:
+            f.write(last_filename_basename)
+        os.replace(f"{path}.tmp", path)

@@ -1,0 +1,21 @@
+"""Backbones; importing registers their builders in ``BACKBONE_REGISTRY``."""
+
+from .dilated_resnet import (
+    DeepStem,
+    DilatedBasicBlock,
+    DilatedResNet,
+    build_dilated_resnet_backbone,
+)
+from .mobilenetv2 import MobileNetV2, build_mobilenetv2_backbone
+from .swin import SwinBackbone, build_swin_backbone
+
+__all__ = [
+    "DeepStem",
+    "DilatedBasicBlock",
+    "DilatedResNet",
+    "MobileNetV2",
+    "SwinBackbone",
+    "build_dilated_resnet_backbone",
+    "build_mobilenetv2_backbone",
+    "build_swin_backbone",
+]

@@ -1,0 +1,544 @@
+"""Machinery shared by the Distill* meta-architectures: tap parsing, connectors + losses per
+tap (:class:`FeatureDistiller`), diagnostics, and the teacher-holding mixin."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from numbers import Number
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
+from torch import nn
+from torch.nn import functional as F
+
+from radkd_d2.errors import ConfigError
+from radkd_d2.losses import FEATURE_STATS, build_distill_loss, feature_stats_tensor
+
+from .connectors import build_connector
+from .teacher import build_teacher, teacher_input_tensors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Tap:
+    """One distilled (student position, teacher position) pair and its weighted losses."""
+
+    student: str
+    teacher: str
+    losses: List[tuple] = field(default_factory=list)  # (loss name, weight)
+    weight_key: str = "MODEL.DISTILL.TAPS"  # the config key that sets the weights of this tap
+
+    @property
+    def key(self) -> str:
+        """Name used in loss and diagnostic keys: ``res5``, or ``res4_to_res5`` when they differ."""
+        return self.student if self.student == self.teacher else f"{self.student}_to_{self.teacher}"
+
+    def term(self, loss_name: str) -> str:
+        """Name of one of its weighted losses in the loss dict: ``loss_distill_lad_res5``."""
+        return f"loss_distill_{loss_name}_{self.key}"
+
+
+def parse_taps(entries: Sequence, kd_weight: float = 0.0) -> List[Tap]:
+    """Group ``MODEL.DISTILL.TAPS`` entries ``[student_pos, teacher_pos, loss, weight]`` by
+    position pair; ``kd_weight > 0`` adds the logit KD term as a ``logits -> logits`` "kd" tap."""
+    groups: "OrderedDict[tuple, Tap]" = OrderedDict()
+    sourced = [(e, "MODEL.DISTILL.TAPS") for e in entries]
+    if kd_weight > 0:
+        sourced.append((["logits", "logits", "kd", kd_weight], "MODEL.DISTILL.KD_WEIGHT"))
+    for entry, weight_key in sourced:
+        ok = (
+            isinstance(entry, (list, tuple))
+            and len(entry) == 4
+            and all(isinstance(x, str) for x in entry[:3])
+            and isinstance(entry[3], Number)
+        )
+        if not ok:
+            raise ConfigError(
+                f"MODEL.DISTILL.TAPS entry {entry!r} must be [student_position, teacher_position, "
+                "loss_name, weight], e.g. ['res5', 'res5', 'lad', 10.0]"
+            )
+        s, t, name, weight = entry
+        if weight < 0:
+            raise ConfigError(f"MODEL.DISTILL.TAPS entry {list(entry)}: weight must be >= 0, got {weight}")
+        tap = groups.setdefault((s, t), Tap(s, t, weight_key=weight_key))
+        if any(n == name.lower() for n, _ in tap.losses):
+            raise ConfigError(f"MODEL.DISTILL.TAPS: loss {name!r} appears twice on tap {tap.key}")
+        tap.losses.append((name.lower(), float(weight)))
+    return list(groups.values())
+
+
+def current_iteration() -> Optional[int]:
+    """The training iteration of the current ``EventStorage``; None outside a training loop."""
+    try:
+        return get_event_storage().iter
+    except AssertionError:
+        return None
+
+
+class DistillSchedule:
+    """Multiplier of every distillation weight over training: a linear warm-up from 0 to 1 over
+    ``warmup_iters`` iterations, then 1, and 0 from ``stop_iter`` on (-1: never), as mmrazor's
+    ``StopDistillHook``. Outside a training loop (iteration None) the factor is 1."""
+
+    def __init__(self, warmup_iters: int = 0, stop_iter: int = -1):
+        if warmup_iters < 0 or stop_iter < -1:
+            raise ConfigError(
+                f"MODEL.DISTILL.WARMUP_ITERS = {warmup_iters} must be >= 0 and "
+                f"MODEL.DISTILL.STOP_ITER = {stop_iter} >= 0 or -1 (never)"
+            )
+        self.warmup_iters, self.stop_iter = int(warmup_iters), int(stop_iter)
+
+    @property
+    def active(self) -> bool:
+        """Whether the factor ever differs from 1."""
+        return self.warmup_iters > 0 or self.stop_iter >= 0
+
+    def stopped(self, iteration: Optional[int]) -> bool:
+        return iteration is not None and 0 <= self.stop_iter <= iteration
+
+    def factor(self, iteration: Optional[int]) -> float:
+        if iteration is None:
+            return 1.0
+        if self.stopped(iteration):
+            return 0.0
+        if iteration < self.warmup_iters:
+            return iteration / self.warmup_iters
+        return 1.0
+
+
+class LossBalanceMonitor:
+    """Gradient norm of each loss term w.r.t. the student features it reaches, on diagnostics
+    iterations: ``grad_norm/<term>/<position>`` for every term (task and distillation) and
+    tapped student position, ``grad_norm/task/<position>`` for the sum of the task terms, and
+    ``grad_ratio/<term>`` = a distillation term's norm at its own tap's student position over the
+    task loss's norm there. When a ratio exceeds ``warn_ratio`` for ``patience`` consecutive
+    diagnostics periods, one warning names the term and the config key of its weight.
+
+    The norms come from ``torch.autograd.grad`` with ``retain_graph``: one partial backward per
+    term, down to the tapped features only (no parameter gradient is touched). Ordinary
+    iterations cost nothing.
+    """
+
+    def __init__(self, taps: Sequence[Tap], warn_ratio: float = 10.0, patience: int = 3):
+        self.taps = list(taps)
+        self.warn_ratio, self.patience = float(warn_ratio), int(patience)
+        self._over: Dict[str, int] = {}
+        self._warned: set = set()
+
+    def measure(self, losses: Dict[str, torch.Tensor], student_feats: Dict[str, torch.Tensor], iteration: int):
+        """Log the gradient norms of ``losses`` at the taps' student positions (one host read)."""
+        positions = sorted(
+            {t.student for t in self.taps}
+            & {p for p, f in student_feats.items() if torch.is_tensor(f) and f.requires_grad}
+        )
+        if not positions:
+            return {}
+        feats = [student_feats[p] for p in positions]
+        norms: Dict[str, torch.Tensor] = {}
+        task_grads: Dict[str, torch.Tensor] = {}
+        for name, loss in losses.items():
+            if not (torch.is_tensor(loss) and loss.requires_grad):
+                continue
+            grads = torch.autograd.grad(loss, feats, retain_graph=True, allow_unused=True)
+            for pos, g in zip(positions, grads):
+                if g is None:
+                    continue
+                norms[f"grad_norm/{name}/{pos}"] = g.detach().float().norm()
+                if not name.startswith("loss_distill_"):
+                    task_grads[pos] = g if pos not in task_grads else task_grads[pos] + g
+        for pos, g in task_grads.items():
+            norms[f"grad_norm/task/{pos}"] = g.detach().float().norm()
+        for tap in self.taps:
+            task = norms.get(f"grad_norm/task/{tap.student}")
+            for name, _ in tap.losses:
+                term = tap.term(name)
+                own = norms.get(f"grad_norm/{term}/{tap.student}")
+                if own is not None and task is not None:
+                    norms[f"grad_ratio/{term}"] = own / task.clamp_min(1e-12)
+        if not norms:
+            return {}
+        values = dict(zip(norms, torch.stack(list(norms.values())).tolist()))  # one host read
+        storage = get_event_storage()
+        for key, value in values.items():
+            storage.put_scalar(key, value, smoothing_hint=False)
+        self._check(values, iteration)
+        return values
+
+    def _check(self, values: Dict[str, float], iteration: int) -> None:
+        for tap in self.taps:
+            for name, weight in tap.losses:
+                term = tap.term(name)
+                ratio = values.get(f"grad_ratio/{term}")
+                if ratio is None:
+                    continue
+                self._over[term] = self._over.get(term, 0) + 1 if ratio > self.warn_ratio else 0
+                if self._over[term] >= self.patience and term not in self._warned:
+                    self._warned.add(term)
+                    where = (
+                        f"MODEL.DISTILL.KD_WEIGHT (= {weight:g}; or MODEL.DISTILL.KD_REDUCTION)"
+                        if tap.weight_key == "MODEL.DISTILL.KD_WEIGHT"
+                        else f"the weight of MODEL.DISTILL.TAPS entry "
+                        f"['{tap.student}', '{tap.teacher}', '{name}', {weight:g}]"
+                    )
+                    logger.warning(
+                        "Distillation term %s dominates the task loss: its gradient at the "
+                        "student's %s has been %.1fx the task loss's (above "
+                        "MODEL.DISTILL.GRAD_RATIO_WARN = %g) for %d consecutive diagnostics "
+                        "periods, up to iteration %d. The student may learn the teacher's "
+                        "features at the expense of its own task; lower %s.",
+                        term, tap.student, ratio, self.warn_ratio, self._over[term], iteration, where,
+                    )
+
+
+class FeatureDistiller(nn.Module):
+    """Connectors and losses for a list of taps.
+
+    For each tap the student feature goes through its connector (when channel counts differ, or
+    always with ``always_connect``), is bilinearly resized to the teacher's spatial size when
+    they differ, and every configured loss compares it with the teacher feature.
+
+    Parameter names: ``connectors.<tap key>.*`` and ``losses.<tap key>__<loss>.*``.
+    """
+
+    def __init__(
+        self,
+        taps: Sequence[Tap],
+        student_shapes: Mapping[str, ShapeSpec],
+        teacher_shapes: Mapping[str, ShapeSpec],
+        *,
+        connector: str = "conv_bn_relu",
+        always_connect: bool = False,
+        loss_cfg=None,
+        diagnostics_period: int = 20,
+        warmup_iters: int = 0,
+        stop_iter: int = -1,
+        grad_ratio_warn: float = 10.0,
+        grad_ratio_patience: int = 3,
+    ):
+        super().__init__()
+        self.taps = list(taps)
+        self.connectors = nn.ModuleDict()
+        self.losses = nn.ModuleDict()
+        self.diagnostics_period = diagnostics_period
+        self.schedule = DistillSchedule(warmup_iters, stop_iter)
+        self.balance = LossBalanceMonitor(self.taps, grad_ratio_warn, grad_ratio_patience)
+        for tap in self.taps:
+            for side, pos, shapes in (("student", tap.student, student_shapes), ("teacher", tap.teacher, teacher_shapes)):
+                if pos not in shapes:
+                    raise ConfigError(
+                        f"MODEL.DISTILL.TAPS: {side} position {pos!r} of tap {tap.key} does not "
+                        f"exist; the {side} provides {sorted(shapes)}"
+                    )
+            cs, ct = student_shapes[tap.student].channels, teacher_shapes[tap.teacher].channels
+            if cs != ct or (always_connect and connector != "none"):
+                if connector == "none":
+                    raise ConfigError(
+                        f"tap {tap.key}: student {tap.student!r} has {cs} channels but teacher "
+                        f"{tap.teacher!r} has {ct}, and MODEL.DISTILL.CONNECTOR is 'none'; use "
+                        "'conv_bn_relu' or 'conv', or tap positions with equal channels"
+                    )
+                self.connectors[tap.key] = build_connector(connector, cs, ct)
+            for name, weight in tap.losses:
+                self.losses[f"{tap.key}__{name}"] = build_distill_loss(
+                    name, weight=weight, cfg=loss_cfg, student_channels=ct, teacher_channels=ct
+                )
+
+    @classmethod
+    def from_config(cls, cfg, taps: Sequence[Tap], student_shapes, teacher_shapes) -> "FeatureDistiller":
+        """The distiller of a ``Distill*`` meta-architecture from its ``MODEL.DISTILL`` keys."""
+        d = cfg.MODEL.DISTILL
+        return cls(
+            taps,
+            student_shapes,
+            teacher_shapes,
+            connector=d.CONNECTOR,
+            always_connect=d.ALWAYS_CONNECT,
+            loss_cfg=cfg,
+            diagnostics_period=d.DIAGNOSTICS_PERIOD,
+            warmup_iters=d.WARMUP_ITERS,
+            stop_iter=d.STOP_ITER,
+            grad_ratio_warn=d.GRAD_RATIO_WARN,
+            grad_ratio_patience=d.GRAD_RATIO_PATIENCE,
+        )
+
+    @property
+    def loss_names(self) -> List[str]:
+        """The ``loss_distill_<loss>_<tap key>`` names this distiller returns, in order."""
+        return [tap.term(name) for tap in self.taps for name, _ in tap.losses]
+
+    @property
+    def student_positions(self) -> set:
+        return {t.student for t in self.taps}
+
+    @property
+    def teacher_positions(self) -> set:
+        return {t.teacher for t in self.taps}
+
+    def align(self, tap: Tap, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Student feature mapped to the teacher's channels and spatial size."""
+        if tap.key in self.connectors:
+            student = self.connectors[tap.key](student)
+        if student.shape[-2:] != teacher.shape[-2:]:
+            student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+        return student
+
+    def forward(
+        self,
+        student_feats: Dict[str, torch.Tensor],
+        teacher_feats: Dict[str, torch.Tensor],
+        *,
+        factor: float = 1.0,
+        **context,
+    ) -> Dict[str, torch.Tensor]:
+        """Weighted distillation losses, one ``loss_distill_<loss>_<tap key>`` entry each.
+
+        Args:
+            student_feats, teacher_feats: feature maps by position (B x C x h x w).
+            factor: multiplies every weight (the schedule's value at this iteration).
+            context: labels, ignore_value, boxes, image_size, ... passed to every loss.
+        """
+        losses, stats = {}, {}
+        log = self._should_log()
+        for tap in self.taps:
+            t = teacher_feats[tap.teacher]
+            s = self.align(tap, student_feats[tap.student], t)
+            for name, _ in tap.losses:
+                loss = self.losses[f"{tap.key}__{name}"](s, t, **context)
+                losses[tap.term(name)] = loss if factor == 1.0 else loss * factor
+            if log:
+                stats[tap.key] = feature_stats_tensor(s, t)
+        if stats:  # one host read for all taps, on diagnostics iterations only
+            storage = get_event_storage()
+            values = torch.stack(list(stats.values())).tolist()
+            for key, row in zip(stats, values):
+                for stat, value in zip(FEATURE_STATS, row):
+                    storage.put_scalar(f"distill/{key}/{stat}", value, smoothing_hint=False)
+        return losses
+
+    def _should_log(self) -> bool:
+        it = current_iteration()
+        if self.diagnostics_period <= 0 or not self.training or it is None:
+            return False
+        return it % self.diagnostics_period == 0
+
+    def zero_losses(self) -> Dict[str, torch.Tensor]:
+        """Every distillation loss name with the value 0, after the schedule's stop: no teacher
+        forward. The zero depends on every trainable distiller parameter, so DDP (which needs
+        each parameter in the graph without ``find_unused_parameters``) still sees them."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        zero = sum(p.sum() for p in params) * 0.0 if params else torch.zeros(())
+        return {name: zero for name in self.loss_names}
+
+    def step(
+        self,
+        student_feats: Dict[str, torch.Tensor],
+        teacher_fn: Callable[[], Dict[str, torch.Tensor]],
+        task_losses: Dict[str, torch.Tensor],
+        **context,
+    ) -> Dict[str, torch.Tensor]:
+        """Task and distillation losses of one training step.
+
+        Applies the weight schedule (the teacher is not run once distillation has stopped),
+        and on diagnostics iterations measures the gradient balance of the terms.
+
+        Args:
+            student_feats: the student's features by position; those of the taps must be the
+                tensors the task losses were computed from (for the gradient diagnostics).
+            teacher_fn: returns the teacher's features by position (called at most once).
+            task_losses: the student's own ``loss_*`` terms.
+            context: passed to every distillation loss.
+        """
+        it = current_iteration()
+        factor = self.schedule.factor(it)
+        if self.schedule.active and it is not None:
+            storage = get_event_storage()
+            storage.put_scalar("distill/weight_factor", factor, smoothing_hint=False)
+            for tap in self.taps:
+                for name, weight in tap.losses:
+                    storage.put_scalar(
+                        f"distill_weight/{tap.term(name)}", weight * factor, smoothing_hint=False
+                    )
+        if self.schedule.stopped(it):
+            return {**task_losses, **self.zero_losses()}
+        losses = {**task_losses, **self(student_feats, teacher_fn(), factor=factor, **context)}
+        if self._should_log():
+            self.balance.measure(losses, student_feats, it)
+        return losses
+
+
+def build_teacher_and_distiller(
+    cfg,
+    *,
+    kind: str,
+    teacher_type: type,
+    num_classes: Callable[[nn.Module], int],
+    student_classes: int,
+    classes_key: str,
+    taps: Sequence[Tap],
+    student_shapes: Dict[str, ShapeSpec],
+    teacher_shapes: Callable[[nn.Module], Dict[str, ShapeSpec]],
+) -> dict:
+    """The one construction path of every Distill* meta-architecture: the frozen teacher from
+    ``MODEL.DISTILL.TEACHER`` (checked to be a ``teacher_type`` predicting the student's classes)
+    and the :class:`FeatureDistiller` over ``taps``. Returns the ``from_config`` entries
+    ``teacher``, ``distiller``, ``teacher_input_format`` and ``teacher_dtype``.
+
+    Args:
+        kind: "segmentation" or "detection", for the messages.
+        num_classes: the class count of a built model (applied to the teacher).
+        classes_key: the student's config key of its class count, for the messages.
+        teacher_shapes: the tap shapes of a built model (applied to the teacher).
+    """
+    dcfg = cfg.MODEL.DISTILL
+    teacher, tcfg = build_teacher(
+        dcfg.TEACHER.CONFIG_FILE,
+        dcfg.TEACHER.WEIGHTS,
+        device=cfg.MODEL.DEVICE,
+        strict=dcfg.TEACHER.STRICT,
+        opts=dcfg.TEACHER.OPTS,
+    )
+    if not isinstance(teacher, teacher_type):
+        raise ConfigError(
+            f"MODEL.DISTILL.TEACHER.CONFIG_FILE builds a {type(teacher).__name__}; a "
+            f"{kind} teacher must be a {teacher_type.__name__}"
+        )
+    t_classes = num_classes(teacher)
+    if t_classes != student_classes:
+        raise ConfigError(
+            f"teacher predicts {t_classes} classes but the student {student_classes} "
+            f"({classes_key}): teacher and student must be for the same data set"
+        )
+    return dict(
+        teacher=teacher,
+        distiller=FeatureDistiller.from_config(cfg, taps, student_shapes, teacher_shapes(teacher)),
+        teacher_input_format=tcfg.INPUT.FORMAT,
+        teacher_dtype=dcfg.TEACHER.DTYPE,
+    )
+
+
+class TeacherMixin:
+    """For ``nn.Module`` meta-architectures that hold a frozen ``self.teacher``.
+
+    * ``train(mode)`` keeps the teacher in eval mode (BatchNorm statistics, dropout);
+    * ``state_dict`` leaves the teacher out, so checkpoints hold only trainable state; resume
+      reloads the teacher from its own weights; ``load_state_dict`` does not report the absent
+      teacher keys as missing;
+    * ``student_state_dict`` is the plain student: no teacher, no distiller (connectors, loss
+      modules such as MGD's generator), loadable by the stock meta-architecture.
+    """
+
+    TEACHER_PREFIX = "teacher."
+    DISTILL_PREFIXES = ("teacher.", "distiller.")
+    teacher_dtype: torch.dtype = torch.float32  # MODEL.DISTILL.TEACHER.DTYPE, used on GPU only
+
+    def teacher_context(self):
+        """Context for teacher forwards: no autograd graph, and autocast to ``teacher_dtype``
+        on GPU (fp16/bf16 halves the teacher's cost there; losses compute in fp32 anyway).
+
+        ``torch.no_grad`` rather than ``torch.inference_mode``: the losses save the teacher
+        features for their backward, which autograd refuses for inference tensors (it would
+        take a copy of every tapped feature to get around it)."""
+        device_type = next(self.teacher.parameters()).device.type
+        low = self.teacher_dtype != torch.float32 and device_type == "cuda"
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        if low:
+            stack.enter_context(torch.autocast(device_type, dtype=self.teacher_dtype))
+        return stack
+
+    def teacher_images(self, batched_inputs: List[dict]) -> ImageList:
+        """A batch as the teacher takes it: its channel order, its normalisation, padded to its
+        backbone's size divisibility. ``input_format`` / ``teacher_input_format`` are set by
+        the meta-architecture."""
+        t = self.teacher
+        images = teacher_input_tensors(batched_inputs, self.input_format, self.teacher_input_format, t.device)
+        return ImageList.from_tensors(
+            [(x - t.pixel_mean) / t.pixel_std for x in images],
+            t.backbone.size_divisibility,
+            padding_constraints=t.backbone.padding_constraints,
+        )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for k in [k for k in sd if k.startswith(prefix + self.TEACHER_PREFIX)]:
+            del sd[k]
+        return sd
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        result = super().load_state_dict(state_dict, strict=False, **kwargs)
+        missing = [k for k in result.missing_keys if not k.startswith(self.TEACHER_PREFIX)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"missing keys {missing}, unexpected keys {result.unexpected_keys}")
+        return type(result)(missing, result.unexpected_keys)
+
+    def student_state_dict(self) -> Dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.DISTILL_PREFIXES)}
+
+
+def init_student_from_teacher(
+    student: nn.Module, teacher: nn.Module, prefixes: Sequence[str]
+) -> List[str]:
+    """Copy teacher parameters and buffers into ``student`` (in place) for every state-dict key
+    that starts with one of ``prefixes`` and exists in the teacher with the same shape: the
+    MGD/FGD recipe of starting the student's neck and head from the teacher's.
+
+    Every copied key is logged, and so is every skipped one (absent from the teacher, or of
+    another shape).
+
+    Returns:
+        the copied keys, sorted.
+
+    Raises:
+        ConfigError: a prefix matches no student key, or none of its keys could be copied.
+    """
+    s_state, t_state = student.state_dict(), teacher.state_dict()
+    copied, skipped = [], []
+    for prefix in prefixes:
+        keys = sorted(k for k in s_state if k.startswith(prefix))
+        if not keys:
+            roots = sorted({k.split(".")[0] + "." for k in s_state})
+            raise ConfigError(
+                f"MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER: prefix {prefix!r} matches no student "
+                f"parameter or buffer (student keys start with {roots})"
+            )
+        ok = [k for k in keys if k in t_state and t_state[k].shape == s_state[k].shape]
+        if not ok:
+            raise ConfigError(
+                f"MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER: no student key under {prefix!r} has a "
+                f"teacher counterpart of the same shape (e.g. {keys[0]}: student "
+                f"{tuple(s_state[keys[0]].shape)}, teacher "
+                f"{tuple(t_state[keys[0]].shape) if keys[0] in t_state else 'absent'})"
+            )
+        copied += ok
+        skipped += [
+            f"{k}: student {tuple(s_state[k].shape)}, teacher "
+            f"{tuple(t_state[k].shape) if k in t_state else 'absent'}"
+            for k in keys
+            if k not in ok
+        ]
+    copied = sorted(set(copied))
+    with torch.no_grad():
+        for k in copied:
+            s_state[k].copy_(t_state[k])  # state_dict tensors share storage with the student's
+    logger.info(
+        "Initialised %d student tensors from the teacher (%s):\n%s",
+        len(copied), ", ".join(prefixes), "\n".join(f"  {k}" for k in copied),
+    )
+    if skipped:
+        logger.warning(
+            "Not initialised from the teacher (%d keys, shapes differ or absent):\n%s",
+            len(skipped), "\n".join(f"  {k}" for k in sorted(set(skipped))),
+        )
+    return copied
+

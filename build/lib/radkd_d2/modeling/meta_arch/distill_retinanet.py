@@ -1,0 +1,177 @@
+"""DistillRetinaNet: a RetinaNet student trained under a frozen RetinaNet teacher.
+
+Total loss: focal classification + box regression + Σ_taps Σ_losses λ·L(connector(F_s), F_t),
+one term per FPN level (p3..p7) and loss, plus any tapped bottom-up stage (res3..res5).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
+from detectron2.modeling.backbone import FPN
+from torch import nn
+from torch.nn import functional as F
+
+from radkd_d2.errors import ConfigError
+
+from ..distill import (
+    FeatureDistiller,
+    TeacherMixin,
+    build_teacher_and_distiller,
+    init_student_from_teacher,
+    parse_taps,
+)
+
+
+def retinanet_tap_shapes(backbone: nn.Module) -> Dict[str, ShapeSpec]:
+    """Every tappable position of a RetinaNet backbone: its outputs (``p3``..``p7``) and, for an
+    FPN, the bottom-up stages it consumes (``res3``..``res5``, the ResNet's OUT_FEATURES)."""
+    shapes = dict(backbone.output_shape())
+    if isinstance(backbone, FPN):
+        for name, shape in backbone.bottom_up.output_shape().items():
+            shapes.setdefault(name, shape)
+    return shapes
+
+
+def fpn_from_bottom_up(fpn: FPN, bottom_up: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The outputs of ``fpn`` (``p3``..``p7``) computed from its bottom-up features.
+
+    Equal to ``fpn(images)`` when ``bottom_up == fpn.bottom_up(images)``; lets a caller keep the
+    bottom-up stages without running the ResNet twice. Lateral and output convs are stored
+    coarsest level first, as in Detectron2's FPN.
+    """
+    names = list(fpn.in_features)  # finest first, e.g. res3, res4, res5
+    outputs: List[torch.Tensor] = [None] * len(names)  # type: ignore[list-item]
+    merged = None
+    for level, (lateral_conv, output_conv) in enumerate(zip(fpn.lateral_convs, fpn.output_convs)):
+        i = len(names) - 1 - level  # coarsest to finest
+        x = lateral_conv(bottom_up[names[i]])
+        if merged is not None:
+            x = x + F.interpolate(merged, scale_factor=2.0, mode="nearest")
+            if fpn._fuse_type == "avg":
+                x = x / 2
+        merged = x
+        outputs[i] = output_conv(x)
+    out_names = fpn._out_features
+    results = dict(zip(out_names, outputs))
+    if fpn.top_block is not None:
+        source = fpn.top_block.in_feature
+        top_in = bottom_up[source] if source in bottom_up else results[source]
+        results.update(zip(out_names[len(names) :], fpn.top_block(top_in)))
+    return results
+
+
+def retinanet_taps(
+    backbone: nn.Module, images: torch.Tensor, with_bottom_up: bool
+) -> Dict[str, torch.Tensor]:
+    """Backbone outputs (p3..p7) for a normalised, padded B x 3 x H x W batch, plus the
+    bottom-up stages (res3..res5) when ``with_bottom_up``."""
+    if not with_bottom_up:
+        return backbone(images)
+    stages = backbone.bottom_up(images)
+    return {**stages, **fpn_from_bottom_up(backbone, stages)}
+
+
+@META_ARCH_REGISTRY.register()
+class DistillRetinaNet(TeacherMixin, RetinaNet):
+    """The student is a stock ``RetinaNet`` (same parameter names, same config keys); this class
+    adds ``teacher`` (a frozen RetinaNet from MODEL.DISTILL.TEACHER.*) and ``distiller``
+    (connectors + losses per tap, from MODEL.DISTILL.TAPS). Inference is the student's.
+
+    Losses get the context ``boxes`` (per image, the N_i x 4 xyxy ground-truth boxes in pixels
+    of the padded input batch; N_i may be 0) and ``image_size`` ((H, W) of that batch).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher: nn.Module,
+        distiller: FeatureDistiller,
+        teacher_input_format: str = "BGR",
+        teacher_dtype: str = "float32",
+        **kwargs,
+    ):
+        """
+        Args:
+            teacher: a RetinaNet in eval mode with ``requires_grad`` False.
+            distiller: taps on positions of :func:`retinanet_tap_shapes`.
+            teacher_input_format: channel order the teacher expects ("BGR" or "RGB").
+            teacher_dtype: teacher compute dtype on CUDA ("float32", "float16", "bfloat16").
+            kwargs: the arguments of Detectron2's ``RetinaNet``.
+        """
+        super().__init__(**kwargs)
+        self.teacher = teacher
+        self.distiller = distiller
+        self.teacher_input_format = teacher_input_format
+        self.teacher_dtype = getattr(torch, teacher_dtype)
+        self.teacher.eval()
+        # bottom-up stages are gathered only when a tap asks for one
+        self._student_bottom_up = bool(distiller.student_positions - set(self.backbone.output_shape()))
+        self._teacher_bottom_up = bool(distiller.teacher_positions - set(teacher.backbone.output_shape()))
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = RetinaNet.from_config(cfg)
+        dcfg = cfg.MODEL.DISTILL
+        if dcfg.KD_WEIGHT > 0:
+            raise ConfigError(
+                f"MODEL.DISTILL.KD_WEIGHT = {dcfg.KD_WEIGHT}: the pixel-wise logit KD term is for "
+                "segmentation; set it to 0.0 for DistillRetinaNet and distil features via TAPS"
+            )
+        backbone = ret["backbone"]
+        built = build_teacher_and_distiller(
+            cfg,
+            kind="detection",
+            teacher_type=RetinaNet,
+            num_classes=lambda m: m.num_classes,
+            student_classes=ret["num_classes"],
+            classes_key="MODEL.RETINANET.NUM_CLASSES",
+            taps=parse_taps(dcfg.TAPS),
+            student_shapes=retinanet_tap_shapes(backbone),
+            teacher_shapes=lambda m: retinanet_tap_shapes(m.backbone),
+        )
+        teacher = built["teacher"]
+        s_pad = (backbone.size_divisibility, backbone.padding_constraints)
+        t_pad = (teacher.backbone.size_divisibility, teacher.backbone.padding_constraints)
+        if s_pad != t_pad:
+            # the boxes given to the losses are in the student's padded frame
+            raise ConfigError(
+                f"student and teacher pad their inputs differently (size divisibility, "
+                f"constraints: {s_pad} vs {t_pad}); their feature maps would not align"
+            )
+        if dcfg.INIT_STUDENT_FROM_TEACHER:
+            student = nn.Module()  # the student's parameter names: backbone.*, head.*
+            student.backbone, student.head = backbone, ret["head"]
+            init_student_from_teacher(student, teacher, dcfg.INIT_STUDENT_FROM_TEACHER)
+        ret.update(built)
+        return ret
+
+    def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
+        """The teacher's tapped features (float32) for a batch, from its own normalisation and
+        channel order, without autograd (autocast to MODEL.DISTILL.TEACHER.DTYPE on GPU)."""
+        with self.teacher_context():
+            images = self.teacher_images(batched_inputs)
+            feats = retinanet_taps(self.teacher.backbone, images.tensor, self._teacher_bottom_up)
+            return {k: feats[k].float() for k in self.distiller.teacher_positions}
+
+    def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            return super().forward(batched_inputs)
+        if "instances" not in batched_inputs[0]:
+            raise ValueError("DistillRetinaNet: training inputs need 'instances' (ground-truth boxes)")
+        images = self.preprocess_image(batched_inputs)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        student = retinanet_taps(self.backbone, images.tensor, self._student_bottom_up)
+        features = [student[f] for f in self.head_in_features]
+        return self.distiller.step(
+            student,
+            lambda: self.teacher_features(batched_inputs),
+            self.forward_training(images, features, self.head(features), gt_instances),
+            boxes=[x.gt_boxes.tensor for x in gt_instances],
+            image_size=tuple(images.tensor.shape[-2:]),
+        )

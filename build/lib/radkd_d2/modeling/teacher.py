@@ -1,0 +1,134 @@
+"""The frozen teacher: built from its own config file, loaded strictly, never trained.
+
+Shared by every Distill* meta-architecture (segmentation and detection).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from torch import nn
+
+from radkd_d2.checkpoint.report import ReportingCheckpointer, format_incompatible_keys
+from radkd_d2.config import add_radkd_config
+
+logger = logging.getLogger(__name__)
+
+
+from radkd_d2.errors import TeacherLoadError  # noqa: E402  (re-exported)
+
+
+def load_teacher_cfg(config_file: str, device: str, opts=()):
+    """The teacher's own config (model, pixel mean/std, input format) with radkd-d2 keys."""
+    if not config_file:
+        raise FileNotFoundError(
+            "MODEL.DISTILL.TEACHER.CONFIG_FILE is empty: set it to the teacher's config file"
+        )
+    if not Path(config_file).is_file():
+        raise FileNotFoundError(
+            f"MODEL.DISTILL.TEACHER.CONFIG_FILE: teacher config {config_file!r} does not exist"
+        )
+    cfg = get_cfg()
+    add_radkd_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list([str(x) for x in opts])
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.WEIGHTS = ""
+    cfg.freeze()
+    return cfg
+
+
+def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True, what="teacher"):
+    """Load ``weights`` (.pth or Detectron2/Caffe2 .pkl) into ``model`` through Detectron2's
+    checkpointer. Every missing, unexpected or shape-mismatched key is listed: as an error when
+    ``strict``, as a warning otherwise; nothing is loaded silently in part."""
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights {weights!r} do not exist")
+    ckpt = ReportingCheckpointer(model)
+    try:
+        ckpt.load(str(path), checkpointables=[])
+    except Exception as e:  # torch.load / pickle errors differ by the kind of corruption
+        raise TeacherLoadError(f"could not read {what} checkpoint {weights!r}: {e}") from e
+    # Detectron2's loader (name heuristics for .pkl, "module." prefixes) skips mismatched shapes
+    # and reports every incompatible key; on error the caller discards the model.
+    incompatible = ckpt.incompatible
+    report = incompatible and format_incompatible_keys(
+        incompatible.missing_keys, incompatible.unexpected_keys, incompatible.incorrect_shapes
+    )
+    if report and strict:
+        raise TeacherLoadError(
+            f"{what} checkpoint {weights!r} does not match the {what} model:\n{report}\n"
+            f"(check the {what} config, or set MODEL.DISTILL.TEACHER.STRICT False to load "
+            "the matching part anyway)"
+        )
+    if report:
+        logger.warning("Loaded %s checkpoint %s non-strictly:\n%s", what, weights, report)
+    logger.info("Loaded %s weights from %s", what, weights)
+
+
+def check_finite(model: nn.Module, weights: str, what: str = "teacher") -> None:
+    """Fail when a floating-point parameter or buffer of ``model`` holds NaN or Inf, naming
+    each such tensor and the checkpoint (otherwise the first sign would be a NaN loss)."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    flags = {k: torch.isfinite(t).all() for k, t in tensors.items() if t.is_floating_point()}
+    if not flags:
+        return
+    ok = torch.stack(list(flags.values())).tolist()  # one host read for all tensors
+    bad = [k for k, good in zip(flags, ok) if not good]
+    if bad:
+        counts = [int((~torch.isfinite(tensors[k])).sum()) for k in bad]
+        raise TeacherLoadError(
+            f"{what} checkpoint {weights!r} holds NaN or Inf values in {len(bad)} tensor(s):\n"
+            + "\n".join(f"  {k}: {n} of {tensors[k].numel()} values" for k, n in zip(bad, counts))
+            + f"\nthe {what} would make every distillation loss NaN; re-export or retrain it"
+        )
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """No gradients, eval mode (BatchNorm statistics and dropout fixed)."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def build_teacher(config_file: str, weights: str, *, device: str, strict: bool = True, opts=()):
+    """Build the frozen teacher from its own config and weights.
+
+    ``weights=""`` gives a randomly initialised teacher (logged as a warning; useful only for
+    tests and benchmarks).
+
+    Returns:
+        (teacher model in eval mode with requires_grad False, its frozen config)
+    """
+    cfg = load_teacher_cfg(config_file, device, opts)
+    model = build_model(cfg)
+    if weights:
+        load_weights_strictly(model, weights, strict=strict)
+        check_finite(model, weights)
+    else:
+        logger.warning("MODEL.DISTILL.TEACHER.WEIGHTS is empty: the teacher is randomly initialised")
+    return freeze(model), cfg
+
+
+def teacher_input_tensors(batched_inputs, student_format: str, teacher_format: str, device):
+    """The raw images of a batch as the teacher expects them (channel order of its format)."""
+    images = [x["image"].to(device, non_blocking=True) for x in batched_inputs]
+    if {student_format, teacher_format} == {"RGB", "BGR"}:
+        images = [x.flip(0) for x in images]
+    return images
+
+
+__all__ = [
+    "TeacherLoadError",
+    "build_teacher",
+    "check_finite",
+    "freeze",
+    "format_incompatible_keys",
+    "load_teacher_cfg",
+    "load_weights_strictly",
+    "teacher_input_tensors",
+]
