@@ -5,6 +5,8 @@ from typing import Dict, List, Optional, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from radkd_d2.errors import WeightConversionError  # noqa: F401  (re-exported)
+
 __all__ = ["ConversionReport", "WeightConversionError"]
 
 
@@ -115,9 +117,6 @@ def _group_by_reason(keys: Dict[str, str]) -> Dict[str, List[str]]:
     for key, why in keys.items():
         groups.setdefault(why, []).append(key)
     return groups
-
-
-from radkd_d2.errors import WeightConversionError  # noqa: E402  (re-exported)
 
 
 def format_incompatible_keys(missing, unexpected, shapes) -> str:

@@ -6,6 +6,8 @@ from typing import Any, Dict, Optional
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from radkd_d2.errors import UnknownDistillLossError  # noqa: F401  (re-exported)
+
 from ._utils import check_weight
 from .config import default_distill_loss_config
 
@@ -26,9 +28,6 @@ teacher_channels)`` returning its constructor keyword arguments, and its ``forwa
 teacher, **context)`` returns the weighted scalar loss. Use :func:`build_distill_loss` to build
 one; register new ones with :func:`register_distill_loss`.
 """
-
-
-from radkd_d2.errors import UnknownDistillLossError  # noqa: E402  (re-exported)
 
 
 def register_distill_loss(*names: str):

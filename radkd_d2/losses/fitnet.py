@@ -76,7 +76,7 @@ class MagnitudeLoss(DistillLoss):
 @register_distill_loss("fitnet")
 class FitNetLoss(DistillLoss):
     """FitNets hint loss. FitNets' convolutional regressor is the tap's connector
-    (``MODEL.DISTILL.CONNECTOR``, e.g. ``conv1x1``), which the distiller applies before the loss;
+    (``MODEL.DISTILL.CONNECTOR``, e.g. ``conv``), which the distiller applies before the loss;
     the loss itself has no parameters and compares features of equal width."""
 
     def __init__(

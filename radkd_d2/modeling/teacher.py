@@ -14,11 +14,9 @@ from torch import nn
 
 from radkd_d2.checkpoint.report import ReportingCheckpointer, format_incompatible_keys
 from radkd_d2.config import add_radkd_config
+from radkd_d2.errors import TeacherLoadError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-
-from radkd_d2.errors import TeacherLoadError  # noqa: E402  (re-exported)
 
 
 def load_teacher_cfg(config_file: str, device: str, opts=()):

@@ -1,5 +1,0 @@
-"""Distillation meta-architectures (registered in META_ARCH_REGISTRY)."""
-from .distill_retinanet import DistillRetinaNet
-from .distill_semantic_seg import DistillSemanticSegmentor
-
-__all__ = ["DistillRetinaNet", "DistillSemanticSegmentor"]
