@@ -46,12 +46,14 @@ def test_dataset_folder_missing(tmp_path):
         ("INPUT.SEM_SEG.CROP_SIZE", "(0, 64)", "INPUT.SEM_SEG.CROP_SIZE"),
         ("MODEL.DISTILL.KD_TEMPERATURE", "0.0", "MODEL.DISTILL.KD_TEMPERATURE"),
         ("MODEL.DISTILL.KD_WEIGHT", "-1.0", "MODEL.DISTILL.KD_WEIGHT"),
+        ("TEST.BEST_CHECKPOINT_MODE", "up", "TEST.BEST_CHECKPOINT_MODE = 'up' is not allowed"),
+        ("TEST.BEST_CHECKPOINT_METRIC", "sem_seg/mIoU", "needs periodic evaluation, but TEST.EVAL_PERIOD = 0"),
     ],
 )
 def test_bad_config_values(tmp_path, key, value, match):
     # in-process: setup_cfg runs exactly these checks before default_setup writes anything
     with pytest.raises(ConfigError, match=re.escape(match)):
-        load_cfg(SEG, key, value, data_root=tmp_path)
+        load_cfg(SEG, key, value, "TEST.EVAL_PERIOD", 0, data_root=tmp_path)
 
 
 @pytest.mark.slow

@@ -462,7 +462,7 @@ def test_camvid_study_plan_paper_shape(tmp_path):
         ["--data-root", "DATA", "--out", str(tmp_path), "--eval-period", "50"]
     )
     plan = study.plan_runs(args)
-    assert (plan.iters, plan.start_iters, plan.teacher_iters) == (300, 600, 1200)
+    assert (plan.iters, plan.start_iters, plan.teacher_iters) == (300, 600, 2400)
     start = str(tmp_path / "student_start" / "model_final.pth")
     main = plan.main_runs()
     assert sorted({r.arm for r in main}) == ["cad_res5", "lad_res5", "naive_res5", "student_nokd"]
@@ -473,10 +473,12 @@ def test_camvid_study_plan_paper_shape(tmp_path):
     assert {_opts(r.opts)["SEED"] for r in sweep} == {"42", "43"}
     curves = [r for r in [plan.teacher, plan.start, *plan.students] if _opts(r.opts)["TEST.EVAL_PERIOD"] == "50"]
     assert [r.name for r in curves] == ["teacher", "student_start", "student_nokd/seed0"]
-    assert _opts(plan.teacher.opts)["SOLVER.MAX_ITER"] == "1200"
+    assert _opts(plan.teacher.opts)["SOLVER.MAX_ITER"] == "2400"
+    # the students learn from the teacher's best val evaluation, which it keeps as model_best.pth
+    assert _opts(plan.teacher.opts)["TEST.BEST_CHECKPOINT_METRIC"] == "sem_seg/mIoU"
     cfg = load_config(str(sweep[-1].config), [str(x) for x in sweep[-1].opts], validate=False)
     assert cfg.MODEL.DISTILL.TAPS == [["res5", "res5", "lad", 1000.0]] and cfg.SOLVER.MAX_ITER == 300
-    assert cfg.MODEL.DISTILL.TEACHER.WEIGHTS == str(tmp_path / "teacher" / "model_final.pth")
+    assert cfg.MODEL.DISTILL.TEACHER.WEIGHTS == str(tmp_path / "teacher" / "model_best.pth")
     # from scratch on request: no start, no weights
     scratch = study.plan_runs(study.build_parser().parse_args(
         ["--data-root", "DATA", "--out", str(tmp_path), "--start-iters", "0"]))
@@ -502,8 +504,12 @@ def test_camvid_schedule_section_reports_curves_and_the_teachers_lead(tmp_path):
     run(plan.start.out_dir, [(200, 10.0)], 15.0, 400)
     for k, d in enumerate(plan.arm_dirs("student_nokd")):
         run(d, [(100, 18.0)] if k == 0 else [], 20.0 + k, 300)
+    assert "lead" not in study.schedule_section(plan)  # the teacher's model_best.pth not scored yet
+    # the students' teacher: model_best.pth, scored on its own (here above the last evaluation)
+    fake_run(study.teacher_best_dir(plan), seg_config(max_iter=800), seed=42, seg={"mIoU": 30.0}, iters=800)
     text = study.schedule_section(plan)
     assert "| teacher | 200: 20.0, 400: 28.0, 600: 29.0, 800: 29.5 | +0.5 |" in text
     assert "| no KD, seed 0 (from the start) | 100: 18.0, 300: 20.0 | +2.0 |" in text
-    assert "lead +8.5 points, at least the 8" in text  # 29.5 vs mean(20, 21, 22) = 21
+    assert "(model_best.pth, its best val evaluation) 30.0" in text
+    assert "lead +9.0 points, at least the 8" in text  # 30.0 vs mean(20, 21, 22) = 21
     assert "| shared start | 200: 10.0, 400: 15.0 | +5.0 |" in text

@@ -40,6 +40,24 @@ def test_seg_train_writes_metrics_and_checkpoint(trained_seg):
 
 
 @pytest.mark.slow
+def test_best_checkpoint_keeps_the_best_evaluation(data_root, tmp_path):
+    proc = run_train_net(
+        "--config-file", REPO / SEG, *seg_opts(data_root, tmp_path, iters=12),
+        "TEST.EVAL_PERIOD", 3, "TEST.BEST_CHECKPOINT_METRIC", "sem_seg/mIoU",
+    )
+    # every evaluation's mIoU, in order, from the copypaste lines (metrics.json keeps only the
+    # last of those between two of its writes)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    evals = [float(nxt.split("copypaste: ")[1].split(",")[0])
+             for line, nxt in zip(lines, lines[1:]) if line.endswith("copypaste: mIoU,fwIoU,mACC,pACC")]
+    assert len(evals) == 4, evals  # iterations 3, 6, 9, 12
+    best = max(range(4), key=lambda k: (evals[k], -k))  # the first of equal bests is kept
+    ckpt = torch.load(tmp_path / "model_best.pth", map_location="cpu", weights_only=False)
+    # a periodic evaluation is stored at the iteration before its count, the final one at 12
+    assert ckpt["iteration"] == [2, 5, 8, 12][best], (evals, ckpt["iteration"])
+
+
+@pytest.mark.slow
 def test_seg_eval_only_reproduces_final_miou(trained_seg, data_root, tmp_path):
     proc = run_train_net(
         "--config-file", REPO / SEG, "--eval-only", *seg_opts(data_root, tmp_path),

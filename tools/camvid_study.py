@@ -12,9 +12,10 @@ one shared checkpoint of the plain student (``--start-iters``; the paper's Image
 every student arm continues it for ``--iters`` iterations, with or without a teacher.
 
 Scales (all on configs/camvid/*.yaml, overridden here):
-  cpu: images at half size (random scale 0.25-0.5, crop 90x120, batch 8; evaluated on the full
-       360x480 val images): teacher PSPNet-R18 at 1/2 width (4x the student's convolution cost)
-       trained 1200 iterations; students PSPNet-R18/4, start 600 iterations, arms 300 more.
+  cpu: images at half size (random scale 0.25-0.5, crop 90x120, batch 8; evaluated at half size,
+       shortest edge 180, against the full-size labels): teacher PSPNet-R18 at 1/2 width (head 128)
+       trained 2400 iterations; students PSPNet-R18 at 1/8 width (head 64, about 1/16 of the
+       teacher's convolution cost), start 600 iterations, arms 300 more.
   gpu: teacher PSPNet-R101 (full width), students PSPNet-R18 (full width); crop 360x480 of
        images scaled 0.5-2.0, batch 8, bf16 AMP; start 1000, arms 1000, teacher 4000.
 Runs go to ``<out>/<name>/``; already finished runs are skipped, so the command can be rerun.
@@ -47,6 +48,7 @@ from radkd_d2.analysis.launch import (  # noqa: E402
     plan_seeds,
     run_training,
     seeds_arg,
+    train_command,
 )
 from radkd_d2.analysis.plots import plot_magnitudes, plot_sweep  # noqa: E402
 from radkd_d2.analysis.sweep import (  # noqa: E402
@@ -71,10 +73,12 @@ SCALES = {
             "MODEL.SEM_SEG_HEAD.CONVS_DIM",
             128,
         ],
-        student=["MODEL.DRN.WIDTH_MULT", 0.25, "MODEL.SEM_SEG_HEAD.CONVS_DIM", 128],
+        student=["MODEL.DRN.WIDTH_MULT", 0.125, "MODEL.SEM_SEG_HEAD.CONVS_DIM", 64],
         common=[
             "INPUT.SEM_SEG.CROP_SIZE",
             "(90, 120)",
+            "INPUT.MIN_SIZE_TEST",
+            180,
             "INPUT.SEM_SEG.SCALE_RANGE",
             "(0.25, 0.5)",
             "SOLVER.IMS_PER_BATCH",
@@ -84,7 +88,7 @@ SCALES = {
         ],
         iters=300,
         start_iters=600,
-        teacher_iters=1200,
+        teacher_iters=2400,
     ),
     "gpu": dict(
         teacher=[
@@ -113,6 +117,8 @@ SCALES = {
         teacher_iters=4000,
     ),
 }
+# the teacher the students learn from: its best val evaluation (model_best.pth), not its last
+BEST = ["TEST.BEST_CHECKPOINT_METRIC", "sem_seg/mIoU"]
 MAIN_METHODS = ("naive", "lad", "cad")  # the study's arms besides no KD
 ALL_METHODS = ("naive", "lad", "cad", "pad")
 SWEEP_METHODS = ("naive", "lad")
@@ -248,14 +254,14 @@ def plan_runs(args: argparse.Namespace) -> StudyPlan:
     teacher_dir = out / "teacher"
     teacher_opts = [
         "MODEL.DISTILL.TEACHER.WEIGHTS",
-        teacher_dir / "model_final.pth",
+        teacher_dir / "model_best.pth",
         "MODEL.DISTILL.TEACHER.OPTS",
         repr([str(x) for x in s["teacher"]]),
     ]
     teacher = plan_seeds(
         "teacher",
         CFG / "pspnet_r101_camvid.yaml",
-        [*common, *s["teacher"], *_iters(teacher_iters), *curve],
+        [*common, *s["teacher"], *_iters(teacher_iters), *curve, *BEST],
         teacher_dir,
         1,
     )[0]
@@ -321,6 +327,12 @@ def plan_runs(args: argparse.Namespace) -> StudyPlan:
     )
 
 
+def teacher_best_dir(plan: StudyPlan) -> Path:
+    """Where the eval-only run of the teacher's ``model_best.pth`` (the checkpoint the students
+    learn from) writes its val scores."""
+    return plan.out / "teacher_best"
+
+
 def schedule_section(plan: StudyPlan) -> str:
     """The report's "Schedule" section: val mIoU curves of the teacher, the start and the first
     no-KD seed, each curve's gain over its last quarter, and the teacher's lead over the plain
@@ -339,13 +351,13 @@ def schedule_section(plan: StudyPlan) -> str:
         # a periodic evaluation is logged at the iteration before its count, the final one after
         text = ", ".join(f"{min(it + 1, end)}: {v:.1f}" for it, v in pts)
         lines.append(f"| {label} | {text} | {last_quarter_gain(pts):+.1f} |")
-    teach = read_run(plan.teacher.out_dir).metrics.get("mIoU")
+    teach = read_run(teacher_best_dir(plan)).metrics.get("mIoU")
     plain = [read_run(d).metrics.get("mIoU") for d in plan.arm_dirs("student_nokd")]
     plain = [v for v in plain if v is not None]
     if teach is not None and plain:
         lead = teach - sum(plain) / len(plain)
         verdict = "at least" if lead >= 8 else "LESS than"
-        lines += ["", f"Teacher {teach:.1f} vs plain student {sum(plain) / len(plain):.1f} (mean of "
+        lines += ["", f"Teacher (model_best.pth, its best val evaluation) {teach:.1f} vs plain student {sum(plain) / len(plain):.1f} (mean of "
                   f"{len(plain)}): lead {lead:+.1f} points, {verdict} the 8 the study asks for."]
     return "\n".join(lines) + "\n"
 
@@ -380,6 +392,14 @@ def _train_all(plan: StudyPlan, train, jobs: int) -> List[str]:
     print(f"[1/3] teacher ({teacher_iters} iterations)", flush=True)
     if train(plan.teacher, teacher_iters)[1]:
         sys.exit(1)
+    best = teacher_best_dir(plan)
+    if read_run(best).metrics.get("mIoU") is None:
+        # the teacher the students learn from, scored on val on its own (the report's T row)
+        cmd = [*train_command(plan.teacher.config, [*plan.teacher.opts, "OUTPUT_DIR", best]), "--eval-only",
+               "MODEL.WEIGHTS", plan.teacher.out_dir / "model_best.pth"]
+        if run_training(cmd, best / "study.log", label="teacher model_best.pth, val", cwd=REPO):
+            print(log_tail(best / "study.log"))
+            sys.exit(1)
     if plan.start is not None:
         print(f"      shared student start ({plan.start_iters} iterations)", flush=True)
         if train(plan.start, plan.start_iters)[1]:
@@ -401,7 +421,7 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
     heatmaps, from the runs that finished (missing ones are listed in the report)."""
     print("[3/3] report and figures", flush=True)
     # the sweep's λ = 10 points are the main naive/LAD runs
-    main_runs = [plan.teacher.out_dir] + [r.out_dir for r in plan.main_runs()]
+    main_runs = [teacher_best_dir(plan)] + [r.out_dir for r in plan.main_runs()]
     start = f"start {plan.start_iters} + " if plan.start else ""
     title = (
         f"CamVid study ({args.scale} scale, students {start}{iters} iterations, teacher "
@@ -417,7 +437,7 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
     print(format_sweep(collected))
     base = [read_run(d).metrics.get("mIoU") for d in plan.arm_dirs("student_nokd")]
     base = [v for v in base if v is not None]
-    teach = read_run(plan.teacher.out_dir).metrics.get("mIoU")
+    teach = read_run(teacher_best_dir(plan)).metrics.get("mIoU")
     plot_sweep(
         sweep_curves(collected),
         out / "sweep.png",

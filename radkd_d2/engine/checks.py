@@ -118,5 +118,11 @@ def validate_config(cfg) -> None:
     check_range(cfg, "MODEL.DISTILL.WARMUP_ITERS", low=0)
     check_range(cfg, "MODEL.DISTILL.STOP_ITER", low=-1)
     check_range(cfg, "MODEL.DISTILL.TEACHER.MIN_SCORE", low=0)
+    check_choice(cfg, "TEST.BEST_CHECKPOINT_MODE", ("max", "min"))
+    if cfg.TEST.BEST_CHECKPOINT_METRIC and cfg.TEST.EVAL_PERIOD <= 0:
+        raise ConfigError(
+            f"TEST.BEST_CHECKPOINT_METRIC = {cfg.TEST.BEST_CHECKPOINT_METRIC!r} needs periodic "
+            f"evaluation, but TEST.EVAL_PERIOD = {cfg.TEST.EVAL_PERIOD}; set it > 0 or the metric to \"\""
+        )
     check_datasets(cfg)
     check_output_dir(cfg)

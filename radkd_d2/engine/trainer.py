@@ -158,6 +158,14 @@ class Trainer(DefaultTrainer):
             len(hooks),
         )
         hooks.insert(at, TeacherIntegrityHook(self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        metric = self.cfg.TEST.BEST_CHECKPOINT_METRIC
+        if metric and comm.is_main_process():
+            # right after the EvalHook, whose results it reads from the event storage
+            at = 1 + max(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.EvalHook))
+            best = d2_hooks.BestCheckpointer(
+                self.cfg.TEST.EVAL_PERIOD, self.checkpointer, metric, mode=self.cfg.TEST.BEST_CHECKPOINT_MODE
+            )
+            hooks.insert(at, best)
         return hooks
 
     def resume_or_load(self, resume=True):
