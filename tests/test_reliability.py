@@ -187,26 +187,50 @@ def test_non_finite_loss_stops_with_term_and_iteration(data_root, teacher_weight
                      proc.stderr), proc.stderr[-2000:]
 
 
-def test_teacher_integrity_hook_runs_before_the_checkpointer(monkeypatch):
-    """Hooks run in list order: the teacher check must come before the PeriodicCheckpointer, so a
-    changed teacher stops the run before that iteration's checkpoint is written."""
+def _hooks_built(monkeypatch, **test_keys):
+    """Trainer.build_hooks over a stand-in Detectron2 hook list, with the project's config."""
     from unittest import mock
 
-    from detectron2.config import CfgNode
+    from detectron2.config import get_cfg
     from detectron2.engine import DefaultTrainer, hooks
 
-    from radkd_d2.engine.hooks import TeacherIntegrityHook
+    from radkd_d2.config import add_radkd_config
     from radkd_d2.engine.trainer import Trainer
 
+    cfg = get_cfg()
+    add_radkd_config(cfg)
+    cfg.SOLVER.CHECKPOINT_PERIOD = 10
+    for key, value in test_keys.items():
+        setattr(cfg.TEST, key, value)
     ckpt = hooks.PeriodicCheckpointer(mock.MagicMock(), 10)
     d2_list = [hooks.IterationTimer(), ckpt, hooks.EvalHook(0, lambda: {}), hooks.PeriodicWriter([])]
     monkeypatch.setattr(DefaultTrainer, "build_hooks", lambda self: list(d2_list))
     trainer = Trainer.__new__(Trainer)
-    trainer.cfg = CfgNode({"SOLVER": CfgNode({"CHECKPOINT_PERIOD": 10})})
-    built = Trainer.build_hooks(trainer)
-    kinds = [type(h) for h in built]
+    trainer.cfg = cfg
+    trainer.checkpointer = mock.MagicMock()
+    return [type(h) for h in Trainer.build_hooks(trainer)], len(d2_list)
+
+
+def test_teacher_integrity_hook_runs_before_the_checkpointer(monkeypatch):
+    """Hooks run in list order: the teacher check must come before the PeriodicCheckpointer, so a
+    changed teacher stops the run before that iteration's checkpoint is written."""
+    from detectron2.engine import hooks
+
+    from radkd_d2.engine.hooks import TeacherIntegrityHook
+
+    kinds, n_d2 = _hooks_built(monkeypatch)
     assert kinds.index(TeacherIntegrityHook) == kinds.index(hooks.PeriodicCheckpointer) - 1
-    assert len(built) == len(d2_list) + 1
+    assert hooks.BestCheckpointer not in kinds  # TEST.BEST_CHECKPOINT_METRIC "" by default
+    assert len(kinds) == n_d2 + 1
+
+
+def test_best_checkpointer_runs_right_after_the_evaluation(monkeypatch):
+    """BestCheckpointer reads the EvalHook's results from the event storage of the same iteration."""
+    from detectron2.engine import hooks
+
+    kinds, n_d2 = _hooks_built(monkeypatch, BEST_CHECKPOINT_METRIC="sem_seg/mIoU", EVAL_PERIOD=5)
+    assert kinds.index(hooks.BestCheckpointer) == kinds.index(hooks.EvalHook) + 1
+    assert len(kinds) == n_d2 + 2
 
 
 def _checkpoints(tmp_path, iterations):
