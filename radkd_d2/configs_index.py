@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from radkd_d2.losses import loss_label
+
 __all__ = [
     "DATASETS",
     "MODELS",
@@ -175,7 +177,7 @@ RECIPES: Dict[str, RecipeSpec] = {
 
 
 def _ours(key: str, tap: str, eq: str) -> MethodSpec:
-    name = {"lad": "LAD", "cad": "CAD", "pad": "PAD", "naive": "Naive"}[key]
+    name = loss_label(key)
     what = "naive FitNets MSE" if key == "naive" else f"{name} ({eq})"
     return MethodSpec(
         key,

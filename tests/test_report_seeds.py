@@ -412,7 +412,7 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
         )
         return 0
 
-    monkeypatch.setattr(demo, "run_training", fake_training)
+    monkeypatch.setattr("radkd_d2.analysis.launch.run_training", fake_training)
     demo.main(["--output", str(tmp_path / "demo"), "--seeds", "2", "--iters", "20"])
     assert len(commands) == 6  # the teacher and the start once, two student arms twice
     seg = {r["run"]: r for r in _csv(tmp_path / "demo" / "report" / "segmentation.csv")}

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from radkd_d2.errors import ConfigError
-from radkd_d2.evaluation.report import model_name, teacher_name
+from radkd_d2.evaluation.naming import model_name, teacher_name
 from radkd_d2.modeling.meta_arch.distill_semantic_seg import seg_taps
 from radkd_d2.modeling.teacher import TeacherLoadError, load_weights_strictly
 

@@ -16,9 +16,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -134,44 +136,200 @@ def run_training(
     max_iter: Optional[int] = None,
     label: str = "",
     cwd: str | Path | None = None,
+    env: Optional[Mapping[str, str]] = None,
+    progress: Optional[Callable[[int, str], None]] = None,
+    started: Optional[Callable[[subprocess.Popen], None]] = None,
 ) -> int:
     """Run a train_net command in ``cwd`` (default: the working directory; relative paths in
     configs, such as a teacher's CONFIG_FILE, resolve against it), writing its output to
     ``log_path``.
 
     With ``bar``, the bar is moved to ``offset + iterations done`` as the run logs them (and to
-    ``offset + max_iter`` at the end), and its postfix shows ``label`` and the phase.
+    ``offset + max_iter`` at the end), and its postfix shows ``label`` and the phase. Several
+    runs at once share a bar through ``progress`` instead: it is called with (iterations done,
+    phase) as the run logs them, phase "training", "evaluating" or "finished".
+
+    Args:
+        env: variables set for the subprocess on top of this process's (e.g. OMP_NUM_THREADS).
+        started: called with the subprocess once it runs (so a scheduler can stop it).
 
     Returns:
         the exit code of the subprocess.
     """
+    if bar is not None and progress is None:
+
+        def progress(done: int, phase: str) -> None:
+            bar.update(max(0, offset + done - bar.n))
+            if phase != "finished":
+                bar.set_postfix_str(f"{label}: {phase}", refresh=True)
+
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore::FutureWarning")
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore::FutureWarning")
+    full_env.update(env or {})
+    done = 0
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             list(cmd),
             cwd=cwd,
-            env=env,
+            env=full_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
+        if started is not None:
+            started(proc)
         for line in proc.stdout:
             log.write(line)
-            if bar is None:
+            if progress is None:
                 continue
             m = _ITER_RE.search(line)
             if m:
                 done = int(m.group(1)) + 1
-                bar.update(max(0, offset + min(done, max_iter or done) - bar.n))
-                bar.set_postfix_str(f"{label}: training", refresh=True)
+                done = min(done, max_iter or done)
+                progress(done, "training")
             elif "Start inference" in line:
-                bar.set_postfix_str(f"{label}: evaluating", refresh=True)
+                progress(done, "evaluating")
         rc = proc.wait()
-    if bar is not None and max_iter is not None and rc == 0:
-        bar.update(max(0, offset + max_iter - bar.n))
+    if progress is not None and max_iter is not None and rc == 0:
+        progress(max_iter, "finished")
     return rc
+
+
+@dataclass
+class Job:
+    """One run of a :func:`run_jobs` schedule: the run, its iterations (for the progress bar)
+    and the names of the runs whose results it reads (a teacher's or a start's checkpoint)."""
+
+    run: PlannedRun
+    max_iter: int
+    needs: Tuple[str, ...] = ()
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    log_name: str,
+    *,
+    lanes: int = 1,
+    threads: Optional[int] = None,
+    bar: Optional[tqdm] = None,
+    cwd: str | Path | None = None,
+) -> Tuple[Dict[str, float], Dict[str, int], Optional[Job]]:
+    """Run train_net jobs, up to ``lanes`` at a time, each once the jobs it needs have finished.
+
+    A free lane takes the first job (in ``jobs`` order) whose needs are met. The ``threads``
+    CPU threads (default: this machine's cores) are shared: a job gets ``threads // k`` of them
+    (OMP_NUM_THREADS and MKL_NUM_THREADS), with k the number of jobs running or ready when it
+    starts (at most ``lanes``), so the last job alone gets them all. Two single-thread runs on
+    two cores finish sooner than the same runs one after another with two threads each, as
+    long as both lanes have work. One bar counts the iterations of every job; its postfix
+    names the running ones.
+
+    Args:
+        log_name: file name of each job's log in its run folder.
+
+    Returns:
+        (seconds of each job's run, threads it had, the first job that failed or None). After a
+        failure no new job starts and the running ones are stopped.
+    """
+    names = [j.run.name for j in jobs]
+    for k, job in enumerate(jobs):
+        later = [n for n in job.needs if n not in names[:k]]
+        if later:
+            raise ValueError(
+                f"job {job.run.name} needs {later}, which are not earlier jobs of the schedule "
+                "(a job may only wait for jobs listed before it)"
+            )
+    if lanes < 1:
+        raise ValueError(f"lanes must be at least 1, got {lanes}")
+    threads = max(1, threads or os.cpu_count() or 1)
+    lock = threading.Condition()
+    pending = list(jobs)
+    finished: set = set()
+    running: Dict[str, str] = {}  # name -> phase
+    procs: Dict[str, subprocess.Popen] = {}
+    done_iters: Dict[str, int] = {}
+    seconds: Dict[str, float] = {}
+    used: Dict[str, int] = {}
+    failed: List[Job] = []
+    base = bar.n if bar is not None else 0
+
+    def show() -> None:  # with the lock held
+        if bar is None:
+            return
+        bar.update(base + sum(done_iters.values()) - bar.n)
+        bar.set_postfix_str(" | ".join(f"{n}: {p}" for n, p in running.items()), refresh=True)
+
+    def ready() -> List[Job]:
+        return [j for j in pending if all(n in finished for n in j.needs)]
+
+    def lane() -> None:
+        while True:
+            with lock:
+                while not failed and pending and not ready():
+                    lock.wait()
+                if failed or not pending:
+                    lock.notify_all()
+                    return
+                job = ready()[0]
+                pending.remove(job)
+                name = job.run.name
+                share = max(1, threads // min(lanes, len(running) + 1 + len(ready())))
+                used[name] = share
+                running[name] = "starting"
+                show()
+            t0 = time.time()
+
+            def progress(n: int, phase: str, name: str = name) -> None:
+                with lock:
+                    done_iters[name] = n
+                    if name in running:
+                        running[name] = phase
+                    show()
+
+            def started(proc: subprocess.Popen, name: str = name) -> None:
+                with lock:
+                    procs[name] = proc
+                    if failed:
+                        proc.terminate()
+
+            env = {"OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share)}
+            rc = run_training(
+                job.run.command(),
+                job.run.out_dir / log_name,
+                max_iter=job.max_iter,
+                cwd=cwd,
+                env=env,
+                progress=progress,
+                started=started,
+            )
+            with lock:
+                seconds[name] = time.time() - t0
+                running.pop(name, None)
+                procs.pop(name, None)
+                if rc == 0:
+                    finished.add(name)
+                elif not failed:
+                    failed.append(job)
+                    for other in procs.values():
+                        other.terminate()
+                if bar is not None:
+                    bar.write(
+                        f"{job.run.label}: "
+                        + ("done" if rc == 0 else f"failed (exit {rc})")
+                        + f" in {seconds[name]:.0f} s ({share} thread{'s' if share > 1 else ''})"
+                    )
+                show()
+                lock.notify_all()
+
+    workers = [
+        threading.Thread(target=lane, daemon=True) for _ in range(min(lanes, len(jobs)) or 1)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return seconds, used, (failed[0] if failed else None)
 
 
 def log_tail(log_path: str | Path, lines: int = 30) -> str:

@@ -18,8 +18,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from radkd_d2.evaluation.report import LOSS_LABELS, describe_run
 from radkd_d2.evaluation.runs import RunResult, read_run, run_name, seed_folder, seed_run_dirs
+from radkd_d2.evaluation.summary import describe_run
+from radkd_d2.losses import loss_label
 
 from .launch import log_tail, run_training, seed_values, train_command
 
@@ -201,7 +202,7 @@ def collect_sweep(
 
 def method_label(method: str) -> str:
     """``"naive"`` -> "Naive", ``"lad"`` -> "LAD" (the paper's names)."""
-    return LOSS_LABELS.get(method, method.upper())
+    return loss_label(method)
 
 
 def sweep_stats(

@@ -20,6 +20,7 @@ from .build import (
     DistillLoss,
     UnknownDistillLossError,
     build_distill_loss,
+    loss_label,
     register_distill_loss,
 )
 from .cirkd import (
@@ -61,6 +62,7 @@ __all__ = [
     "DistillLoss",
     "UnknownDistillLossError",
     "build_distill_loss",
+    "loss_label",
     "register_distill_loss",
     "CIRKDMemoryLoss",
     "CIRKDMiniBatchLoss",

@@ -18,6 +18,7 @@ __all__ = [
     "build_distill_loss",
     "register_distill_loss",
     "loss_config_node",
+    "loss_label",
 ]
 
 DISTILL_LOSS_REGISTRY = Registry("DISTILL_LOSS")
@@ -30,10 +31,12 @@ one; register new ones with :func:`register_distill_loss`.
 """
 
 
-def register_distill_loss(*names: str):
+def register_distill_loss(*names: str, label: Optional[str] = None):
     """Class decorator registering a loss under one or more lower-case names.
 
     The first name is the canonical one (kept as ``cls.NAME``); the others are aliases.
+    ``label`` is the name reports and tables show (the paper's; default the canonical name in
+    capitals, "LAD"), kept as ``cls.LABEL``.
     """
     if not names:
         raise ValueError("register_distill_loss needs at least one name")
@@ -43,9 +46,19 @@ def register_distill_loss(*names: str):
             # fvcore's Registry only names objects by __name__; we need several short names.
             DISTILL_LOSS_REGISTRY._do_register(n.lower(), cls)
         cls.NAME = names[0].lower()
+        cls.LABEL = label or cls.NAME.upper()
         return cls
 
     return deco
+
+
+def loss_label(name: str) -> str:
+    """The label reports show for a registered loss name or alias ("naive" -> "Naive",
+    "md" -> "MD", "cirkd_memory" -> "CIRKD"); an unregistered name in capitals."""
+    key = str(name).lower()
+    if key in DISTILL_LOSS_REGISTRY:
+        return DISTILL_LOSS_REGISTRY.get(key).LABEL
+    return key.upper()
 
 
 def loss_config_node(cfg: Optional[Any], node: str) -> Any:
@@ -69,6 +82,7 @@ class DistillLoss(nn.Module):
     """
 
     NAME = ""
+    LABEL = ""
 
     def __init__(self, *, weight: float = 1.0):
         super().__init__()

@@ -161,7 +161,7 @@ def cirkd_region_loss(
     )
 
 
-@register_distill_loss("cirkd_minibatch")
+@register_distill_loss("cirkd_minibatch", label="CIRKD")
 class CIRKDMiniBatchLoss(DistillLoss):
     """Weighted :func:`cirkd_minibatch_loss` (published weight 1.0)."""
 
@@ -199,7 +199,7 @@ def _gather_from_all_ranks(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-@register_distill_loss("cirkd_memory")
+@register_distill_loss("cirkd_memory", label="CIRKD")
 class CIRKDMemoryLoss(DistillLoss):
     """CIRKD memory-based pixel-to-pixel and pixel-to-region distillation.
 

@@ -57,7 +57,7 @@ def fitnet_hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tens
     return 0.5 * F.mse_loss(student, teacher)
 
 
-@register_distill_loss("naive")
+@register_distill_loss("naive", label="Naive")
 class NaiveFeatureLoss(DistillLoss):
     """Weighted :func:`naive_feature_loss` (Eq. 1)."""
 
@@ -65,7 +65,7 @@ class NaiveFeatureLoss(DistillLoss):
         return self.weight * naive_feature_loss(student, teacher)
 
 
-@register_distill_loss("magnitude", "md")
+@register_distill_loss("magnitude", "md", label="MD")
 class MagnitudeLoss(DistillLoss):
     """Weighted :func:`magnitude_loss` (Eq. 4)."""
 
@@ -73,7 +73,7 @@ class MagnitudeLoss(DistillLoss):
         return self.weight * magnitude_loss(student, teacher)
 
 
-@register_distill_loss("fitnet")
+@register_distill_loss("fitnet", label="FitNet")
 class FitNetLoss(DistillLoss):
     """FitNets hint loss. FitNets' convolutional regressor is the tap's connector
     (``MODEL.DISTILL.CONNECTOR``, e.g. ``conv``), which the distiller applies before the loss;

@@ -58,6 +58,21 @@ def test_registered_names():
     assert DISTILL_LOSS_REGISTRY.__doc__ and "distillation" in DISTILL_LOSS_REGISTRY.__doc__.lower()
 
 
+def test_report_labels_come_from_the_registry():
+    """The names the report's tables show are declared where each loss registers."""
+    from radkd_d2.evaluation.naming import classify_method
+    from radkd_d2.losses import loss_label
+
+    labels = {name: loss_label(name) for name in EXPECTED_NAMES}
+    assert labels["naive"] == "Naive" and labels["md"] == labels["magnitude"] == "MD"
+    assert labels["cirkd_memory"] == labels["cirkd_minibatch"] == "CIRKD"
+    assert labels["lad"] == "LAD" and labels["fitnet"] == "FitNet"
+    assert all(label == DISTILL_LOSS_REGISTRY.get(n).LABEL for n, label in labels.items())
+    assert loss_label("LAD") == "LAD" and loss_label("not_registered") == "NOT_REGISTERED"
+    taps = [["res5", "res5", "md", 1.0], ["res4", "res4", "cirkd_memory", 1.0]]
+    assert classify_method("DistillSemanticSegmentor", taps)[0] == "MD+CIRKD"
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_NAMES))
 def test_build_every_name_with_and_without_config(name):
     default = build_small(name, weight=0.5)
