@@ -1,7 +1,11 @@
-"""All config keys radkd-d2 adds to Detectron2's defaults, each declared once with a comment."""
+"""All config keys radkd-d2 adds to Detectron2's defaults, each declared once with a comment.
+
+The distillation losses' keys are declared with each loss, in its own file
+(``radkd_d2/losses/<loss>.py``, a ``LossConfig``); :func:`add_distill_loss_config` adds them.
+"""
 from detectron2.config import CfgNode as CN
 
-from radkd_d2.losses.config import add_distill_loss_config
+from radkd_d2.losses import add_distill_loss_config
 
 
 def add_radkd_config(cfg: CN) -> None:
@@ -27,6 +31,7 @@ def _add_model_config(cfg: CN) -> None:
 
     # Extra keys of the PSP / DeepLabV3 segmentation heads (others: MODEL.SEM_SEG_HEAD.*).
     cfg.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]  # pyramid pooling output sizes (PSPNet)
+    cfg.MODEL.SEM_SEG_HEAD.PSP_POOL_ALIGN_CORNERS = False  # align_corners of the pooled maps' upsampling; True for CIRKD/PSPNet weights
     cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]  # atrous rates of ASPP (DeepLabV3)
     cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1  # dropout before the classifier
     cfg.MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE = "res4"  # input of the auxiliary FCN head
@@ -53,10 +58,7 @@ def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL.ALWAYS_CONNECT = False  # add a connector even when channels already match
     # Pixel-wise logit KD (Hinton) term, lambda_kd in the paper's Eq. 9.
     cfg.MODEL.DISTILL.KD_WEIGHT = 10.0  # lambda_kd; 0 disables the logit KD term
-    cfg.MODEL.DISTILL.KD_TEMPERATURE = 1.0  # softmax temperature of the logit KD term
-    # KD reduction: "element" = mean over B*K*h*w (IFVD/CWD code, per-pixel weight lambda_kd/K),
-    # "pixel" = sum over classes, mean over pixels (CIRKD's batchmean, per-pixel weight lambda_kd).
-    cfg.MODEL.DISTILL.KD_REDUCTION = "element"
+    # KD_TEMPERATURE and KD_REDUCTION: declared with the loss (radkd_d2/losses/logits.py).
     # Iterations between diagnostics: m, n, mn/N, cos(theta) per tap and the per-term gradient
     # norms w.r.t. the student features (grad_norm/*, grad_ratio/*); 0 disables them.
     cfg.MODEL.DISTILL.DIAGNOSTICS_PERIOD = 20

@@ -45,6 +45,8 @@ def test_dataset_folder_missing(tmp_path):
         ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", "11", "uses ignore label 255"),
         ("INPUT.SEM_SEG.CROP_SIZE", "(0, 64)", "INPUT.SEM_SEG.CROP_SIZE"),
         ("MODEL.DISTILL.KD_TEMPERATURE", "0.0", "MODEL.DISTILL.KD_TEMPERATURE"),
+        ("MODEL.DISTILL.KD_REDUCTION", "mean", "MODEL.DISTILL.KD_REDUCTION = 'mean' is not allowed; choose one of ['element', 'pixel']"),
+        ("MODEL.DISTILL.CWD.TAU", "0.0", "MODEL.DISTILL.CWD.TAU = 0.0 is out of range"),
         ("MODEL.DISTILL.KD_WEIGHT", "-1.0", "MODEL.DISTILL.KD_WEIGHT"),
         ("TEST.BEST_CHECKPOINT_MODE", "up", "TEST.BEST_CHECKPOINT_MODE = 'up' is not allowed"),
         ("TEST.BEST_CHECKPOINT_METRIC", "sem_seg/mIoU", "needs periodic evaluation, but TEST.EVAL_PERIOD = 0"),

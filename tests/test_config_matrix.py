@@ -172,7 +172,7 @@ def test_every_distillation_builds_teacher_student_and_taps(built):
             seg_tap_shapes(student),
             seg_tap_shapes(teacher),
             connector=cfg.MODEL.DISTILL.CONNECTOR,
-            loss_cfg=cfg,
+            distill_cfg=cfg.MODEL.DISTILL,
         )
         assert len(distiller.losses) == len(run.method.taps) + (run.kd_weight > 0), run.name
         kd = [loss for loss in distiller.losses.values() if loss.NAME == "kd"]

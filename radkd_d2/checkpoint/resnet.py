@@ -170,8 +170,8 @@ def _plan_cirkd_resnet(
         rules += _cirkd_head_rules(head or "psp", "sem_seg_head.")
         scope = ("",)
         notes.append(
-            "CIRKD's PSP upsamples the pooled maps with align_corners=True (PSPHead "
-            "pool_align_corners); head widths: CONVS_DIM 128 (R18) / 256 (R101) for PSP, 512 for "
+            "CIRKD's PSP upsamples the pooled maps with align_corners=True (set "
+            "MODEL.SEM_SEG_HEAD.PSP_POOL_ALIGN_CORNERS True); head widths: CONVS_DIM 128 (R18) / 256 (R101) for PSP, 512 for "
             "DeepLabV3; its aux head is AUX_IN_FEATURE res4"
         )
     return _Plan(rules, scope=scope, ignore=[_ignore(r"^fc\.", _CLASSIFIER)], notes=notes)

@@ -7,6 +7,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 
 from radkd_d2.errors import ConfigError  # noqa: F401  (re-exported)
+from radkd_d2.losses import distill_loss_options
 from radkd_d2.modeling.connectors import connector_choices
 
 
@@ -110,8 +111,11 @@ def validate_config(cfg) -> None:
     check_choice(cfg, "MODEL.DISTILL.TEACHER.DTYPE", ("float32", "float16", "bfloat16"))
     check_choice(cfg, "SOLVER.AMP.PRECISION", ("float16", "bfloat16"))
     check_range(cfg, "MODEL.DISTILL.KD_WEIGHT", low=0)
-    check_range(cfg, "MODEL.DISTILL.KD_TEMPERATURE", low=0, low_inclusive=False)
-    check_choice(cfg, "MODEL.DISTILL.KD_REDUCTION", ("element", "pixel"))
+    for key, option in distill_loss_options():  # declared with each loss
+        if option.choices:
+            check_choice(cfg, key, option.choices)
+        if option.positive:
+            check_range(cfg, key, low=0, low_inclusive=False)
     check_range(cfg, "MODEL.DISTILL.DIAGNOSTICS_PERIOD", low=0)
     check_range(cfg, "MODEL.DISTILL.GRAD_RATIO_WARN", low=0, low_inclusive=False)
     check_range(cfg, "MODEL.DISTILL.GRAD_RATIO_PATIENCE", low=1)

@@ -18,6 +18,8 @@ from .angular import (
 from .build import (
     DISTILL_LOSS_REGISTRY,
     DistillLoss,
+    LossConfig,
+    Option,
     UnknownDistillLossError,
     build_distill_loss,
     loss_label,
@@ -30,7 +32,7 @@ from .cirkd import (
     cirkd_pixel_loss,
     cirkd_region_loss,
 )
-from .config import add_distill_loss_config, default_distill_loss_config
+from .config import add_distill_loss_config, default_distill_loss_config, distill_loss_options
 from .cwd import CWDLoss, cwd_loss
 from .fgd import FGDLoss, GcContext, fgd_attention, fgd_loss, fgd_masks
 from .fitnet import (
@@ -62,6 +64,9 @@ __all__ = [
     "DistillLoss",
     "UnknownDistillLossError",
     "build_distill_loss",
+    "distill_loss_options",
+    "LossConfig",
+    "Option",
     "loss_label",
     "register_distill_loss",
     "CIRKDMemoryLoss",

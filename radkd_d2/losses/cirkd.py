@@ -6,7 +6,7 @@ memory term (student and teacher pixel embeddings contrasted with banks of teach
 region embeddings). Both match similarity distributions with a KL divergence.
 """
 
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -21,9 +21,25 @@ from ._utils import (
     float32_math,
     safe_l2_normalize,
 )
-from .build import DistillLoss, loss_config_node, register_distill_loss
+from .build import DistillLoss, LossConfig, Option, register_distill_loss
+
+# Cross-image relational KD (Yang et al., CVPR 2022); both CIRKD losses read this node.
+CIRKD_CONFIG = LossConfig(
+    "CIRKD",
+    Option("CONTRAST_TEMPERATURE", "contrast_temperature", 0.1, "temperature of the pixel-similarity logits", positive=True),
+    Option("KD_TEMPERATURE", "kd_temperature", 1.0, "temperature of the KL between similarity distributions", positive=True),
+    Option("MINIBATCH_POOL", "pool", 2, "avg-pool window before the HW x HW mini-batch similarities; 1 = off"),
+    Option("PIXEL_MEMORY_SIZE", "pixel_memory_size", 20000, "teacher pixel embeddings kept per class"),
+    Option("REGION_MEMORY_SIZE", "region_memory_size", 2000, "teacher region (class-mean) embeddings kept per class"),
+    Option("PIXEL_CONTRAST_SIZE", "pixel_contrast_size", 4096, "pixel-memory entries sampled per step (all classes)"),
+    Option("REGION_CONTRAST_SIZE", "region_contrast_size", 1024, "region-memory entries sampled per step (all classes)"),
+    Option("PIXEL_UPDATE_FREQ", "pixel_update_freq", 16, "pixels enqueued per class per image"),
+    Option("PIXEL_WEIGHT", "pixel_weight", 0.1, "coefficient of the memory pixel-to-pixel term"),
+    Option("REGION_WEIGHT", "region_weight", 0.1, "coefficient of the memory pixel-to-region term"),
+)
 
 __all__ = [
+    "CIRKD_CONFIG",
     "cirkd_minibatch_loss",
     "cirkd_pixel_loss",
     "cirkd_region_loss",
@@ -43,8 +59,8 @@ def _kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torc
 def cirkd_minibatch_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
-    temperature: float = 0.1,
-    pool: int = 2,
+    temperature: float = CIRKD_CONFIG.contrast_temperature,
+    pool: int = CIRKD_CONFIG.pool,
 ) -> torch.Tensor:
     """CIRKD mini-batch pixel-to-pixel distillation (CIRKD paper, mini-batch-based term).
 
@@ -115,8 +131,8 @@ def cirkd_pixel_loss(
     student_emb: torch.Tensor,
     teacher_emb: torch.Tensor,
     pixel_bank: torch.Tensor,
-    contrast_temperature: float = 0.1,
-    kd_temperature: float = 1.0,
+    contrast_temperature: float = CIRKD_CONFIG.contrast_temperature,
+    kd_temperature: float = CIRKD_CONFIG.kd_temperature,
     weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """CIRKD memory-based pixel-to-pixel distillation (CIRKD paper, memory-based terms).
@@ -142,8 +158,8 @@ def cirkd_region_loss(
     student_emb: torch.Tensor,
     teacher_emb: torch.Tensor,
     region_bank: torch.Tensor,
-    contrast_temperature: float = 0.1,
-    kd_temperature: float = 1.0,
+    contrast_temperature: float = CIRKD_CONFIG.contrast_temperature,
+    kd_temperature: float = CIRKD_CONFIG.kd_temperature,
     weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """CIRKD memory-based pixel-to-region distillation (CIRKD paper, memory-based terms).
@@ -161,27 +177,24 @@ def cirkd_region_loss(
     )
 
 
-@register_distill_loss("cirkd_minibatch", label="CIRKD")
+@register_distill_loss("cirkd_minibatch", label="CIRKD", config=CIRKD_CONFIG)
 class CIRKDMiniBatchLoss(DistillLoss):
     """Weighted :func:`cirkd_minibatch_loss` (published weight 1.0)."""
 
-    def __init__(self, *, weight: float = 1.0, temperature: float = 0.1, pool: int = 2):
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        contrast_temperature: float = CIRKD_CONFIG.contrast_temperature,
+        pool: int = CIRKD_CONFIG.pool,
+    ):
         super().__init__(weight=weight)
-        self.temperature = check_positive(temperature, "temperature", type(self).__name__)
+        self.temperature = check_positive(
+            contrast_temperature, "contrast_temperature", type(self).__name__
+        )
         if int(pool) < 1:
             raise ValueError(f"CIRKDMiniBatchLoss: pool must be >= 1, got pool={pool!r}")
         self.pool = int(pool)
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        node = loss_config_node(cfg, "CIRKD")
-        return {
-            "weight": weight,
-            "temperature": node.CONTRAST_TEMPERATURE,
-            "pool": node.MINIBATCH_POOL,
-        }
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **context) -> torch.Tensor:
         return self.weight * cirkd_minibatch_loss(student, teacher, self.temperature, self.pool)
@@ -199,7 +212,7 @@ def _gather_from_all_ranks(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-@register_distill_loss("cirkd_memory", label="CIRKD")
+@register_distill_loss("cirkd_memory", label="CIRKD", config=CIRKD_CONFIG)
 class CIRKDMemoryLoss(DistillLoss):
     """CIRKD memory-based pixel-to-pixel and pixel-to-region distillation.
 
@@ -219,20 +232,21 @@ class CIRKDMemoryLoss(DistillLoss):
         self,
         *,
         weight: float = 1.0,
-        num_classes: int,
-        teacher_channels: int,
+        num_classes: Optional[int] = None,
+        teacher_channels: Optional[int] = None,
         student_channels: Optional[int] = None,
-        contrast_temperature: float = 0.1,
-        kd_temperature: float = 1.0,
-        pixel_memory_size: int = 20000,
-        region_memory_size: int = 2000,
-        pixel_contrast_size: int = 4096,
-        region_contrast_size: int = 1024,
-        pixel_update_freq: int = 16,
-        pixel_weight: float = 0.1,
-        region_weight: float = 0.1,
+        contrast_temperature: float = CIRKD_CONFIG.contrast_temperature,
+        kd_temperature: float = CIRKD_CONFIG.kd_temperature,
+        pixel_memory_size: int = CIRKD_CONFIG.pixel_memory_size,
+        region_memory_size: int = CIRKD_CONFIG.region_memory_size,
+        pixel_contrast_size: int = CIRKD_CONFIG.pixel_contrast_size,
+        region_contrast_size: int = CIRKD_CONFIG.region_contrast_size,
+        pixel_update_freq: int = CIRKD_CONFIG.pixel_update_freq,
+        pixel_weight: float = CIRKD_CONFIG.pixel_weight,
+        region_weight: float = CIRKD_CONFIG.region_weight,
     ):
         super().__init__(weight=weight)
+        teacher_channels = teacher_channels or student_channels
         if not num_classes or not teacher_channels:
             raise ValueError(
                 "CIRKDMemoryLoss needs num_classes and teacher_channels, got "
@@ -275,31 +289,6 @@ class CIRKDMemoryLoss(DistillLoss):
         self.register_buffer(
             "region_ptr", torch.zeros(num_classes, dtype=torch.long), persistent=False
         )
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        node = loss_config_node(cfg, "CIRKD")
-        kwargs = {
-            "weight": weight,
-            "teacher_channels": teacher_channels or student_channels,
-            "student_channels": student_channels,
-            "contrast_temperature": node.CONTRAST_TEMPERATURE,
-            "kd_temperature": node.KD_TEMPERATURE,
-            "pixel_memory_size": node.PIXEL_MEMORY_SIZE,
-            "region_memory_size": node.REGION_MEMORY_SIZE,
-            "pixel_contrast_size": node.PIXEL_CONTRAST_SIZE,
-            "region_contrast_size": node.REGION_CONTRAST_SIZE,
-            "pixel_update_freq": node.PIXEL_UPDATE_FREQ,
-            "pixel_weight": node.PIXEL_WEIGHT,
-            "region_weight": node.REGION_WEIGHT,
-        }
-        try:
-            kwargs["num_classes"] = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-        except AttributeError:
-            kwargs["num_classes"] = None  # must then come as an override
-        return kwargs
 
     @property
     def pixel_bank(self) -> torch.Tensor:

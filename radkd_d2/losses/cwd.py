@@ -1,19 +1,23 @@
 """Channel-wise distillation, CWD (Shu et al., "Channel-wise Knowledge Distillation for Dense
 Prediction", ICCV 2021)."""
 
-from typing import Any, Dict
-
 import torch
 import torch.nn.functional as F
 
 from ._utils import check_positive, check_same_shape, float32_math
-from .build import DistillLoss, loss_config_node, register_distill_loss
+from .build import DistillLoss, LossConfig, Option, register_distill_loss
 
-__all__ = ["cwd_loss", "CWDLoss"]
+__all__ = ["cwd_loss", "CWDLoss", "CWD_CONFIG"]
+
+# Channel-wise distillation (Shu et al., ICCV 2021).
+CWD_CONFIG = LossConfig(
+    "CWD",
+    Option("TAU", "tau", 4.0, "softmax temperature of the per-channel spatial distributions (paper: 4)", positive=True),
+)
 
 
 @float32_math
-def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
+def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = CWD_CONFIG.tau) -> torch.Tensor:
     """Channel-wise distillation (CWD paper, channel distribution distillation).
 
     Every channel's H*W activation map becomes a distribution via a softmax with
@@ -35,22 +39,16 @@ def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0) -> 
     return kl.mean() * tau**2
 
 
-@register_distill_loss("cwd")
+@register_distill_loss("cwd", config=CWD_CONFIG)
 class CWDLoss(DistillLoss):
     """Weighted :func:`cwd_loss`; ``tau`` from ``MODEL.DISTILL.CWD.TAU``.
 
     Published loss weight on segmentation logits: 3.
     """
 
-    def __init__(self, *, weight: float = 1.0, tau: float = 4.0):
+    def __init__(self, *, weight: float = 1.0, tau: float = CWD_CONFIG.tau):
         super().__init__(weight=weight)
         self.tau = check_positive(tau, "tau", type(self).__name__)
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        return {"weight": weight, "tau": loss_config_node(cfg, "CWD").TAU}
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **context) -> torch.Tensor:
         return self.weight * cwd_loss(student, teacher, self.tau)

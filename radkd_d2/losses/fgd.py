@@ -1,7 +1,7 @@
 """Focal and global distillation, FGD (Yang et al., "Focal and Global Knowledge Distillation
 for Detectors", CVPR 2022)."""
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +14,19 @@ from ._utils import (
     check_same_shape,
     float32_math,
 )
-from .build import DistillLoss, loss_config_node, register_distill_loss
+from .build import DistillLoss, LossConfig, Option, register_distill_loss
 
-__all__ = ["fgd_masks", "fgd_attention", "fgd_loss", "GcContext", "FGDLoss"]
+__all__ = ["fgd_masks", "fgd_attention", "fgd_loss", "GcContext", "FGDLoss", "FGD_CONFIG"]
+
+# Focal and global distillation (Yang et al., CVPR 2022); RetinaNet values.
+FGD_CONFIG = LossConfig(
+    "FGD",
+    Option("TEMPERATURE", "temperature", 0.5, "T of the spatial and channel attention softmaxes", positive=True),
+    Option("ALPHA", "alpha", 1e-3, "foreground feature-imitation coefficient"),
+    Option("BETA", "beta", 5e-4, "background feature-imitation coefficient"),
+    Option("GAMMA", "gamma", 5e-4, "attention (mask) loss coefficient"),
+    Option("LAMBDA", "lambda_", 5e-6, "global (GcBlock relation) loss coefficient"),
+)
 
 
 def fgd_masks(
@@ -114,11 +124,11 @@ def fgd_loss(
     boxes: Sequence[torch.Tensor],
     image_size: Tuple[int, int],
     *,
-    temperature: float = 0.5,
-    alpha: float = 1e-3,
-    beta: float = 5e-4,
-    gamma: float = 5e-4,
-    lambda_: float = 5e-6,
+    temperature: float = FGD_CONFIG.temperature,
+    alpha: float = FGD_CONFIG.alpha,
+    beta: float = FGD_CONFIG.beta,
+    gamma: float = FGD_CONFIG.gamma,
+    lambda_: float = FGD_CONFIG.lambda_,
     global_student: Optional[nn.Module] = None,
     global_teacher: Optional[nn.Module] = None,
     return_terms: bool = False,
@@ -165,7 +175,7 @@ def fgd_loss(
     return (total, terms) if return_terms else total
 
 
-@register_distill_loss("fgd")
+@register_distill_loss("fgd", config=FGD_CONFIG)
 class FGDLoss(DistillLoss):
     """FGD with its learnable parts: optional 1x1 align conv, student and teacher GcBlocks.
 
@@ -177,15 +187,16 @@ class FGDLoss(DistillLoss):
         self,
         *,
         weight: float = 1.0,
-        teacher_channels: int,
+        teacher_channels: Optional[int] = None,
         student_channels: Optional[int] = None,
-        temperature: float = 0.5,
-        alpha: float = 1e-3,
-        beta: float = 5e-4,
-        gamma: float = 5e-4,
-        lambda_: float = 5e-6,
+        temperature: float = FGD_CONFIG.temperature,
+        alpha: float = FGD_CONFIG.alpha,
+        beta: float = FGD_CONFIG.beta,
+        gamma: float = FGD_CONFIG.gamma,
+        lambda_: float = FGD_CONFIG.lambda_,
     ):
         super().__init__(weight=weight)
+        teacher_channels = teacher_channels or student_channels
         if not teacher_channels:
             raise ValueError("FGDLoss needs teacher_channels to build its GcBlocks")
         self.temperature = check_positive(temperature, "temperature", type(self).__name__)
@@ -193,22 +204,6 @@ class FGDLoss(DistillLoss):
         check_same_channels(student_channels, teacher_channels, type(self).__name__)
         self.global_student = GcContext(teacher_channels)
         self.global_teacher = GcContext(teacher_channels)
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        node = loss_config_node(cfg, "FGD")
-        return {
-            "weight": weight,
-            "student_channels": student_channels,
-            "teacher_channels": teacher_channels or student_channels,
-            "temperature": node.TEMPERATURE,
-            "alpha": node.ALPHA,
-            "beta": node.BETA,
-            "gamma": node.GAMMA,
-            "lambda_": node.LAMBDA,
-        }
 
     def forward(
         self,

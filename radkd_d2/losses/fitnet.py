@@ -89,15 +89,5 @@ class FitNetLoss(DistillLoss):
         super().__init__(weight=weight)
         check_same_channels(student_channels, teacher_channels, type(self).__name__)
 
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        return {
-            "weight": weight,
-            "student_channels": student_channels,
-            "teacher_channels": teacher_channels,
-        }
-
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **context) -> torch.Tensor:
         return self.weight * fitnet_hint_loss(student, teacher)

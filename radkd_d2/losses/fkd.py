@@ -2,15 +2,23 @@
 Detection with Feature-based Knowledge Distillation: Towards Accurate and Efficient
 Detectors", ICLR 2021)."""
 
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ._utils import check_positive, check_same_shape, float32_math, safe_sqrt
-from .build import DistillLoss, loss_config_node, register_distill_loss
+from .build import DistillLoss, LossConfig, Option, register_distill_loss
 
-__all__ = ["fkd_attention", "fkd_loss", "FKDLoss"]
+__all__ = ["fkd_attention", "fkd_loss", "FKDLoss", "FKD_CONFIG"]
+
+# Attention-guided feature KD (Zhang & Ma, ICLR 2021); one-stage detector values.
+FKD_CONFIG = LossConfig(
+    "FKD",
+    Option("TEMPERATURE", "temperature", 0.5, "T of the spatial and channel attention softmaxes", positive=True),
+    Option("FEATURE_WEIGHT", "feature_weight", 4e-4, "coefficient of the attention-masked feature loss"),
+    Option("ATTENTION_WEIGHT", "attention_weight", 2e-2, "coefficient of the attention-transfer term"),
+)
 
 
 def fkd_attention(feat: torch.Tensor, temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -30,9 +38,9 @@ def fkd_attention(feat: torch.Tensor, temperature: float) -> Tuple[torch.Tensor,
 def fkd_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
-    temperature: float = 0.5,
-    feature_weight: float = 4e-4,
-    attention_weight: float = 2e-2,
+    temperature: float = FKD_CONFIG.temperature,
+    feature_weight: float = FKD_CONFIG.feature_weight,
+    attention_weight: float = FKD_CONFIG.attention_weight,
     detach_masks: bool = True,
     return_terms: bool = False,
 ):
@@ -71,7 +79,7 @@ def fkd_loss(
     return total
 
 
-@register_distill_loss("fkd")
+@register_distill_loss("fkd", config=FKD_CONFIG)
 class FKDLoss(DistillLoss):
     """Weighted :func:`fkd_loss`; hyper-parameters from ``MODEL.DISTILL.FKD``."""
 
@@ -79,26 +87,14 @@ class FKDLoss(DistillLoss):
         self,
         *,
         weight: float = 1.0,
-        temperature: float = 0.5,
-        feature_weight: float = 4e-4,
-        attention_weight: float = 2e-2,
+        temperature: float = FKD_CONFIG.temperature,
+        feature_weight: float = FKD_CONFIG.feature_weight,
+        attention_weight: float = FKD_CONFIG.attention_weight,
     ):
         super().__init__(weight=weight)
         self.temperature = check_positive(temperature, "temperature", type(self).__name__)
         self.feature_weight = float(feature_weight)
         self.attention_weight = float(attention_weight)
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        node = loss_config_node(cfg, "FKD")
-        return {
-            "weight": weight,
-            "temperature": node.TEMPERATURE,
-            "feature_weight": node.FEATURE_WEIGHT,
-            "attention_weight": node.ATTENTION_WEIGHT,
-        }
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **context) -> torch.Tensor:
         loss = fkd_loss(

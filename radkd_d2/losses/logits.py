@@ -11,17 +11,26 @@ by the factor K (number of classes), which is as large as a change of lambda_kd:
   the (B*h*w) x K logits. Per-pixel weight: lambda_kd.
 """
 
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from ._utils import check_positive, downsample_labels, float32_math
-from .build import DistillLoss, register_distill_loss
+from .build import DistillLoss, LossConfig, Option, register_distill_loss
 
-__all__ = ["KD_REDUCTIONS", "logits_kd_loss", "LogitsKDLoss"]
+__all__ = ["KD_CONFIG", "KD_REDUCTIONS", "logits_kd_loss", "LogitsKDLoss"]
 
 KD_REDUCTIONS = ("element", "pixel")  # the values of MODEL.DISTILL.KD_REDUCTION
+
+# Keys directly in MODEL.DISTILL (its weight lambda_kd is MODEL.DISTILL.KD_WEIGHT).
+KD_CONFIG = LossConfig(
+    "",
+    Option("KD_TEMPERATURE", "temperature", 1.0, "softmax temperature of the logit KD term", positive=True),
+    # "element": mean over B*K*h*w (IFVD/CWD code, per-pixel weight lambda_kd/K); "pixel": sum
+    # over classes, mean over pixels (CIRKD's batchmean, per-pixel weight lambda_kd).
+    Option("KD_REDUCTION", "reduction", "element", "normalisation of the KL: element or pixel", choices=KD_REDUCTIONS),
+)
 
 
 def _check_reduction(reduction: str, owner: str) -> str:
@@ -85,7 +94,7 @@ def logits_kd_loss(
     return total / valid.sum().clamp_min(1) * scale
 
 
-@register_distill_loss("kd")
+@register_distill_loss("kd", config=KD_CONFIG)
 class LogitsKDLoss(DistillLoss):
     """Weighted :func:`logits_kd_loss`; ignores pixels whose label equals ``ignore_value``.
 
@@ -101,22 +110,15 @@ class LogitsKDLoss(DistillLoss):
     """
 
     def __init__(
-        self, *, weight: float = 1.0, temperature: float = 1.0, reduction: str = "element"
+        self,
+        *,
+        weight: float = 1.0,
+        temperature: float = KD_CONFIG.temperature,
+        reduction: str = KD_CONFIG.reduction,
     ):
         super().__init__(weight=weight)
         self.temperature = check_positive(temperature, "temperature", type(self).__name__)
         self.reduction = _check_reduction(reduction, type(self).__name__)
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        # Defaults as in radkd_d2/config.py (KD_TEMPERATURE 1.0, KD_REDUCTION "element"); a
-        # config without the keys (losses-only setups) gets them too.
-        dcfg = None if cfg is None else cfg.MODEL.DISTILL
-        temperature = 1.0 if dcfg is None else dcfg.get("KD_TEMPERATURE", 1.0)
-        reduction = "element" if dcfg is None else dcfg.get("KD_REDUCTION", "element")
-        return {"weight": weight, "temperature": temperature, "reduction": reduction}
 
     def forward(
         self,

@@ -1,16 +1,23 @@
 """Masked generative distillation, MGD (Yang et al., "Masked Generative Distillation",
 ECCV 2022)."""
 
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._utils import autocast_off, check_4d, check_same_channels, check_same_shape, float32_math
-from .build import DistillLoss, loss_config_node, register_distill_loss
+from .build import DistillLoss, LossConfig, Option, register_distill_loss
 
-__all__ = ["mgd_random_mask", "mgd_loss", "MGDLoss"]
+__all__ = ["mgd_random_mask", "mgd_loss", "MGDLoss", "MGD_CONFIG"]
+
+# Masked generative distillation (Yang et al., ECCV 2022).
+MGD_CONFIG = LossConfig(
+    "MGD",
+    Option("ALPHA", "alpha", 2e-5, "alpha_mgd, coefficient of the summed squared error (seg and det)"),
+    Option("MASK_RATIO", "mask_ratio", 0.75, "lambda_mgd, fraction of student pixels masked (seg; RetinaNet 0.65)"),
+)
 
 
 def mgd_random_mask(
@@ -53,7 +60,7 @@ def mgd_loss(
     return F.mse_loss(generated, teacher, reduction="sum") / student.shape[0]
 
 
-@register_distill_loss("mgd")
+@register_distill_loss("mgd", config=MGD_CONFIG)
 class MGDLoss(DistillLoss):
     """MGD with its learnable parts: an optional 1x1 align conv and the generation block.
 
@@ -66,12 +73,13 @@ class MGDLoss(DistillLoss):
         self,
         *,
         weight: float = 1.0,
-        teacher_channels: int,
+        teacher_channels: Optional[int] = None,
         student_channels: Optional[int] = None,
-        alpha: float = 2e-5,
-        mask_ratio: float = 0.75,
+        alpha: float = MGD_CONFIG.alpha,
+        mask_ratio: float = MGD_CONFIG.mask_ratio,
     ):
         super().__init__(weight=weight)
+        teacher_channels = teacher_channels or student_channels
         if not teacher_channels:
             raise ValueError("MGDLoss needs teacher_channels to build its generation block")
         if not 0.0 <= mask_ratio < 1.0:
@@ -87,19 +95,6 @@ class MGDLoss(DistillLoss):
             nn.ReLU(inplace=True),
             nn.Conv2d(c, c, kernel_size=3, padding=1),
         )
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        node = loss_config_node(cfg, "MGD")
-        return {
-            "weight": weight,
-            "student_channels": student_channels,
-            "teacher_channels": teacher_channels or student_channels,
-            "alpha": node.ALPHA,
-            "mask_ratio": node.MASK_RATIO,
-        }
 
     def forward(
         self,

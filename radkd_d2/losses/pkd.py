@@ -1,17 +1,21 @@
 """Pearson-correlation distillation, PKD (Cao et al., "PKD: General Distillation Framework
 for Object Detectors via Pearson Correlation Coefficient", NeurIPS 2022)."""
 
-from typing import Any, Dict
-
 import torch
 
 from ._utils import check_same_shape, float32_math
-from .build import DistillLoss, loss_config_node, register_distill_loss
+from .build import DistillLoss, LossConfig, Option, register_distill_loss
 
-__all__ = ["pkd_normalize", "pkd_loss", "PKDLoss"]
+__all__ = ["pkd_normalize", "pkd_loss", "PKDLoss", "PKD_CONFIG"]
+
+# Pearson-correlation KD (Cao et al., NeurIPS 2022); published weight RetinaNet 10, FRCNN 6.
+PKD_CONFIG = LossConfig(
+    "PKD",
+    Option("BATCH_STATS", "batch_stats", False, "True: per-channel stats over the whole batch (official code)"),
+)
 
 
-def pkd_normalize(x: torch.Tensor, batch_stats: bool = False, eps: float = 1e-6) -> torch.Tensor:
+def pkd_normalize(x: torch.Tensor, batch_stats: bool = PKD_CONFIG.batch_stats, eps: float = 1e-6) -> torch.Tensor:
     """Standardise each channel to zero mean and unit variance, (x - mean) / (std + eps).
 
     Statistics run over H*W of each sample (default) or over B*H*W per channel
@@ -30,7 +34,7 @@ def pkd_normalize(x: torch.Tensor, batch_stats: bool = False, eps: float = 1e-6)
 
 @float32_math
 def pkd_loss(
-    student: torch.Tensor, teacher: torch.Tensor, batch_stats: bool = False
+    student: torch.Tensor, teacher: torch.Tensor, batch_stats: bool = PKD_CONFIG.batch_stats
 ) -> torch.Tensor:
     """PKD feature distillation: MSE of channel-standardised features, divided by 2.
 
@@ -50,19 +54,13 @@ def pkd_loss(
     return (ns - nt).pow(2).mean() / 2
 
 
-@register_distill_loss("pkd")
+@register_distill_loss("pkd", config=PKD_CONFIG)
 class PKDLoss(DistillLoss):
     """Weighted :func:`pkd_loss`; ``MODEL.DISTILL.PKD.BATCH_STATS`` selects the statistics."""
 
-    def __init__(self, *, weight: float = 1.0, batch_stats: bool = False):
+    def __init__(self, *, weight: float = 1.0, batch_stats: bool = PKD_CONFIG.batch_stats):
         super().__init__(weight=weight)
         self.batch_stats = bool(batch_stats)
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        return {"weight": weight, "batch_stats": loss_config_node(cfg, "PKD").BATCH_STATS}
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **context) -> torch.Tensor:
         return self.weight * pkd_loss(student, teacher, self.batch_stats)

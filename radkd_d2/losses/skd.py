@@ -9,9 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._utils import autocast_off, check_same_shape, float32_math, safe_l2_normalize
-from .build import DistillLoss, loss_config_node, register_distill_loss
+from .build import DistillLoss, LossConfig, Option, register_distill_loss
+
+# Structured KD, pair-wise term (Liu et al., CVPR 2019).
+SKD_CONFIG = LossConfig(
+    "SKD",
+    Option("POOL_SCALE", "pool_scale", 0.5, "beta: max-pool window = this fraction of H and W (0.5 -> 2x2 nodes)", positive=True),
+)
 
 __all__ = [
+    "SKD_CONFIG",
     "skd_loss",
     "SKDLoss",
     "SKDHolisticDiscriminator",
@@ -27,7 +34,7 @@ def _pool_nodes(x: torch.Tensor, pool_scale: float) -> torch.Tensor:
 
 
 @float32_math
-def skd_loss(student: torch.Tensor, teacher: torch.Tensor, pool_scale: float = 0.5) -> torch.Tensor:
+def skd_loss(student: torch.Tensor, teacher: torch.Tensor, pool_scale: float = SKD_CONFIG.pool_scale) -> torch.Tensor:
     """SKD pair-wise distillation (SKD paper, "pair-wise distillation").
 
     Features are max-pooled into nodes (window = ``pool_scale`` of the map, the published
@@ -52,7 +59,7 @@ def skd_loss(student: torch.Tensor, teacher: torch.Tensor, pool_scale: float = 0
     return diff.pow(2).mean(dim=(1, 2)).mean()
 
 
-@register_distill_loss("skd")
+@register_distill_loss("skd", config=SKD_CONFIG)
 class SKDLoss(DistillLoss):
     """Weighted :func:`skd_loss` (pair-wise term); ``MODEL.DISTILL.SKD.POOL_SCALE``.
 
@@ -60,17 +67,11 @@ class SKDLoss(DistillLoss):
     :class:`SKDHolisticDiscriminator` and :func:`skd_holistic_loss`.
     """
 
-    def __init__(self, *, weight: float = 1.0, pool_scale: float = 0.5):
+    def __init__(self, *, weight: float = 1.0, pool_scale: float = SKD_CONFIG.pool_scale):
         super().__init__(weight=weight)
         if not 0.0 < pool_scale <= 1.0:
             raise ValueError(f"SKDLoss: pool_scale must be in (0, 1], got {pool_scale!r}")
         self.pool_scale = float(pool_scale)
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, weight=1.0, student_channels=None, teacher_channels=None
-    ) -> Dict[str, Any]:
-        return {"weight": weight, "pool_scale": loss_config_node(cfg, "SKD").POOL_SCALE}
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **context) -> torch.Tensor:
         return self.weight * skd_loss(student, teacher, self.pool_scale)

@@ -214,7 +214,8 @@ class FeatureDistiller(nn.Module):
         *,
         connector: str = "conv_bn_relu",
         always_connect: bool = False,
-        loss_cfg=None,
+        distill_cfg=None,
+        num_classes: Optional[int] = None,
         diagnostics_period: int = 20,
         warmup_iters: int = 0,
         stop_iter: int = -1,
@@ -246,12 +247,20 @@ class FeatureDistiller(nn.Module):
                 self.connectors[tap.key] = build_connector(connector, cs, ct)
             for name, weight in tap.losses:
                 self.losses[f"{tap.key}__{name}"] = build_distill_loss(
-                    name, weight=weight, cfg=loss_cfg, student_channels=ct, teacher_channels=ct
+                    name,
+                    weight=weight,
+                    distill=distill_cfg,
+                    num_classes=num_classes,
+                    student_channels=ct,
+                    teacher_channels=ct,
                 )
 
     @classmethod
-    def from_config(cls, cfg, taps: Sequence[Tap], student_shapes, teacher_shapes) -> "FeatureDistiller":
-        """The distiller of a ``Distill*`` meta-architecture from its ``MODEL.DISTILL`` keys."""
+    def from_config(
+        cls, cfg, taps: Sequence[Tap], student_shapes, teacher_shapes, num_classes=None
+    ) -> "FeatureDistiller":
+        """The distiller of a ``Distill*`` meta-architecture from its ``MODEL.DISTILL`` keys;
+        ``num_classes``: the data set's class count (for losses with per-class state)."""
         d = cfg.MODEL.DISTILL
         return cls(
             taps,
@@ -259,7 +268,8 @@ class FeatureDistiller(nn.Module):
             teacher_shapes,
             connector=d.CONNECTOR,
             always_connect=d.ALWAYS_CONNECT,
-            loss_cfg=cfg,
+            distill_cfg=d,
+            num_classes=num_classes,
             diagnostics_period=d.DIAGNOSTICS_PERIOD,
             warmup_iters=d.WARMUP_ITERS,
             stop_iter=d.STOP_ITER,
@@ -416,7 +426,9 @@ def build_teacher_and_distiller(
         )
     return dict(
         teacher=teacher,
-        distiller=FeatureDistiller.from_config(cfg, taps, student_shapes, teacher_shapes(teacher)),
+        distiller=FeatureDistiller.from_config(
+            cfg, taps, student_shapes, teacher_shapes(teacher), num_classes=student_classes
+        ),
         teacher_input_format=tcfg.INPUT.FORMAT,
         teacher_dtype=dcfg.TEACHER.DTYPE,
     )

@@ -19,14 +19,18 @@ def registered_names():
     return sorted(name for name, _ in DISTILL_LOSS_REGISTRY)
 
 
-def build_small(name, channels=8, weight=1.0, cfg=None, **overrides):
+def build_small(name, channels=8, weight=1.0, distill=None, **overrides):
     """Build a registered loss sized for tests (extra arguments only where a loss needs them)."""
     if name.lower() == "cirkd_memory":
         overrides = {**SMALL_CIRKD, **overrides}
+        num_classes = overrides.pop("num_classes")
+    else:
+        num_classes = NUM_CLASSES
     return build_distill_loss(
         name,
         weight=weight,
-        cfg=cfg,
+        distill=distill,
+        num_classes=num_classes,
         student_channels=channels,
         teacher_channels=channels,
         **overrides

@@ -94,7 +94,7 @@ def test_unknown_reduction_raises_naming_the_choices(bad):
     add_radkd_config(cfg)
     cfg.MODEL.DISTILL.KD_REDUCTION = bad
     with pytest.raises(ValueError, match="'element', 'pixel'"):
-        build_distill_loss("kd", cfg=cfg)
+        build_distill_loss("kd", distill=cfg.MODEL.DISTILL)
 
 
 @pytest.mark.parametrize("reduction", ["pixel", "element"])
@@ -104,20 +104,20 @@ def test_config_key_selects_the_reduction(reduction):
     cfg.merge_from_list(
         ["MODEL.DISTILL.KD_REDUCTION", reduction, "MODEL.DISTILL.KD_TEMPERATURE", 2.0]
     )
-    kd = build_distill_loss("kd", weight=3.0, cfg=cfg)
+    kd = build_distill_loss("kd", weight=3.0, distill=cfg.MODEL.DISTILL)
     assert kd.reduction == reduction and kd.temperature == 2.0
     s, t = _logits(7)
     expected = 3.0 * logits_kd_loss(s, t, 2.0, reduction=reduction)
     assert kd(s, t).item() == pytest.approx(expected.item(), rel=1e-12)
     # an explicit argument wins over the config
     other = {"pixel": "element", "element": "pixel"}[reduction]
-    assert build_distill_loss("kd", cfg=cfg, reduction=other).reduction == other
+    assert build_distill_loss("kd", distill=cfg.MODEL.DISTILL, reduction=other).reduction == other
 
 
 def test_config_default_is_element_for_module_and_built_loss():
     cfg = get_cfg()
     add_radkd_config(cfg)
     assert cfg.MODEL.DISTILL.KD_REDUCTION == "element"
-    assert build_distill_loss("kd", cfg=cfg).reduction == "element"
+    assert build_distill_loss("kd", distill=cfg.MODEL.DISTILL).reduction == "element"
     assert build_distill_loss("kd").reduction == "element"  # cfg None: the config defaults
     assert LogitsKDLoss().reduction == "element"

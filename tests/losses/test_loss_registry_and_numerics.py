@@ -76,7 +76,7 @@ def test_report_labels_come_from_the_registry():
 @pytest.mark.parametrize("name", sorted(EXPECTED_NAMES))
 def test_build_every_name_with_and_without_config(name):
     default = build_small(name, weight=0.5)
-    from_cfg = build_small(name, weight=0.5, cfg=_full_cfg())
+    from_cfg = build_small(name, weight=0.5, distill=_full_cfg().MODEL.DISTILL)
     upper = build_small(name.upper(), weight=0.5)
     assert type(default) is type(from_cfg) is type(upper)
     assert default.weight == 0.5
@@ -89,6 +89,41 @@ def test_constructor_defaults_match_config_defaults():
         cls = DISTILL_LOSS_REGISTRY.get(name)
         kwargs = {"teacher_channels": 8} if name in LEARNABLE else {}
         assert cls(**kwargs).extra_repr() == build_small(name).extra_repr(), name
+
+
+def test_a_new_loss_is_one_file_with_its_config_keys(monkeypatch):
+    """A loss registered with its LossConfig gets its keys into add_radkd_config, is built from
+    them, and its declared checks run at start-up; nothing else is edited."""
+    from radkd_d2.engine.checks import ConfigError, validate_config
+    from radkd_d2.losses import DistillLoss, LossConfig, Option, register_distill_loss
+    from radkd_d2.losses.build import LOSS_CONFIGS
+
+    monkeypatch.setattr(DISTILL_LOSS_REGISTRY, "_obj_map", dict(DISTILL_LOSS_REGISTRY._obj_map))
+    monkeypatch.setitem(LOSS_CONFIGS, "SCALED_L1", None)  # teardown removes the key again
+    del LOSS_CONFIGS["SCALED_L1"]
+    config = LossConfig(
+        "SCALED_L1",
+        Option("SCALE", "scale", 2.0, "multiplier of the L1 distance", positive=True),
+        Option("MODE", "mode", "mean", "reduction", choices=("mean", "sum")),
+    )
+
+    @register_distill_loss("scaled_l1", label="ScaledL1", config=config)
+    class ScaledL1(DistillLoss):
+        def __init__(self, *, weight=1.0, scale=config.scale, mode=config.mode, num_classes=None):
+            super().__init__(weight=weight)
+            self.scale, self.mode, self.num_classes = scale, mode, num_classes
+
+    cfg = _full_cfg()
+    assert cfg.MODEL.DISTILL.SCALED_L1.SCALE == 2.0 and cfg.MODEL.DISTILL.SCALED_L1.MODE == "mean"
+    cfg.MODEL.DISTILL.SCALED_L1.SCALE = 3.0
+    built = build_distill_loss("scaled_l1", distill=cfg.MODEL.DISTILL, num_classes=7)
+    assert (built.scale, built.mode, built.num_classes) == (3.0, "mean", 7)
+    assert build_distill_loss("scaled_l1").scale == 2.0
+    with pytest.raises(ValueError, match="declared twice"):
+        LossConfig("SCALED_L1")
+    cfg.MODEL.DISTILL.SCALED_L1.MODE = "max"
+    with pytest.raises(ConfigError, match=r"MODEL.DISTILL.SCALED_L1.MODE = 'max' is not allowed"):
+        validate_config(cfg)
 
 
 def test_unknown_name_lists_registered():
@@ -127,9 +162,9 @@ def test_config_nodes_and_overrides():
     )
     d.CWD.TAU = 2.0
     d.MGD.MASK_RATIO = 0.65
-    assert build_distill_loss("cwd", cfg=cfg).tau == 2.0
-    assert build_distill_loss("mgd", cfg=cfg, teacher_channels=4).mask_ratio == 0.65
-    assert build_distill_loss("cwd", cfg=cfg, tau=3.0).tau == 3.0  # explicit override wins
+    assert build_distill_loss("cwd", distill=cfg.MODEL.DISTILL).tau == 2.0
+    assert build_distill_loss("mgd", distill=cfg.MODEL.DISTILL, teacher_channels=4).mask_ratio == 0.65
+    assert build_distill_loss("cwd", distill=cfg.MODEL.DISTILL, tau=3.0).tau == 3.0  # explicit override wins
     # yacs rejects unknown keys: every key exists once, under its loss node
     with pytest.raises((KeyError, AssertionError), match="TAUU"):
         cfg.merge_from_list(["MODEL.DISTILL.CWD.TAUU", 1.0])

@@ -220,3 +220,22 @@ def test_semantic_segmentor_overfits_one_batch():
             optimizer.step()
             history.append(loss.item())
     assert history[-1] < 0.5 * history[0], history
+
+
+def test_psp_pool_align_corners_comes_from_its_config_key():
+    """MODEL.SEM_SEG_HEAD.PSP_POOL_ALIGN_CORNERS reaches the head and changes the pooled maps'
+    upsampling (CIRKD's converted PSP teachers need True)."""
+    from detectron2.modeling import build_sem_seg_head
+
+    outputs = []
+    for flag in (False, True):
+        cfg = make_cfg()
+        cfg.MODEL.SEM_SEG_HEAD.PSP_POOL_ALIGN_CORNERS = flag
+        torch.manual_seed(0)
+        head = build_sem_seg_head(cfg, _head_input_shape()).eval()
+        assert head.pool_align_corners is flag
+        torch.manual_seed(1)
+        x = {"res5": torch.randn(1, 64, 12, 12), "res4": torch.randn(1, 48, 12, 12)}
+        outputs.append(head.decode(x["res5"]))
+    assert outputs[0].shape == outputs[1].shape
+    assert not torch.allclose(outputs[0], outputs[1])

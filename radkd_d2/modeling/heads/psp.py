@@ -77,6 +77,7 @@ class PSPHead(DilatedSegHead):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         ret = super().from_config(cfg, input_shape)
         ret["bins"] = cfg.MODEL.SEM_SEG_HEAD.PSP_BINS
+        ret["pool_align_corners"] = cfg.MODEL.SEM_SEG_HEAD.PSP_POOL_ALIGN_CORNERS
         return ret
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
