@@ -199,7 +199,6 @@ def main(argv=None):
     distill = prepare(build_model(make_cfg(args, True)), args)
     student = prepare(build_model(make_cfg(args, False)), args)
     student.load_state_dict({k: v for k, v in distill.state_dict().items() if not k.startswith("distiller.")})
-    teacher = distill.teacher
 
     def teacher_step():
         with autocast(args):

@@ -17,7 +17,7 @@ from conftest import REPO, SHARED_DATA, load_cfg, read_metrics, run_train_net
 from radkd_d2.analysis.profiling import capture_distiller_inputs, count_sync_ops, distiller_step
 from radkd_d2.engine import ConfigError, Trainer
 from radkd_d2.losses import fgd_loss, fgd_masks
-from radkd_d2.modeling.meta_arch.distill_retinanet import fpn_from_bottom_up
+from radkd_d2.modeling.meta_arch.distill_retinanet import retinanet_taps
 from radkd_d2.modeling.teacher import TeacherLoadError, load_teacher_cfg
 
 DISTILL = "configs/synthetic/distill/lad_fpn_retx50_retr18_tiny_synthetic.yaml"
@@ -175,11 +175,12 @@ def test_bottom_up_taps_connectors_and_fpn_equivalence(tmp_path):
     for backbone in (model.backbone, model.teacher.backbone):
         backbone.eval()
         with torch.no_grad():
-            direct = backbone(x)
-            split = fpn_from_bottom_up(backbone, backbone.bottom_up(x))
-        assert list(direct) == list(split)
-        for k in direct:
-            assert torch.equal(direct[k], split[k]), k
+            direct, stages = backbone(x), backbone.bottom_up(x)
+            taps = retinanet_taps(backbone, x, with_bottom_up=True)
+        assert list(taps) == list(stages) + list(direct)
+        for k, v in {**stages, **direct}.items():
+            assert torch.equal(v, taps[k]), k
+        assert not backbone.bottom_up._forward_hooks  # the hook is removed after the call
     losses, _ = train_steps(model, sgd(model))
     for key in ("loss_distill_lad_res4", "loss_distill_pad_p3", "loss_distill_cad_res3_to_p3"):
         assert torch.isfinite(losses[key]), key

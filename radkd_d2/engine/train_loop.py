@@ -15,6 +15,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.utils.events import get_event_storage
 
 from radkd_d2.errors import CorruptCheckpointError
 
@@ -53,6 +54,11 @@ class MixedPrecisionTrainer(_FiniteLossMixin, AMPTrainer):
         self.device_type = device_type
 
     def run_step(self):
+        """Detectron2's ``AMPTrainer.run_step`` on CUDA; on the CPU the same step with
+        ``torch.autocast("cpu")`` (a copy of detectron2 0.7.2's, see
+        :mod:`radkd_d2.engine.mirrors`; the original asserts CUDA)."""
+        if self.device_type == "cuda":
+            return super().run_step()
         assert self.model.training, "[MixedPrecisionTrainer] model was changed to eval mode!"
         start = time.perf_counter()
         data = next(self._data_loader_iter)
@@ -61,12 +67,21 @@ class MixedPrecisionTrainer(_FiniteLossMixin, AMPTrainer):
             self.optimizer.zero_grad()
         with torch.autocast(self.device_type, dtype=self.precision):
             loss_dict = self.model(data)
-            losses = sum(loss_dict.values())
+            if isinstance(loss_dict, torch.Tensor):
+                losses = loss_dict
+                loss_dict = {"total_loss": loss_dict}
+            else:
+                losses = sum(loss_dict.values())
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         self.grad_scaler.scale(losses).backward()
+        if self.log_grad_scaler:
+            get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
         self.after_backward()
-        self._write_metrics(loss_dict, data_time)
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+        else:
+            self._write_metrics(loss_dict, data_time)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
 

@@ -25,6 +25,7 @@ from radkd_d2.solver import build_lr_scheduler
 
 from radkd_d2.errors import ConfigError
 from .hooks import TeacherIntegrityHook
+from .mirrors import warn_if_changed
 from .train_loop import (
     AMP_DTYPES,
     AtomicCheckpointer,
@@ -64,7 +65,10 @@ class Trainer(DefaultTrainer):
     for CPU models (Detectron2's ``create_ddp_model`` always passes them)."""
 
     def __init__(self, cfg):
-        # Same construction order as DefaultTrainer.__init__; only the DDP call differs.
+        # A copy of detectron2 0.7.2's DefaultTrainer.__init__ (radkd_d2/engine/mirrors.py: no
+        # extension point reaches the DDP call). Differs in: DDP without device_ids on CPU, the
+        # inner trainer (named non-finite losses; AMP on CPU) and the atomic checkpointer.
+        warn_if_changed(logger)
         super(DefaultTrainer, self).__init__()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()

@@ -1,6 +1,6 @@
 """Raw-feature imitation: naive MSE (Eq. 1), magnitude distillation (Eq. 4), FitNets hints."""
 
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -2,7 +2,7 @@
 Semantic Segmentation", CVPR 2019): the pair-wise term, plus the optional holistic
 (Wasserstein adversarial) term."""
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -6,7 +6,7 @@ one term per FPN level (p3..p7) and loss, plus any tapped bottom-up stage (res3.
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping
+from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
@@ -14,7 +14,6 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.backbone import FPN
 from torch import nn
-from torch.nn import functional as F
 
 from radkd_d2.errors import ConfigError
 
@@ -37,43 +36,21 @@ def retinanet_tap_shapes(backbone: nn.Module) -> Dict[str, ShapeSpec]:
     return shapes
 
 
-def fpn_from_bottom_up(fpn: FPN, bottom_up: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The outputs of ``fpn`` (``p3``..``p7``) computed from its bottom-up features.
-
-    Equal to ``fpn(images)`` when ``bottom_up == fpn.bottom_up(images)``; lets a caller keep the
-    bottom-up stages without running the ResNet twice. Lateral and output convs are stored
-    coarsest level first, as in Detectron2's FPN.
-    """
-    names = list(fpn.in_features)  # finest first, e.g. res3, res4, res5
-    outputs: List[torch.Tensor] = [None] * len(names)  # type: ignore[list-item]
-    merged = None
-    for level, (lateral_conv, output_conv) in enumerate(zip(fpn.lateral_convs, fpn.output_convs)):
-        i = len(names) - 1 - level  # coarsest to finest
-        x = lateral_conv(bottom_up[names[i]])
-        if merged is not None:
-            x = x + F.interpolate(merged, scale_factor=2.0, mode="nearest")
-            if fpn._fuse_type == "avg":
-                x = x / 2
-        merged = x
-        outputs[i] = output_conv(x)
-    out_names = fpn._out_features
-    results = dict(zip(out_names, outputs))
-    if fpn.top_block is not None:
-        source = fpn.top_block.in_feature
-        top_in = bottom_up[source] if source in bottom_up else results[source]
-        results.update(zip(out_names[len(names) :], fpn.top_block(top_in)))
-    return results
-
-
 def retinanet_taps(
     backbone: nn.Module, images: torch.Tensor, with_bottom_up: bool
 ) -> Dict[str, torch.Tensor]:
     """Backbone outputs (p3..p7) for a normalised, padded B x 3 x H x W batch, plus the
-    bottom-up stages (res3..res5) when ``with_bottom_up``."""
+    bottom-up stages (res3..res5) when ``with_bottom_up``: Detectron2's own ``FPN.forward``
+    runs once, and a forward hook on its ``bottom_up`` keeps the stages it computes."""
     if not with_bottom_up:
         return backbone(images)
-    stages = backbone.bottom_up(images)
-    return {**stages, **fpn_from_bottom_up(backbone, stages)}
+    stages: Dict[str, torch.Tensor] = {}
+    handle = backbone.bottom_up.register_forward_hook(lambda _m, _in, out: stages.update(out))
+    try:
+        outputs = backbone(images)
+    finally:
+        handle.remove()
+    return {**stages, **outputs}
 
 
 @META_ARCH_REGISTRY.register()
