@@ -349,12 +349,14 @@ def test_demo_plans_seeds_per_student_arm_and_one_teacher(tmp_path):
 
     demo = _tool("demo")
     parser = demo.build_parser()
-    assert parser.parse_args([]).seeds == 3  # the documented default
+    defaults = parser.parse_args([])  # the documented regime
+    assert (defaults.seeds, defaults.teacher_iters, defaults.start_iters, defaults.iters) == (3, 800, 150, 300)
+    assert defaults.lanes == 2 and defaults.split == "test"
     planned = demo.plan_runs(
         parser.parse_args(["--output", str(tmp_path), "--seeds", "3", "--iters", "7", "--teacher-iters", "9"])
     )
     plan = [r for r, _ in planned]
-    assert [n for _, n in planned] == [9, 300] + [7] * 6
+    assert [n for _, n in planned] == [9, 150] + [7] * 6
     assert [r.arm for r in plan] == ["teacher", "student_start"] + ["student_nokd", "student_lad"] * 3
     teacher = _opts(plan[0].opts)
     assert "SEED" not in teacher and teacher["OUTPUT_DIR"] == str(tmp_path / "teacher")

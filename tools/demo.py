@@ -5,8 +5,8 @@ The regime is the paper's at small scale: the students do not start from nothing
 shared, briefly trained checkpoint (the paper's start from ImageNet weights), and only one arm
 continues under the teacher. In order:
 
-1. the teacher, PSPNet-R18 at 1/2 width (``--teacher-iters``, default 1200);
-2. the starting point: PSPNet-R18 at 1/4 width without KD (``--start-iters``, default 300);
+1. the teacher, PSPNet-R18 at 1/2 width (``--teacher-iters``, default 800);
+2. the starting point: PSPNet-R18 at 1/4 width without KD (``--start-iters``, default 150);
 3. ``--seeds`` times (default 3), from that checkpoint, ``--iters`` more iterations (default 300)
    of (a) the student without KD and (b) the student with LAD on res5 (lambda_ad 10) + logit KD
    (lambda_kd 10 at the reference scale, 10/6 per pixel), weights warmed up over 50 iterations.
@@ -20,10 +20,10 @@ accuracy and times to ``output/demo/report.md`` (CSV tables next to it) and prin
     python tools/demo.py [--output output/demo] [--iters N] [--seeds N]
 
 Seeds: seed k of a student arm trains with SEED = 42 + k into ``<output>/<arm>/seed<k>/``; the
-teacher and the starting point train once, with SEED 42. By default the runs go one after
-another with every CPU thread; ``--lanes 2`` trains the teacher beside the starting point and the
-no-KD seeds, one thread each, starts the distilled seeds once the teacher is done and gives the
-last run every thread (:func:`radkd_d2.analysis.launch.run_jobs`). One progress bar counts all
+teacher and the starting point train once, with SEED 42. By default (``--lanes 2``) the teacher
+trains beside the starting point and the no-KD seeds, one thread each, the distilled seeds start
+once the teacher is done and the last run gets every thread; ``--lanes 1`` runs one after another
+with every thread (:func:`radkd_d2.analysis.launch.run_jobs`). One progress bar counts all
 iterations, with an ETA; the table gives each run's time and threads.
 """
 
@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", default="output/demo", help="output folder (default output/demo)"
     )
-    parser.add_argument("--teacher-iters", type=int, default=1200, help="teacher iterations (1200)")
+    parser.add_argument("--teacher-iters", type=int, default=800, help="teacher iterations (800)")
     parser.add_argument(
-        "--start-iters", type=int, default=300, help="iterations of the shared starting point (300)"
+        "--start-iters", type=int, default=150, help="iterations of the shared starting point (150)"
     )
     parser.add_argument(
         "--iters", type=int, default=300, help="iterations of each student arm from the start (300)"
@@ -104,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lanes",
         type=int,
-        default=1,
+        default=2,
         help="runs trained at the same time, each once the runs it needs have finished, the CPU "
-        "threads shared between them (default 1: one run after another with every thread, the "
-        "regime the README's table was measured in; 2 is faster on 2 cores but trains the "
-        "starting point with one thread, which gives another start, see README)",
+        "threads shared between them (default 2, the regime the README's table was measured "
+        "in; the thread count changes floating-point order, so another value trains another "
+        "starting point, see README)",
     )
     parser.add_argument(
         "--threads",

@@ -4,55 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
+from seg_test_utils import IGNORE, NUM_CLASSES, make_cfg, synthetic_batch
 
-from radkd_d2.config import _add_model_config
 from radkd_d2.modeling.backbone import DilatedResNet
 from radkd_d2.modeling.heads import DeepLabV3Head, PSPHead
-
-NUM_CLASSES = 5
-IGNORE = 255
-
-
-def make_cfg(head: str = "PSPHead", depth: int = 18, width_mult: float = 0.25, aux: float = 0.0):
-    """A CPU SemanticSegmentor config; only the model keys of radkd-d2 are needed here."""
-    cfg = get_cfg()
-    _add_model_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
-    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
-    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
-    cfg.MODEL.BACKBONE.NAME = "build_dilated_resnet_backbone"
-    cfg.MODEL.DRN.DEPTH = depth
-    cfg.MODEL.DRN.WIDTH_MULT = width_mult
-    cfg.MODEL.DRN.OUT_FEATURES = ["res4", "res5"]
-    cfg.MODEL.SEM_SEG_HEAD.NAME = head
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res5"]
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
-    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
-    cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 8
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
-    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = IGNORE
-    cfg.MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT = aux
-    return cfg
-
-
-def synthetic_batch(size=(64, 64), num_images=2, seed=0):
-    """Images whose label is a function of the pixel colour, so a model can fit them."""
-    g = torch.Generator().manual_seed(seed)
-    batch = []
-    for _ in range(num_images):
-        sem_seg = torch.randint(NUM_CLASSES, (size[0] // 8, size[1] // 8), generator=g)
-        sem_seg = sem_seg.repeat_interleave(8, 0).repeat_interleave(8, 1)
-        image = (sem_seg.float() * 50.0).expand(3, -1, -1).clone()
-        image += torch.rand(3, *size, generator=g) * 20.0
-        sem_seg[:4, :4] = IGNORE
-        batch.append({"image": image, "sem_seg": sem_seg, "height": size[0], "width": size[1]})
-    return batch
-
 
 @pytest.mark.parametrize(
     "depth, width_mult, output_stride, channels",
@@ -180,36 +138,12 @@ def test_head_rejects_wrong_common_stride():
         PSPHead(_head_input_shape(), in_feature="res5", num_classes=3, conv_dims=8, common_stride=4)
 
 
-@pytest.mark.parametrize("head", ["PSPHead", "DeepLabV3Head"])
-def test_semantic_segmentor_end_to_end(head):
-    torch.manual_seed(0)
-    model = build_model(make_cfg(head, aux=0.4))
-    batch = synthetic_batch()
-    with EventStorage():
-        losses = model(batch)
-    assert set(losses) == {"loss_sem_seg", "loss_sem_seg_aux"}
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    assert model.sem_seg_head.predictor.weight.grad is not None
-    assert model.backbone.stem.conv1.weight.grad is not None
-
-    model.eval()
-    # A size that is no multiple of 8 is padded; outputs are resized to "height"/"width".
-    inputs = [
-        {"image": batch[0]["image"][:, :62, :58], "height": 93, "width": 87},
-        {"image": batch[1]["image"], "height": 40, "width": 50},
-    ]
-    with torch.no_grad():
-        results = model(inputs)
-    assert [r["sem_seg"].shape for r in results] == [(NUM_CLASSES, 93, 87), (NUM_CLASSES, 40, 50)]
-
-
 def test_semantic_segmentor_overfits_one_batch():
     torch.manual_seed(0)
-    cfg = make_cfg("PSPHead")
+    cfg = make_cfg("drn", "PSPHead")
     cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.0
     model = build_model(cfg)
-    batch = synthetic_batch()
+    batch = synthetic_batch(size=(64, 64))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     history = []
     with EventStorage():
