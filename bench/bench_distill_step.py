@@ -15,6 +15,7 @@ the profiler.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -114,21 +115,42 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+class Timing(float):
+    """A callable's median seconds (the float value), with the spread and the page faults."""
+
+    def __new__(cls, times, faults):
+        self = super().__new__(cls, statistics.median(times))
+        self.min, self.max = min(times), max(times)
+        self.slow = sum(t > 1.5 * float(self) for t in times)  # steps 1.5x the median or more
+        self.faults = statistics.median(faults)  # minor page faults per call
+        return self
+
+
 def timeit(fns, args, reps):
-    """Median seconds of each callable in ``fns`` ({name: fn}); the callables take turns in
-    every round, so a slow spell of a shared machine hits all of them alike."""
+    """{name: Timing} of each callable in ``fns`` ({name: fn}); the callables take turns in
+    every round, so a slow spell of a shared machine hits all of them alike. The minor page
+    faults of each call (``ru_minflt``: memory the allocator took fresh from the OS) come with
+    the times."""
     for fn in fns.values():
         for _ in range(args.warmup):
             fn()
     sync(args.device)
     times = {name: [] for name in fns}
+    faults = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time.perf_counter()
             fn()
             sync(args.device)
             times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(v) for name, v in times.items()}
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return {name: Timing(times[name], faults[name]) for name in fns}
+
+
+def spread(t: "Timing") -> str:
+    return (f"min..max {t.min * 1e3:.1f}..{t.max * 1e3:.1f} ms, {t.slow} step(s) >= 1.5x median, "
+            f"{t.faults:.0f} page faults")
 
 
 def flops(model, inputs) -> float:
@@ -248,10 +270,12 @@ def main(argv=None):
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {dev}; task={args.task} size={args.size} amp={args.amp} teacher_dtype={args.teacher_dtype} "
           f"channels_last={args.channels_last} loss={args.loss}")
-    print(f"student train step        {t_student * 1e3:9.1f} ms")
-    print(f"teacher inference step    {t_teacher * 1e3:9.1f} ms")
-    print(f"floor (sum)               {floor * 1e3:9.1f} ms")
+    print(f"student train step        {t_student * 1e3:9.1f} ms   {spread(t_student)}")
+    print(f"teacher inference step    {t_teacher * 1e3:9.1f} ms   {spread(t_teacher)}")
+    print(f"floor (sum)               {floor * 1e3:9.1f} ms   {t_student.faults + t_teacher.faults:.0f} page faults")
     print(f"distillation train step   {t_distill * 1e3:9.1f} ms   ratio to floor {t_distill / floor:.3f}  (goal <= 1.05)")
+    print(f"                                       {spread(t_distill)}; page faults / floor's "
+          f"{t_distill.faults / max(1.0, t_student.faults + t_teacher.faults):.2f}")
     print(f"distill losses+connectors {t_losses * 1e3:9.1f} ms   share of step  {t_losses / t_distill * 100:.2f}%  (goal <= 2%)")
     print(f"  of which connectors     {t['connectors'] * 1e3:9.1f} ms   share of step  {t['connectors'] / t_distill * 100:.2f}%")
     print(f"  connectors' share of the step's multiply-adds "

@@ -27,6 +27,15 @@ def test_bench_distill_step_prints_ratios(task):
     assert re.search(r"ratio to floor [0-9.]+", out) and re.search(r"share of step\s+[0-9.]+%", out)
     assert re.search(r"multiply-adds [0-9.]+%", out)
     assert re.search(r"host reads in loss path\s+0 ", out), out  # the loss path never waits for a GPU
+    assert re.search(r"page faults / floor's [0-9.]+", out) and re.search(r"min\.\.max [0-9.]+\.\.[0-9.]+ ms", out)
+
+
+@pytest.mark.slow
+def test_bench_angular_compares_both_implementations():
+    out = run("bench_angular.py", "--shape", "2", "4", "6", "5", "--repeats", "2", "--warmup", "0")
+    for loss in ("lad", "cad", "pad"):
+        for impl in ("fused", "plain"):
+            assert re.search(rf"^{loss}\s+{impl}\s+[0-9.]+\s+[0-9.]+\.\.[0-9.]+", out, re.M), (loss, impl, out)
 
 
 @pytest.mark.slow
