@@ -36,7 +36,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 import radkd_d2  # noqa: E402,F401
 from radkd_d2.analysis.profiling import capture_distiller_inputs, count_sync_ops, distiller_step  # noqa: E402
 from radkd_d2.config import add_radkd_config  # noqa: E402
-from radkd_d2.engine.setup import load_config  # noqa: E402
+from radkd_d2.engine.setup import keep_freed_memory, load_config  # noqa: E402
 
 SIZES = {  # (student width, teacher width, batch, H, W, classes)
     "reduced": (0.25, 0.25, 2, 128, 128, 19),
@@ -214,7 +214,11 @@ def main(argv=None):
     p.add_argument("--loss", default="lad", help="distillation loss (det: one with a COCO config)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="CPU: keep glibc's allocator defaults instead of what training sets "
+                   "(MODEL.CPU_KEEP_FREED_MEMORY), to see the page faults that costs")
     args = p.parse_args(argv)
+    kept = args.device == "cpu" and not args.malloc_defaults and keep_freed_memory()
     torch.manual_seed(0)
     data = batch(args)
 
@@ -269,7 +273,7 @@ def main(argv=None):
     floor = t_student + t_teacher
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {dev}; task={args.task} size={args.size} amp={args.amp} teacher_dtype={args.teacher_dtype} "
-          f"channels_last={args.channels_last} loss={args.loss}")
+          f"channels_last={args.channels_last} loss={args.loss} keep_freed_memory={kept}")
     print(f"student train step        {t_student * 1e3:9.1f} ms   {spread(t_student)}")
     print(f"teacher inference step    {t_teacher * 1e3:9.1f} ms   {spread(t_teacher)}")
     print(f"floor (sum)               {floor * 1e3:9.1f} ms   {t_student.faults + t_teacher.faults:.0f} page faults")

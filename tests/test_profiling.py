@@ -42,3 +42,31 @@ def test_ifvd_with_class_count_matches_and_needs_no_host_read():
     assert "Tensor.__int__" in count_sync_ops(lambda: ifvd_loss(s, t, labels))
     own = ifv_map(s, labels, num_classes=3)[1, 0, 0]
     assert own.item() == pytest.approx(1.0, rel=1e-6)  # out-of-range label: compared with itself
+
+
+@pytest.mark.slow
+def test_keep_freed_memory_stops_the_page_faults_of_repeated_large_temporaries():
+    """After keep_freed_memory(), a step that allocates and frees 64 MiB takes no fresh pages
+    from the OS the second time (glibc; in a subprocess, so this process keeps its allocator)."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, torch
+from radkd_d2.engine.setup import keep_freed_memory
+def faults_of_step():
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 * 2**20)  # 64 MiB, written: every page touched
+    del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+faults_of_step()
+default = faults_of_step()
+assert keep_freed_memory()
+faults_of_step()
+print(default, faults_of_step())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    default, kept = map(int, out.stdout.split())
+    assert default > 10000  # 64 MiB of 4 KiB pages re-faulted each time by default
+    assert kept < 100, (default, kept)

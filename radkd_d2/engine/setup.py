@@ -1,6 +1,8 @@
 """Config loading shared by tools/train_net.py and the other tools."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 from pathlib import Path
@@ -17,6 +19,26 @@ from radkd_d2.data import register_all
 from .checks import validate_config
 
 logger = logging.getLogger(__name__)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's allocator keep freed memory in the process for reuse: no trimming of the
+    heap top and no mmap for large blocks. Otherwise every training step on the CPU hands its
+    large temporaries back to the OS and takes them fresh (page faults) on the next step; a
+    distillation step, whose teacher features and student activations are alive together, paid
+    5x the page faults of a student step plus a teacher forward (``bench/bench_distill_step.py``).
+    The process then holds its peak memory, which it reaches every step anyway. Returns False
+    (and changes nothing) where the C library is not glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def load_config(config_file: str, opts=(), *, validate: bool = True):
@@ -39,6 +61,8 @@ def load_config(config_file: str, opts=(), *, validate: bool = True):
         # subnormal floats (tiny gradients/activations late in training) take a slow path on
         # x86 CPUs, making iterations up to 100x slower; flush them to zero
         torch.set_flush_denormal(True)
+        if cfg.MODEL.CPU_KEEP_FREED_MEMORY and not keep_freed_memory():
+            logger.info("MODEL.CPU_KEEP_FREED_MEMORY: not a glibc C library, allocator defaults kept")
     register_all(cfg)
     if validate:
         validate_config(cfg)

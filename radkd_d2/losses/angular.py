@@ -39,18 +39,25 @@ _CHUNK_ELEMS = 1 << 18
 def _reductions(s: torch.Tensor, t: torch.Tensor, dim: int):
     """|s|^2, |t|^2 and <s, t> along ``dim`` (1 or 2) of A x C x N tensors.
 
-    On CPU the products are formed chunk by chunk along N in a small reused buffer: a fresh
-    full-size temporary costs more (page faults) than the arithmetic. On GPUs, one call each.
+    On CPU the products are formed chunk by chunk along N in a small reused buffer
+    (:func:`_reductions_chunked`): a fresh full-size temporary costs more (page faults) than the
+    arithmetic. On GPUs, one call each (:func:`_reductions_whole`).
     """
     if s.device.type != "cpu":  # caching allocators make temporaries cheap: fewest kernels
-        norm = torch.linalg.vector_norm  # one fused pass, unlike a product then a sum
-        return (
-            norm(s, dim=dim).square(),
-            norm(t, dim=dim).square(),
-            torch.linalg.vecdot(s, t, dim=dim),
-        )
+        return _reductions_whole(s, t, dim)
+    return _reductions_chunked(s, t, dim)
+
+
+def _reductions_whole(s: torch.Tensor, t: torch.Tensor, dim: int):
+    norm = torch.linalg.vector_norm  # one fused pass, unlike a product then a sum
+    return norm(s, dim=dim).square(), norm(t, dim=dim).square(), torch.linalg.vecdot(s, t, dim=dim)
+
+
+def _reductions_chunked(s: torch.Tensor, t: torch.Tensor, dim: int, chunk_elems: int = 0):
+    """:func:`_reductions` in chunks along N of about ``chunk_elems`` elements (default
+    ``_CHUNK_ELEMS``) of one reused scratch buffer."""
     a, c, n = s.shape
-    step = max(16, min(n, _CHUNK_ELEMS // max(1, a * c)))
+    step = max(16, min(n, (chunk_elems or _CHUNK_ELEMS) // max(1, a * c)))
     shape = (a, n) if dim == 1 else (a, c)
     ss, tt, st = (torch.zeros(shape, dtype=s.dtype, device=s.device) for _ in range(3))
     scratch = torch.empty((a, c, step), dtype=s.dtype, device=s.device)

@@ -174,3 +174,42 @@ def test_shape_mismatch_names_both_shapes(fn):
     with pytest.raises(ValueError) as e:
         fn(torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 6))
     assert "(2, 3, 4, 5)" in str(e.value) and "(2, 3, 4, 6)" in str(e.value)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("chunk_elems", [16, 100, 1 << 18])
+def test_chunked_reductions_equal_whole_tensor_ones(dim, chunk_elems):
+    """The CPU path's chunk loop (several chunks, a ragged last one, or one chunk) gives the
+    norms and dot products of the one-call path."""
+    from radkd_d2.losses import angular
+
+    torch.manual_seed(0)
+    s, t = torch.randn(3, 5, 37, dtype=torch.float64), torch.randn(3, 5, 37, dtype=torch.float64)
+    got = angular._reductions_chunked(s, t, dim, chunk_elems=chunk_elems)
+    for a, b in zip(got, angular._reductions_whole(s, t, dim)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["lad", "cad", "pad"])
+def test_multi_chunk_losses_and_gradients_match_the_plain_formula(monkeypatch, name):
+    """With chunks far smaller than the tensor, the fused losses and their gradients equal
+    (normalize(s) - normalize(t))^2 summed over the compared dimensions, written with autograd."""
+    from radkd_d2.losses import angular, cad_loss, lad_loss, pad_loss
+    from radkd_d2.losses._utils import safe_l2_normalize
+
+    monkeypatch.setattr(angular, "_CHUNK_ELEMS", 64)  # 2 x 6 x (7*9): many chunks of >= 16
+    fused = {"lad": lad_loss, "cad": cad_loss, "pad": pad_loss}[name]
+    torch.manual_seed(1)
+    s = torch.randn(2, 6, 7, 9, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 6, 7, 9, dtype=torch.float64, requires_grad=True)
+    if name == "lad":
+        a, b, dim = s.reshape(2, 1, -1), t.reshape(2, 1, -1), 2
+    else:
+        a, b, dim = s.reshape(2, 6, -1), t.reshape(2, 6, -1), 2 if name == "cad" else 1
+    plain = (safe_l2_normalize(a, dim) - safe_l2_normalize(b, dim)).pow(2).sum(dim=dim).mean()
+    want = torch.autograd.grad(plain, (s, t))
+    got_value = fused(s, t)
+    got = torch.autograd.grad(got_value, (s, t))
+    torch.testing.assert_close(got_value, plain)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
