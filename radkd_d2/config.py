@@ -8,6 +8,17 @@ from detectron2.config import CfgNode as CN
 from radkd_d2.losses import add_distill_loss_config
 
 
+def cfg_get(cfg: dict, key: str, default=None):
+    """``cfg_get(cfg, "MODEL.DISTILL.TAPS")`` on a config dict (a run's saved config.yaml, or a
+    CfgNode); ``default`` when a part of the key is absent."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 def add_radkd_config(cfg: CN) -> None:
     """Add radkd-d2's keys to a Detectron2 config (call before ``merge_from_file``)."""
     _add_model_config(cfg)

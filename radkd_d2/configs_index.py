@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from radkd_d2.losses import loss_label
+from radkd_d2.modeling.backbone import BACKBONE_INFO
 
 __all__ = [
     "DATASETS",
@@ -585,14 +586,6 @@ def markdown_tables(rows: Optional[Sequence[Row]] = None, num_gpus: int = 8) -> 
     return "\n".join(out)
 
 
-# KEY VALUE overrides that shrink each backbone family to CPU-test size (configs stay valid).
-_REDUCED = {
-    "build_dilated_resnet_backbone": ["MODEL.DRN.WIDTH_MULT", "0.125"],
-    "build_mobilenetv2_backbone": ["MODEL.MOBILENETV2.WIDTH_MULT", "0.35"],
-    "build_swin_backbone": ["MODEL.SWIN.DEPTHS", "[1, 1, 1, 1]", "MODEL.SWIN.NUM_HEADS",
-                            "[1, 2, 4, 8]", "MODEL.SWIN.WINDOW_SIZE", "4"],
-}  # fmt: skip
-_REDUCED_SWIN_DIM = {96: "16", 128: "24"}  # Swin-T / Swin-B embed dim -> reduced, T != B kept
 REDUCED_DISTILL_OPTS = [  # CIRKD's banks hold 20000 pixels per class at full size (GBs on ADE20K)
     "MODEL.DISTILL.CIRKD.PIXEL_MEMORY_SIZE", "64", "MODEL.DISTILL.CIRKD.REGION_MEMORY_SIZE", "8",
     "MODEL.DISTILL.CIRKD.PIXEL_CONTRAST_SIZE", "64",
@@ -605,9 +598,7 @@ def reduced_size_opts(cfg) -> List[str]:
     model of ``cfg`` -- a config of a ResNet, MobileNetV2 or Swin model -- for CPU tests:
     ResNet width 1/8, MobileNetV2 width 0.35, Swin with one block per stage, 16-channel heads."""
     name = cfg.MODEL.BACKBONE.NAME
-    if name not in _REDUCED:
+    info = BACKBONE_INFO.get(name)
+    if info is None or info.reduced_opts is None:
         raise ValueError(f"no reduced size known for backbone {name!r}")
-    opts = _REDUCED[name] + ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "16"]
-    if name == "build_swin_backbone":
-        opts += ["MODEL.SWIN.EMBED_DIM", _REDUCED_SWIN_DIM.get(cfg.MODEL.SWIN.EMBED_DIM, "16")]
-    return list(opts)
+    return list(info.reduced_opts(cfg)) + ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "16"]

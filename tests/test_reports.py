@@ -486,3 +486,22 @@ def test_heatmaps_random_tiny_model(tmp_path, data_root):
         ]
     )
     assert rc == 0 and _png_size(out2) == (1200, 360)
+
+
+def test_a_backbone_names_itself_through_its_registered_info(monkeypatch):
+    """A new backbone registers a BackboneInfo next to its builder; reports and the config
+    tests use it with no table edited elsewhere."""
+    from radkd_d2.configs_index import reduced_size_opts
+    from radkd_d2.evaluation.naming import model_name
+    from radkd_d2.modeling.backbone import BACKBONE_INFO, BackboneInfo
+
+    info = BackboneInfo(label=lambda cfg: f"Toy{cfg['MODEL']['TOY']['SIZE']}",
+                        reduced_opts=lambda cfg: ["MODEL.TOY.SIZE", "1"])
+    monkeypatch.setitem(BACKBONE_INFO, "build_toy_backbone", info)
+    cfg = {"MODEL": {"META_ARCHITECTURE": "SemanticSegmentor", "BACKBONE": {"NAME": "build_toy_backbone"},
+                     "SEM_SEG_HEAD": {"NAME": "PSPHead"}, "TOY": {"SIZE": 7}}}
+    assert model_name(cfg) == "PSPNet-Toy7"
+    from detectron2.config import CfgNode
+    assert reduced_size_opts(CfgNode(cfg))[:2] == ["MODEL.TOY.SIZE", "1"]
+    assert model_name({**cfg, "MODEL": {**cfg["MODEL"], "BACKBONE": {"NAME": "build_resnet_backbone"},
+                                         "RESNETS": {"DEPTH": 50}}}) == "PSPNet-R50"

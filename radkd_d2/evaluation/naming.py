@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from radkd_d2.losses import loss_label
+from radkd_d2.modeling.backbone import BACKBONE_INFO
 
 from .runs import cfg_get
 
@@ -48,34 +49,16 @@ DATASET_NAMES = {
 # from. A metric column is the mean over seeds, <metric>_std their sample std, seeds their count.
 
 
-def _width_suffix(mult) -> str:
-    if mult is None or float(mult) == 1.0:
-        return ""
-    inv = 1.0 / float(mult)
-    return f"/{inv:g}" if abs(inv - round(inv)) < 1e-6 else f"×{float(mult):g}"
-
-
-def _swin_size(cfg: dict) -> str:
-    embed, depths = cfg_get(cfg, "MODEL.SWIN.EMBED_DIM"), cfg_get(cfg, "MODEL.SWIN.DEPTHS") or []
-    if embed == 96:
-        return "S" if len(depths) > 2 and depths[2] == 18 else "T"
-    return {128: "B", 192: "L"}.get(embed, "")
-
-
 def backbone_name(cfg: dict) -> str:
-    """Short backbone name: "R18/4" (dilated ResNet-18, 1/4 width), "X101", "MV2", "SwinT"."""
+    """Short backbone name: "R18/4" (dilated ResNet-18, 1/4 width), "X101", "MV2", "SwinT":
+    the project's backbones name themselves (:data:`~radkd_d2.modeling.backbone.BACKBONE_INFO`),
+    Detectron2's ResNets (``MODEL.RESNETS``) are named here."""
     name = str(cfg_get(cfg, "MODEL.BACKBONE.NAME", "") or "")
-    low = name.lower()
-    if "dilated_resnet" in low:
-        depth, width = cfg_get(cfg, "MODEL.DRN.DEPTH", "?"), cfg_get(cfg, "MODEL.DRN.WIDTH_MULT")
-        return f"R{depth}{_width_suffix(width)}"
-    if "resnet" in low:
+    if name in BACKBONE_INFO:
+        return BACKBONE_INFO[name].label(cfg)
+    if "resnet" in name.lower():
         prefix = "X" if (cfg_get(cfg, "MODEL.RESNETS.NUM_GROUPS", 1) or 1) > 1 else "R"
         return f"{prefix}{cfg_get(cfg, 'MODEL.RESNETS.DEPTH', '?')}"
-    if "mobilenet" in low:
-        return "MV2" + _width_suffix(cfg_get(cfg, "MODEL.MOBILENETV2.WIDTH_MULT"))
-    if "swin" in low:
-        return "Swin" + _swin_size(cfg)
     return name.removeprefix("build_").removesuffix("_backbone") or "?"
 
 

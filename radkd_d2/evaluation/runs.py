@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
+from radkd_d2.config import cfg_get
+
 SEM_SEG_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
 DET_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 EVAL_TASKS = ("sem_seg", "bbox")
@@ -171,16 +173,6 @@ def read_run_config(path: str | Path) -> dict:
         return yaml.safe_load(f.read_text()) or {}
     except yaml.YAMLError:
         return {}
-
-
-def cfg_get(cfg: dict, key: str, default=None):
-    """``cfg_get(cfg, "MODEL.DISTILL.TAPS")`` on a config dict; ``default`` when absent."""
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def _eval_metrics(rows: List[dict], default_dataset: str) -> Tuple[Dict[str, dict], Optional[str]]:

@@ -6,10 +6,14 @@ from .dilated_resnet import (
     DilatedResNet,
     build_dilated_resnet_backbone,
 )
+from .info import BACKBONE_INFO, BackboneInfo, register_backbone_info
 from .mobilenetv2 import MobileNetV2, build_mobilenetv2_backbone
 from .swin import SwinBackbone, build_swin_backbone
 
 __all__ = [
+    "BACKBONE_INFO",
+    "BackboneInfo",
+    "register_backbone_info",
     "DeepStem",
     "DilatedBasicBlock",
     "DilatedResNet",

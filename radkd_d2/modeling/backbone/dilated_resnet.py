@@ -37,6 +37,8 @@ from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
 
+from .info import BackboneInfo, cfg_get, register_backbone_info, width_suffix
+
 __all__ = ["DeepStem", "DilatedBasicBlock", "DilatedResNet", "build_dilated_resnet_backbone"]
 
 # depth -> (blocks per stage res2..res5, uses bottleneck blocks)
@@ -279,6 +281,16 @@ class DilatedResNet(ResNet):
         # Padding inputs to a multiple of the deepest returned stride makes every feature map
         # exactly H/s x W/s, so logits upsampled by the stride line up with the targets.
         return max(self._out_feature_strides[name] for name in self._out_features)
+
+
+register_backbone_info(
+    "build_dilated_resnet_backbone",
+    BackboneInfo(
+        label=lambda cfg: f"R{cfg_get(cfg, 'MODEL.DRN.DEPTH', '?')}"
+        + width_suffix(cfg_get(cfg, "MODEL.DRN.WIDTH_MULT")),
+        reduced_opts=lambda cfg: ["MODEL.DRN.WIDTH_MULT", "0.125"],
+    ),
+)
 
 
 @BACKBONE_REGISTRY.register()

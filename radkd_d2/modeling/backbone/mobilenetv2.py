@@ -32,6 +32,8 @@ from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from .info import BackboneInfo, cfg_get, register_backbone_info, width_suffix
+
 __all__ = ["MobileNetV2", "build_mobilenetv2_backbone"]
 
 # width multiplier -> timm model name (timm registers these widths only)
@@ -122,6 +124,15 @@ class MobileNetV2(Backbone):
     def size_divisibility(self) -> int:
         # As for DilatedResNet: padded inputs give maps of exactly H/s x W/s.
         return max(self._out_feature_strides.values())
+
+
+register_backbone_info(
+    "build_mobilenetv2_backbone",
+    BackboneInfo(
+        label=lambda cfg: "MV2" + width_suffix(cfg_get(cfg, "MODEL.MOBILENETV2.WIDTH_MULT")),
+        reduced_opts=lambda cfg: ["MODEL.MOBILENETV2.WIDTH_MULT", "0.35"],
+    ),
+)
 
 
 @BACKBONE_REGISTRY.register()

@@ -36,6 +36,8 @@ from torch.nn import functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from .info import BackboneInfo, cfg_get, register_backbone_info
+
 __all__ = ["SwinBackbone", "build_swin_backbone"]
 
 _STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -135,6 +137,26 @@ class SwinBackbone(Backbone):
     def size_divisibility(self) -> int:
         # 32 with res5: patch embedding (4) and three 2x patch mergings pad nothing then.
         return self._divisor
+
+
+def _swin_label(cfg) -> str:
+    """"SwinT", "SwinS", "SwinB", "SwinL" from the embedding width (and depth: T vs S)."""
+    embed, depths = cfg_get(cfg, "MODEL.SWIN.EMBED_DIM"), cfg_get(cfg, "MODEL.SWIN.DEPTHS") or []
+    if embed == 96:
+        return "SwinS" if len(depths) > 2 and depths[2] == 18 else "SwinT"
+    return "Swin" + {128: "B", 192: "L"}.get(embed, "")
+
+
+def _swin_reduced_opts(cfg) -> list:
+    """One block per stage, small windows; embed dim 16 (Swin-T) or 24 (Swin-B): T != B kept."""
+    embed = {96: "16", 128: "24"}.get(cfg_get(cfg, "MODEL.SWIN.EMBED_DIM"), "16")
+    return ["MODEL.SWIN.DEPTHS", "[1, 1, 1, 1]", "MODEL.SWIN.NUM_HEADS", "[1, 2, 4, 8]",
+            "MODEL.SWIN.WINDOW_SIZE", "4", "MODEL.SWIN.EMBED_DIM", embed]  # fmt: skip
+
+
+register_backbone_info(
+    "build_swin_backbone", BackboneInfo(label=_swin_label, reduced_opts=_swin_reduced_opts)
+)
 
 
 @BACKBONE_REGISTRY.register()
