@@ -10,7 +10,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 
 from radkd_d2.config import add_radkd_config
-from radkd_d2.modeling.distill import TeacherMixin
+from radkd_d2.modeling.pair import TeacherMixin
 from radkd_d2.modeling.teacher import load_weights_strictly
 
 logger = logging.getLogger(__name__)

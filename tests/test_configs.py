@@ -7,7 +7,7 @@ from detectron2.modeling import build_model
 
 from conftest import REPO, load_cfg
 
-# The paper's config matrix (cityscapes/, voc/, ade20k/) is generated from radkd_d2/configs_index.py
+# The paper's config matrix (cityscapes/, voc/, ade20k/) is generated from radkd_d2/configs_index/
 # and every file of it is loaded and built at reduced size by tests/test_config_matrix.py.
 MATRIX_DIRS = ("cityscapes", "voc", "ade20k")
 ALL_CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))

@@ -5,14 +5,13 @@
     python tools/list_configs.py --table 5 --format commands      # commands only, teachers first
     python tools/list_configs.py --format markdown                # the tables of configs/README.md
 
-The rows come from ``radkd_d2/configs_index.py`` (as do the files, via
+The rows come from ``radkd_d2/configs_index/`` (as do the files, via
 ``tools/make_config_matrix.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -20,14 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _index():
-    # Loaded from its file so listing does not import torch through the radkd_d2 package.
-    spec = importlib.util.spec_from_file_location(
-        "configs_index", REPO / "radkd_d2" / "configs_index.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(REPO))
+    from radkd_d2 import configs_index
+
+    return configs_index
 
 
 def main(argv=None) -> int:

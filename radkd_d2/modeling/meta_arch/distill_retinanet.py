@@ -17,13 +17,8 @@ from torch import nn
 
 from radkd_d2.errors import ConfigError
 
-from ..distill import (
-    FeatureDistiller,
-    TeacherMixin,
-    build_teacher_and_distiller,
-    init_student_from_teacher,
-    parse_taps,
-)
+from ..distill import FeatureDistiller, parse_taps
+from ..pair import TeacherMixin, build_teacher_and_distiller, init_student_from_teacher
 
 
 def retinanet_tap_shapes(backbone: nn.Module) -> Dict[str, ShapeSpec]:

@@ -15,7 +15,8 @@ from torch import nn
 
 from radkd_d2.errors import ConfigError
 
-from ..distill import FeatureDistiller, TeacherMixin, build_teacher_and_distiller, parse_taps
+from ..distill import FeatureDistiller, parse_taps
+from ..pair import TeacherMixin, build_teacher_and_distiller
 
 
 def seg_tap_shapes(model: nn.Module) -> Dict[str, ShapeSpec]:

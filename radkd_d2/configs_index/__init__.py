@@ -1,0 +1,52 @@
+"""The paper's segmentation experiments as data: which config file reproduces which table row.
+
+Tables 1, 3, 5 and 6 of the paper (val mIoU on Cityscapes, Pascal VOC aug, ADE20K) map to
+config files under ``configs/<dataset>/``. This module is the single source of truth for
+``tools/make_config_matrix.py`` (which writes those files and ``configs/README.md``) and
+``tools/list_configs.py`` (which prints each row's config and train command).
+
+File names: ``<method>_<tap>_<teacher>_<student>_<schedule>_<dataset>.yaml`` for distillation,
+``teacher_<model>_<schedule>_<dataset>.yaml`` / ``student_<model>_<schedule>_<dataset>.yaml`` for
+a model trained on its own (``<model>`` names a ``configs/models/<model>.yaml``). Inheritance
+(``_BASE_`` takes one file, so it is a chain)::
+
+    configs/Base-SemSeg.yaml                 model-independent defaults
+      <- configs/<dataset>/Base-<Dataset>.yaml   the data set recipe (paper Sec. 4.2)
+        <- teacher_* / student_*                 + MODEL of configs/models/<model>.yaml
+          <- <method>_<tap>_*                    + MODEL.DISTILL (teacher, taps, weights)
+
+so a distilled student has exactly the keys of its own baseline config.
+"""
+
+from .kd import HANDWRITTEN_KD, KDFamily, kd_families, kd_per_pixel_weight
+from .reduced import REDUCED_DISTILL_OPTS, reduced_size_opts
+from .rows import TABLES, Row, Run, all_rows, all_runs, format_rows, markdown_tables, select_rows, train_command
+from .specs import DATASETS, METHODS, MODELS, RECIPES, DatasetSpec, MethodSpec, ModelSpec, RecipeSpec
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "METHODS",
+    "RECIPES",
+    "DatasetSpec",
+    "HANDWRITTEN_KD",
+    "KDFamily",
+    "ModelSpec",
+    "MethodSpec",
+    "RecipeSpec",
+    "Run",
+    "Row",
+    "TABLES",
+    "all_rows",
+    "all_runs",
+    "select_rows",
+    "train_command",
+    "format_rows",
+    "kd_families",
+    "kd_per_pixel_weight",
+    "markdown_tables",
+    "reduced_size_opts",
+    "REDUCED_DISTILL_OPTS",
+]
+
+

@@ -1,0 +1,23 @@
+"""Overrides that shrink the matrix's models to CPU-test size (the configs stay valid)."""
+from __future__ import annotations
+
+from typing import List
+
+from radkd_d2.modeling.backbone import BACKBONE_INFO
+
+REDUCED_DISTILL_OPTS = [  # CIRKD's banks hold 20000 pixels per class at full size (GBs on ADE20K)
+    "MODEL.DISTILL.CIRKD.PIXEL_MEMORY_SIZE", "64", "MODEL.DISTILL.CIRKD.REGION_MEMORY_SIZE", "8",
+    "MODEL.DISTILL.CIRKD.PIXEL_CONTRAST_SIZE", "64",
+    "MODEL.DISTILL.CIRKD.REGION_CONTRAST_SIZE", "16",
+]  # fmt: skip
+
+
+def reduced_size_opts(cfg) -> List[str]:
+    """KEY VALUE overrides (strings, usable as ``MODEL.DISTILL.TEACHER.OPTS``) that shrink the
+    model of ``cfg`` -- a config of a ResNet, MobileNetV2 or Swin model -- for CPU tests:
+    ResNet width 1/8, MobileNetV2 width 0.35, Swin with one block per stage, 16-channel heads."""
+    name = cfg.MODEL.BACKBONE.NAME
+    info = BACKBONE_INFO.get(name)
+    if info is None or info.reduced_opts is None:
+        raise ValueError(f"no reduced size known for backbone {name!r}")
+    return list(info.reduced_opts(cfg)) + ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "16"]
