@@ -95,10 +95,12 @@ class LossConfig:
 DISTILL_LOSS_REGISTRY = Registry("DISTILL_LOSS")
 DISTILL_LOSS_REGISTRY.__doc__ = """
 Registry for distillation losses: lower-case names ("lad", "cwd", ...) -> ``DistillLoss``
-subclasses. Each class provides ``from_config(cfg, *, weight, student_channels,
-teacher_channels)`` returning its constructor keyword arguments, and its ``forward(student,
-teacher, **context)`` returns the weighted scalar loss. Use :func:`build_distill_loss` to build
-one; register new ones with :func:`register_distill_loss`.
+subclasses. A class declares its config keys with ``config=LossConfig(...)`` at registration;
+``from_config(distill, *, weight, **facts)`` reads those keys from ``cfg.MODEL.DISTILL`` and
+passes the facts its constructor takes (``num_classes``, ``student_channels``,
+``teacher_channels``); ``forward(student, teacher, **context)`` returns the weighted scalar
+loss. Build one with :func:`build_distill_loss`; register new ones with
+:func:`register_distill_loss`.
 """
 
 

@@ -177,7 +177,8 @@ def fgd_loss(
 
 @register_distill_loss("fgd", config=FGD_CONFIG)
 class FGDLoss(DistillLoss):
-    """FGD with its learnable parts: optional 1x1 align conv, student and teacher GcBlocks.
+    """FGD with its learnable parts, the student and teacher GcBlocks (a student of another width
+    reaches the teacher's through the tap's connector, MODEL.DISTILL.CONNECTOR).
 
     Context: ``boxes`` (list of N_i x 4 xyxy tensors in input pixels) and ``image_size``
     ((H, W) of the padded batch) are required. Returns ``weight * fgd_loss``.

@@ -62,7 +62,8 @@ def mgd_loss(
 
 @register_distill_loss("mgd", config=MGD_CONFIG)
 class MGDLoss(DistillLoss):
-    """MGD with its learnable parts: an optional 1x1 align conv and the generation block.
+    """MGD with its learnable part, the generation block (a student of another width reaches the
+    teacher's through the tap's connector, MODEL.DISTILL.CONNECTOR).
 
     Returns ``weight * alpha * mgd_loss``. Published settings: alpha = 2e-5 with mask ratio
     0.75 for segmentation and 0.65 for one-stage detectors (RetinaNet), per the authors'
