@@ -173,6 +173,7 @@ def test_every_distillation_builds_teacher_student_and_taps(built):
             seg_tap_shapes(teacher),
             connector=cfg.MODEL.DISTILL.CONNECTOR,
             distill_cfg=cfg.MODEL.DISTILL,
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         )
         assert len(distiller.losses) == len(run.method.taps) + (run.kd_weight > 0), run.name
         kd = [loss for loss in distiller.losses.values() if loss.NAME == "kd"]
