@@ -30,7 +30,7 @@ def add_radkd_config(cfg: CN) -> None:
 
 
 def _add_model_config(cfg: CN) -> None:
-    cfg.MODEL.CPU_KEEP_FREED_MEMORY = True  # CPU runs: glibc keeps freed memory (no page faults each step); False: its defaults
+    cfg.MODEL.CPU_KEEP_FREED_MEMORY = True  # CPU training (train_net): glibc keeps freed memory (no page faults each step); False: its defaults
     # Deep-stem dilated ResNet (PSPNet/CIRKD style) used as segmentation backbone.
     cfg.MODEL.DRN = CN()
     cfg.MODEL.DRN.DEPTH = 18  # 18, 34, 50 or 101

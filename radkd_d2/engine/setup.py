@@ -61,8 +61,6 @@ def load_config(config_file: str, opts=(), *, validate: bool = True):
         # subnormal floats (tiny gradients/activations late in training) take a slow path on
         # x86 CPUs, making iterations up to 100x slower; flush them to zero
         torch.set_flush_denormal(True)
-        if cfg.MODEL.CPU_KEEP_FREED_MEMORY and not keep_freed_memory():
-            logger.info("MODEL.CPU_KEEP_FREED_MEMORY: not a glibc C library, allocator defaults kept")
     register_all(cfg)
     if validate:
         validate_config(cfg)
@@ -74,6 +72,10 @@ def setup_cfg(args):
     ``default_setup`` (output dir, logging, config dump). Checks run before anything is written."""
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
+    if cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.CPU_KEEP_FREED_MEMORY and not keep_freed_memory():
+        # a training process only: a long-lived one that builds many models of varying sizes
+        # (a test session) is better served by the allocator's defaults
+        logger.info("MODEL.CPU_KEEP_FREED_MEMORY: not a glibc C library, allocator defaults kept")
     default_setup(cfg, args)
     if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1 and "OMP_NUM_THREADS" not in os.environ:
         # several CPU processes on one machine: share the cores instead of oversubscribing them
