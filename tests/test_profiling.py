@@ -70,3 +70,27 @@ print(default, faults_of_step())
     default, kept = map(int, out.stdout.split())
     assert default > 10000  # 64 MiB of 4 KiB pages re-faulted each time by default
     assert kept < 100, (default, kept)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_training_setup_keeps_freed_memory_only_when_asked(monkeypatch, tmp_path, keep):
+    """setup_cfg (what train_net runs) applies MODEL.CPU_KEEP_FREED_MEMORY on CPU; loading a
+    config elsewhere does not touch the allocator."""
+    from argparse import Namespace
+
+    from conftest import REPO
+    from radkd_d2.engine import setup
+
+    calls = []
+    monkeypatch.setattr(setup, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(setup, "default_setup", lambda cfg, args: None)
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.CPU_KEEP_FREED_MEMORY", keep, "OUTPUT_DIR", str(tmp_path),
+            "DATASETS.ROOT", str(tmp_path)]
+    config = str(REPO / "configs/synthetic/pspnet_r18_tiny.yaml")
+    setup.load_config(config, opts, validate=False)
+    assert calls == []
+    load = setup.load_config
+    monkeypatch.setattr(setup, "load_config", lambda f, o: load(f, o, validate=False))
+    setup.setup_cfg(Namespace(config_file=config, opts=opts))
+    assert calls == ([1] if keep else [])
+
