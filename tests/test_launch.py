@@ -112,3 +112,17 @@ def test_a_job_may_only_wait_for_earlier_jobs(tmp_path, fake_train):
         run_jobs(jobs, "log.txt", lanes=2)
     with pytest.raises(ValueError, match="lanes must be at least 1"):
         run_jobs([_job(tmp_path, "a")], "log.txt", lanes=0)
+
+
+def test_train_command_flags_come_before_the_overrides():
+    """Detectron2's parser takes everything after the first override as overrides, so
+    --resume/--eval-only must precede them (an --eval-only after them was an odd-length override
+    list that stopped the CamVid study)."""
+    from detectron2.engine import default_argument_parser
+
+    from radkd_d2.analysis.launch import train_command
+
+    cmd = train_command("c.yaml", ["MODEL.WEIGHTS", "w.pth", "OUTPUT_DIR", "o"], resume=True, eval_only=True)
+    args = default_argument_parser().parse_args(cmd[3:])  # after python -m radkd_d2.train_net
+    assert args.config_file == "c.yaml" and args.resume and args.eval_only
+    assert args.opts == ["MODEL.WEIGHTS", "w.pth", "OUTPUT_DIR", "o"]

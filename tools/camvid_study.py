@@ -395,8 +395,8 @@ def _train_all(plan: StudyPlan, train, jobs: int) -> List[str]:
     best = teacher_best_dir(plan)
     if read_run(best).metrics.get("mIoU") is None:
         # the teacher the students learn from, scored on val on its own (the report's T row)
-        cmd = [*train_command(plan.teacher.config, [*plan.teacher.opts, "OUTPUT_DIR", best]), "--eval-only",
-               "MODEL.WEIGHTS", plan.teacher.out_dir / "model_best.pth"]
+        opts = [*plan.teacher.opts, "OUTPUT_DIR", best, "MODEL.WEIGHTS", plan.teacher.out_dir / "model_best.pth"]
+        cmd = train_command(plan.teacher.config, opts, eval_only=True)
         if run_training(cmd, best / "study.log", label="teacher model_best.pth, val", cwd=REPO):
             print(log_tail(best / "study.log"))
             sys.exit(1)

@@ -31,13 +31,16 @@ _ITER_RE = re.compile(r"eta: \S+\s+iter: (\d+)")
 
 
 def train_command(
-    config: str | Path, opts: Sequence[str] = (), *, resume: bool = False
+    config: str | Path, opts: Sequence[str] = (), *, resume: bool = False, eval_only: bool = False
 ) -> list[str]:
-    """``python -m radkd_d2.train_net --config-file CONFIG [--resume] KEY VALUE ...`` (the same
-    command as the repository's ``tools/train_net.py``)."""
+    """``python -m radkd_d2.train_net --config-file CONFIG [--resume] [--eval-only] KEY VALUE ...``
+    (the same command as the repository's ``tools/train_net.py``). The flags come before the
+    overrides: Detectron2's parser takes everything after the first override as overrides."""
     cmd = [sys.executable, "-m", TRAIN_NET_MODULE, "--config-file", str(config)]
     if resume:
         cmd.append("--resume")
+    if eval_only:
+        cmd.append("--eval-only")
     return cmd + [os.fspath(x) if isinstance(x, os.PathLike) else str(x) for x in opts]
 
 
