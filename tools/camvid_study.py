@@ -4,7 +4,7 @@ KD, naive, LAD, CAD; PAD on request), a loss-weight sweep (naive vs LAD), then t
 schedule checks (teacher and plain-student val curves), the sweep plot (Fig. 1/5), the magnitude
 plot (Fig. 2) and feature heatmaps (Fig. 6).
 
-    python tools/camvid_study.py --data-root ../shared/data            # CPU scale (about 90 min on 2 cores)
+    python tools/camvid_study.py --data-root ../shared/data            # CPU scale (about 60 min on 2 cores)
     python tools/camvid_study.py --data-root DIR --scale gpu --jobs 6  # larger, on one GPU
 
 The paper's shape at small scale, as in the demo: the students do not start from nothing but from
