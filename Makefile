@@ -11,14 +11,18 @@ setup:
 demo: setup
 	$(PY) tools/demo.py
 
-## Tests (CPU). pytest's exit code 5 (nothing collected) counts as a failure.
+## Tests (CPU), one pytest worker per core, one thread each (the subprocess trainings the tests
+## start inherit OMP_NUM_THREADS=1, so the workers do not oversubscribe the cores).
+## pytest's exit code 5 (nothing collected) counts as a failure.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -n auto
+
 test: setup
-	@$(PY) -m pytest tests; rc=$$?; \
+	@$(PYTEST) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 ## The fast unit suite only (no subprocess trainings or full-size builds: tests marked slow).
 test-fast: setup
-	@$(PY) -m pytest tests -m "not slow"; rc=$$?; \
+	@$(PYTEST) tests -m "not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 bench: setup
