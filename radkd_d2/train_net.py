@@ -12,6 +12,7 @@ working directory).
 """
 import logging
 
+import torch.distributed as dist
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
@@ -22,7 +23,19 @@ from radkd_d2.engine import Trainer, setup_cfg
 
 
 def main(args):
-    """One process of a run (``launch`` starts one per GPU)."""
+    """One process of a run (``launch`` starts one per GPU). With several processes, the process
+    group is destroyed at the end: left to the interpreter's exit, gloo's threads were
+    sometimes torn down while running, aborting a finished run ("terminate called without an
+    active exception", SIGABRT)."""
+    try:
+        return _run(args)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            comm.synchronize()
+            dist.destroy_process_group()
+
+
+def _run(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,10 +38,22 @@ def load_cfg(config: str | Path, *opts, data_root: Path | None = None, validate:
     return load_config(str(REPO / config), [*extra, *map(str, opts)], validate=validate)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_train_net(*args, cwd: Path | None = None, timeout: int = 600, check: bool = True):
     """Run tools/train_net.py in a subprocess (as a user would); returns CompletedProcess."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), *map(str, args)]
+    args = [str(a) for a in args]
+    if "--num-gpus" in args and "--dist-url" not in args:
+        # Detectron2's default URL has one port per user: two multi-process runs at once (pytest
+        # workers) would collide. A port free now; the flag goes before the KEY VALUE overrides.
+        args = ["--dist-url", f"tcp://127.0.0.1:{free_port()}", *args]
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), *args]
     proc = subprocess.run(cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train_net failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
