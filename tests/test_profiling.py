@@ -47,7 +47,7 @@ def test_ifvd_with_class_count_matches_and_needs_no_host_read():
 @pytest.mark.slow
 def test_keep_freed_memory_stops_the_page_faults_of_repeated_large_temporaries():
     """After keep_freed_memory(), a step that allocates and frees 64 MiB takes no fresh pages
-    from the OS the second time (glibc; in a subprocess, so this process keeps its allocator)."""
+    from the OS in the steady state (the median of five steps) (glibc; in a subprocess, so this process keeps its allocator)."""
     import subprocess
     import sys
 
@@ -62,8 +62,10 @@ def faults_of_step():
 faults_of_step()
 default = faults_of_step()
 assert keep_freed_memory()
-faults_of_step()
-print(default, faults_of_step())
+faults_of_step()  # the heap grows once to hold the block
+# steady state: the median step (a step may still grow the heap once more when a small block
+# has taken the freed space meanwhile)
+print(default, sorted(faults_of_step() for _ in range(5))[2])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from radkd_d2.losses.logits import KD_REDUCTIONS
+
 from .rows import all_rows
 from .specs import DATASETS, RECIPES
 
@@ -32,7 +34,7 @@ class KDFamily:
 def kd_per_pixel_weight(kd_weight: float, reduction: str, num_classes: int) -> float:
     """lambda_kd / K for KD_REDUCTION "element" (a mean over the K classes too), lambda_kd for
     "pixel" (classes summed): the factor of one pixel's class-summed KL."""
-    if reduction not in ("element", "pixel"):
+    if reduction not in KD_REDUCTIONS:
         raise ValueError(f"KD reduction must be 'element' or 'pixel', got {reduction!r}")
     return kd_weight / num_classes if reduction == "element" else kd_weight
 

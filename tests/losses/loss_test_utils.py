@@ -7,7 +7,6 @@ from radkd_d2.losses import DISTILL_LOSS_REGISTRY, build_distill_loss
 NUM_CLASSES = 4
 # Small memory banks so CIRKD's memory loss builds and runs in milliseconds.
 SMALL_CIRKD = dict(
-    num_classes=NUM_CLASSES,
     pixel_memory_size=40,
     region_memory_size=8,
     pixel_contrast_size=16,
@@ -23,14 +22,11 @@ def build_small(name, channels=8, weight=1.0, distill=None, **overrides):
     """Build a registered loss sized for tests (extra arguments only where a loss needs them)."""
     if name.lower() == "cirkd_memory":
         overrides = {**SMALL_CIRKD, **overrides}
-        num_classes = overrides.pop("num_classes")
-    else:
-        num_classes = NUM_CLASSES
     return build_distill_loss(
         name,
         weight=weight,
         distill=distill,
-        num_classes=num_classes,
+        num_classes=NUM_CLASSES,
         student_channels=channels,
         teacher_channels=channels,
         **overrides
