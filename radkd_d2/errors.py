@@ -32,3 +32,8 @@ class WeightConversionError(RuntimeError):
 class CorruptCheckpointError(RuntimeError):
     """No checkpoint of a run folder can be read back (every one is truncated or damaged), so
     ``--resume`` has nothing to continue from."""
+
+
+class ExportError(RuntimeError):
+    """A student could not be exported (TorchScript/ONNX) or an exported model does not match
+    its PyTorch original; the message names the module and operator where it is known."""

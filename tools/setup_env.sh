@@ -27,7 +27,7 @@ STAMP="$VENV/.radkd-setup-complete"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ] && [ -x "$VENV/bin/python" ]; then
   step "check existing venv at $VENV"
-  if "$VENV/bin/python" -c "import torch, torchvision, detectron2, fvcore, pycocotools, cv2, pytest, xdist, radkd_d2" 2>/dev/null; then
+  if "$VENV/bin/python" -c "import torch, torchvision, detectron2, fvcore, pycocotools, cv2, pytest, xdist, onnx, onnxruntime, radkd_d2" 2>/dev/null; then
     echo "[setup] venv complete, nothing to do"
     exit 0
   fi

@@ -17,6 +17,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from .base import DilatedSegHead
+from .pooling import adaptive_avg_pool2d
 
 __all__ = ["PSPHead"]
 
@@ -84,7 +85,7 @@ class PSPHead(DilatedSegHead):
         size = x.shape[-2:]
         pyramid = [x]
         for bin_size, conv in zip(self.bins, self.ppm):
-            pooled = conv(F.adaptive_avg_pool2d(x, bin_size))
+            pooled = conv(adaptive_avg_pool2d(x, bin_size))
             pyramid.append(
                 F.interpolate(
                     pooled, size=size, mode="bilinear", align_corners=self.pool_align_corners

@@ -31,6 +31,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from .base import DilatedSegHead
+from .pooling import adaptive_avg_pool2d
 
 __all__ = ["PyramidPooling", "UPerNetHead"]
 
@@ -76,7 +77,7 @@ class PyramidPooling(nn.Module):
         size = x.shape[-2:]
         pyramid = [x]
         for bin_size, conv in zip(self.bins, self.convs):
-            pyramid.append(_resize(conv(F.adaptive_avg_pool2d(x, bin_size)), size))
+            pyramid.append(_resize(conv(adaptive_avg_pool2d(x, bin_size)), size))
         return self.bottleneck(torch.cat(pyramid, dim=1))
 
 

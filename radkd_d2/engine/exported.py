@@ -1,0 +1,116 @@
+"""Exported students in the training engine's terms: example images for tracing from a config's
+test set, and the evaluation of an exported model with the loader and evaluator of
+``train_net --eval-only``."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from itertools import islice
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.evaluation import inference_on_dataset
+
+from radkd_d2.errors import ExportError
+from radkd_d2.export import ExportedModel, export_deployable, load_student, student_config
+
+from .setup import load_config
+from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["example_images", "evaluate_exported", "export_parity"]
+
+
+def example_images(cfg: CfgNode, count: int, size: Optional[Sequence[int]] = None, seed: int = 0) -> List[torch.Tensor]:
+    """``count`` images to trace an export with: random raw pixels at ``size`` (H, W) when given,
+    else the first images of ``cfg.DATASETS.TEST[0]`` as its test loader gives them (segmentation
+    examples must share a size, so they are the first image repeated)."""
+    if size is not None:
+        g = torch.Generator().manual_seed(seed)
+        return [torch.rand(3, int(size[0]), int(size[1]), generator=g) * 255.0 for _ in range(count)]
+    if not cfg.DATASETS.TEST:
+        raise ExportError("DATASETS.TEST is empty: give the example size with --size H W")
+    name = cfg.DATASETS.TEST[0]
+    try:
+        loader = Trainer.build_test_loader(cfg, name)
+        images = [batch[0]["image"].float() for batch in islice(loader, count)]
+    except Exception as e:  # missing files, unregistered set: one message, with the way out
+        raise ExportError(f"could not read example images from test set {name!r} ({e}); give --size H W") from e
+    if student_config(cfg).MODEL.META_ARCHITECTURE != "RetinaNet":  # one batch: one size
+        images = [images[0]] * count
+    return images
+
+
+def evaluate_exported(
+    model_path: str, dataset: Optional[str] = None, opts: Sequence[str] = (), output_dir: Optional[str] = None
+) -> Tuple[dict, CfgNode]:
+    """Score an exported model on a registered test set (default: the first of its config's
+    ``DATASETS.TEST``) with the test loader and evaluator ``train_net --eval-only`` builds.
+    ``opts`` override the student config beside the model (e.g. ``DATASETS.ROOT``)."""
+    model = ExportedModel(model_path).eval()
+    cfg = load_config(str(model.config_path), list(opts), validate=False)
+    name = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    if not name:
+        raise ExportError("no test set: give --dataset or set DATASETS.TEST")
+    loader = Trainer.build_test_loader(cfg, name)
+    evaluator = Trainer.build_evaluator(cfg, name, output_dir or str(model.path.parent / "inference" / name))
+    logger.info("Evaluating %s (%s) on %s", model_path, model.info.format, name)
+    return inference_on_dataset(model, loader, evaluator), cfg
+
+
+def _outputs(result: dict) -> List[torch.Tensor]:
+    if "sem_seg" in result:
+        return [result["sem_seg"]]
+    inst = result["instances"]
+    return [inst.pred_boxes.tensor, inst.scores, inst.pred_classes.float()]
+
+
+def _max_diff(a: List[torch.Tensor], b: List[torch.Tensor]) -> Optional[float]:
+    if any(x.shape != y.shape for x, y in zip(a, b)):
+        return None  # detections differ in number (a score at the threshold)
+    return max([float((x.cpu() - y.cpu()).abs().max()) for x, y in zip(a, b) if x.numel()] or [0.0])
+
+
+def export_parity(
+    cfg: CfgNode, weights: str, output_dir: str, formats: Sequence[str] = ("torchscript", "onnx"),
+    dataset: Optional[str] = None, size: Optional[Sequence[int]] = None, batch: int = 1,
+) -> List[dict]:
+    """Export the student of ``cfg`` + ``weights`` in each of ``formats`` to ``output_dir`` and
+    score the PyTorch student and every export on the same test set in one pass, each with its
+    own evaluator. Returns one row per model: format, metrics, and the max abs difference of its
+    outputs (segmentation: logits at the image size; detection: boxes, scores, classes) from the
+    PyTorch student's, over every image; ``images_differing`` counts images whose detections
+    differ in number (their values are not compared)."""
+    student, scfg, _, _ = load_student(cfg, weights, device="cpu")
+    example = example_images(cfg, batch, size)
+    models = {"pytorch": student}
+    for fmt in formats:
+        path, _ = export_deployable(cfg, weights, output_dir, fmt, example)
+        models[fmt] = ExportedModel(str(path)).eval()
+    name = dataset or cfg.DATASETS.TEST[0]
+    evaluators = {k: Trainer.build_evaluator(scfg, name, str(Path(output_dir) / "inference" / k)) for k in models}
+    for ev in evaluators.values():
+        ev.reset()
+    diffs = {k: 0.0 for k in models}
+    differing = {k: 0 for k in models}
+    with torch.no_grad():
+        for inputs in Trainer.build_test_loader(scfg, name):
+            reference = None
+            for k, model in models.items():
+                outputs = model(inputs)
+                evaluators[k].process(inputs, outputs)
+                if reference is None:
+                    reference = outputs
+                    continue
+                for out, ref in zip(outputs, reference):
+                    d = _max_diff(_outputs(out), _outputs(ref))
+                    if d is None:
+                        differing[k] += 1
+                    else:
+                        diffs[k] = max(diffs[k], d)
+    return [
+        {"format": k, "metrics": evaluators[k].evaluate(), "max_abs_diff": diffs[k], "images_differing": differing[k]}
+        for k in models
+    ]

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Export a student to TorchScript and ONNX and check the exports against the PyTorch student on
+a test set: the metric of each (mIoU or box AP, same evaluator as ``train_net --eval-only``),
+its difference from PyTorch's, and the max abs output difference over every image.
+
+    python tools/export_parity.py --config-file CFG --weights output/run/model_final.pth \
+        --output output/run/parity [--dataset camvid_val] [KEY VALUE ...]
+"""
+import argparse
+import json
+from pathlib import Path
+
+from detectron2.utils.logger import setup_logger
+
+import radkd_d2  # noqa: F401
+from radkd_d2.engine.exported import export_parity
+from radkd_d2.engine.setup import load_config
+
+
+def headline(metrics: dict) -> tuple:
+    """(name, value) of the metric a parity row is judged by."""
+    if "sem_seg" in metrics:
+        return "mIoU", metrics["sem_seg"]["mIoU"]
+    return "box AP", metrics["bbox"]["AP"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--output", required=True, help="folder for the exports and parity.json")
+    parser.add_argument("--dataset", help="registered test set (default: DATASETS.TEST[0])")
+    parser.add_argument("--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example size to trace at")
+    parser.add_argument("--batch", type=int, default=1, help="detection: images per exported call")
+    parser.add_argument("--label", default="", help="model name in the table")
+    parser.add_argument("opts", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    setup_logger(name="radkd_d2")
+    cfg = load_config(args.config_file, args.opts, validate=False)
+    rows = export_parity(cfg, args.weights, args.output, args.formats, args.dataset, args.size, args.batch)
+    name, ref = headline(rows[0]["metrics"])
+    dataset = args.dataset or cfg.DATASETS.TEST[0]
+    print(f"| model | data | format | {name} | Δ vs PyTorch | max abs output diff | images with other detections |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        value = headline(row["metrics"])[1]
+        print(f"| {args.label or Path(args.config_file).stem} | {dataset} | {row['format']} | {value:.4f} | "
+              f"{value - ref:+.4f} | {row['max_abs_diff']:.2e} | {row['images_differing']} |")
+    Path(args.output, "parity.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
