@@ -88,6 +88,24 @@ def check_output_dir(cfg) -> None:
             raise ConfigError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r} is not writable: {e}") from None
 
 
+def check_holistic(cfg) -> None:
+    """MODEL.DISTILL.HOLISTIC (SKD's holistic term): ranges the declared choices do not cover,
+    and a segmentation distillation model when the term is on."""
+    key = "MODEL.DISTILL.HOLISTIC"
+    for name in ("WEIGHT", "GP_WEIGHT", "WEIGHT_DECAY", "POLY_POWER"):
+        check_range(cfg, f"{key}.{name}", low=0)
+    check_range(cfg, f"{key}.MOMENTUM", low=0, high=1)
+    betas = tuple(cfg.MODEL.DISTILL.HOLISTIC.BETAS)
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"{key}.BETAS = {betas} must be two numbers in [0, 1), e.g. (0.9, 0.99)")
+    if cfg.MODEL.DISTILL.HOLISTIC.WEIGHT > 0 and cfg.MODEL.META_ARCHITECTURE != "DistillSemanticSegmentor":
+        raise ConfigError(
+            f"{key}.WEIGHT = {cfg.MODEL.DISTILL.HOLISTIC.WEIGHT} needs segmentation logits: "
+            f"MODEL.META_ARCHITECTURE must be 'DistillSemanticSegmentor', not "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}; or set {key}.WEIGHT to 0"
+        )
+
+
 def validate_config(cfg) -> None:
     """All start-up checks of a training/evaluation config (run before the output dir is made)."""
     check_choice(
@@ -122,6 +140,7 @@ def validate_config(cfg) -> None:
     check_range(cfg, "MODEL.DISTILL.WARMUP_ITERS", low=0)
     check_range(cfg, "MODEL.DISTILL.STOP_ITER", low=-1)
     check_range(cfg, "MODEL.DISTILL.TEACHER.MIN_SCORE", low=0)
+    check_holistic(cfg)
     check_choice(cfg, "TEST.BEST_CHECKPOINT_MODE", ("max", "min"))
     if cfg.TEST.BEST_CHECKPOINT_METRIC and cfg.TEST.EVAL_PERIOD <= 0:
         raise ConfigError(

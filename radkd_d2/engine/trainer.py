@@ -24,6 +24,7 @@ from radkd_d2.modeling.teacher import load_teacher_cfg
 from radkd_d2.solver import build_lr_scheduler
 
 from radkd_d2.errors import ConfigError
+from .adversarial import HolisticCritic, HolisticCriticHook, build_holistic_critic
 from .hooks import TeacherIntegrityHook
 from .mirrors import warn_if_changed
 from .train_loop import (
@@ -62,12 +63,15 @@ def _is_sem_seg(dataset_name: str) -> bool:
 class Trainer(DefaultTrainer):
     """DefaultTrainer with: the semantic-segmentation mapper for ``sem_seg`` data sets, the
     evaluator picked from ``evaluator_type``, ``WarmupPolyLR``, and DDP without ``device_ids``
-    for CPU models (Detectron2's ``create_ddp_model`` always passes them)."""
+    for CPU models (Detectron2's ``create_ddp_model`` always passes them). With
+    MODEL.DISTILL.HOLISTIC.WEIGHT > 0 it also trains SKD's holistic critic (``self.holistic``,
+    :mod:`radkd_d2.engine.adversarial`), checkpointed as ``holistic_critic``."""
 
     def __init__(self, cfg):
         # A copy of detectron2 0.7.2's DefaultTrainer.__init__ (radkd_d2/engine/mirrors.py: no
         # extension point reaches the DDP call). Differs in: DDP without device_ids on CPU, the
-        # inner trainer (named non-finite losses; AMP on CPU) and the atomic checkpointer.
+        # inner trainer (named non-finite losses; AMP on CPU), the atomic checkpointer and the
+        # holistic critic (built before the hooks, which step it).
         warn_if_changed(logger)
         super(DefaultTrainer, self).__init__()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
@@ -89,6 +93,9 @@ class Trainer(DefaultTrainer):
         self.checkpointer = AtomicCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), rng=RNGState()
         )
+        self.holistic = build_holistic_critic(cfg, model)  # None unless the holistic term is on
+        if self.holistic is not None:
+            self.checkpointer.add_checkpointable(HolisticCritic.CHECKPOINT_KEY, self.holistic)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -162,6 +169,11 @@ class Trainer(DefaultTrainer):
             len(hooks),
         )
         hooks.insert(at, TeacherIntegrityHook(self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        holistic = getattr(self, "holistic", None)
+        if holistic is not None:
+            # the critic's step follows the student's update and precedes the checkpoint of the
+            # iteration, so a checkpoint holds both players at the same iteration
+            hooks.insert(at, HolisticCriticHook(holistic))
         metric = self.cfg.TEST.BEST_CHECKPOINT_METRIC
         if metric and comm.is_main_process():
             # right after the EvalHook, whose results it reads from the event storage
@@ -174,6 +186,12 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume)
+        holistic = getattr(self, "holistic", None)
+        if holistic is not None and self.start_iter > 0 and not holistic.loaded:
+            logger.warning(
+                "Resumed from a checkpoint without a holistic critic (%s): the critic starts "
+                "afresh at iteration %d", HolisticCritic.CHECKPOINT_KEY, self.start_iter,
+            )
         # continue the sample stream where the checkpointed run stopped (global, all ranks)
         sampler = getattr(self, "_train_sampler", None)
         if isinstance(sampler, ResumableTrainingSampler) and self.start_iter > 0:

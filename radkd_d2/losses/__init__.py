@@ -48,7 +48,18 @@ from .ifvd import IFVDLoss, ifv_map, ifvd_loss
 from .logits import LogitsKDLoss, logits_kd_loss
 from .mgd import MGDLoss, mgd_loss, mgd_random_mask
 from .pkd import PKDLoss, pkd_loss, pkd_normalize
-from .skd import SKDHolisticDiscriminator, SKDLoss, skd_holistic_loss, skd_loss
+from .skd import (
+    HOLISTIC_CONFIG,
+    SelfAttention2d,
+    SKDHolisticDiscriminator,
+    SKDLoss,
+    frozen_parameters,
+    gradient_penalty,
+    holistic_critic_loss,
+    holistic_student_loss,
+    skd_holistic_loss,
+    skd_loss,
+)
 
 __all__ = [
     "CADLoss",
@@ -103,8 +114,14 @@ __all__ = [
     "PKDLoss",
     "pkd_loss",
     "pkd_normalize",
+    "HOLISTIC_CONFIG",
+    "SelfAttention2d",
     "SKDHolisticDiscriminator",
     "SKDLoss",
+    "frozen_parameters",
+    "gradient_penalty",
+    "holistic_critic_loss",
+    "holistic_student_loss",
     "skd_holistic_loss",
     "skd_loss",
 ]

@@ -171,7 +171,8 @@ def test_skd_gradcheck():
 
 
 def test_skd_holistic_split_gradients():
-    disc = SKDHolisticDiscriminator(num_classes=3, image_channels=3, width=8, depth=2)
+    # no spectral norm: its power iteration moves at every forward, so a recomputation differs
+    disc = SKDHolisticDiscriminator(num_classes=3, image_channels=3, width=8, depth=2, spectral_norm=False)
     s = torch.randn(2, 3, 8, 8, requires_grad=True)
     t = torch.randn(2, 3, 8, 8)
     image = torch.randn(2, 3, 32, 32)

@@ -4,7 +4,7 @@ Total loss (the paper's Eq. 9): CE + Σ_taps Σ_losses λ·L(connector(F_s), F_t
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from detectron2.config import configurable
@@ -15,7 +15,7 @@ from torch import nn
 
 from radkd_d2.errors import ConfigError
 
-from ..distill import FeatureDistiller, parse_taps
+from ..distill import FeatureDistiller, current_iteration, parse_taps
 from ..pair import TeacherMixin, build_teacher_and_distiller
 
 
@@ -44,7 +44,14 @@ def seg_taps(model: nn.Module, images: torch.Tensor, need_head: bool) -> Dict[st
 class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
     """The student is a stock ``SemanticSegmentor`` (same parameter names, same config keys);
     this class adds ``teacher`` (frozen, from MODEL.DISTILL.TEACHER.*) and ``distiller``
-    (connectors + losses per tap, from MODEL.DISTILL.TAPS). Inference is the student's."""
+    (connectors + losses per tap, from MODEL.DISTILL.TAPS). Inference is the student's.
+
+    SKD's holistic term (MODEL.DISTILL.HOLISTIC) is attached by the trainer
+    (:meth:`attach_holistic`); its critic is not part of this module.
+    """
+
+    # the holistic term the trainer attached (radkd_d2.engine.adversarial.HolisticCritic), or None
+    _holistic: Optional[Callable[..., Dict[str, torch.Tensor]]] = None
 
     @configurable
     def __init__(
@@ -90,6 +97,15 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
         )
         return ret
 
+    def attach_holistic(self, term: Optional[Callable[..., Dict[str, torch.Tensor]]]) -> None:
+        """Attach SKD's holistic term (None detaches it): a callable ``term(student_logits,
+        teacher_logits, images, factor)`` returning ``{"loss_distill_holistic": scalar}``; the
+        training forward then adds it to the losses, with the teacher's logits (None once
+        distillation has stopped), the normalised images and the schedule's factor. Kept as a plain
+        attribute, not a submodule: its critic stays out of this model's parameters, state dict,
+        optimizer and DDP wrapper (the trainer owns and checkpoints it)."""
+        self.__dict__["_holistic"] = term
+
     def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
         """The teacher's tapped features for a batch (its own normalisation and channel order)."""
         with self.teacher_context():
@@ -97,8 +113,8 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
 
     def _teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
         positions = self.distiller.teacher_positions
-        return seg_taps(self.teacher, self.teacher_images(batched_inputs).tensor,
-                        need_head=bool(positions & {"decoder", "logits"}))
+        need_head = bool(positions & {"decoder", "logits"}) or self._holistic is not None
+        return seg_taps(self.teacher, self.teacher_images(batched_inputs).tensor, need_head=need_head)
 
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
@@ -115,12 +131,22 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
             self.backbone.padding_constraints,
         ).tensor
         student = seg_taps(self, images.tensor, need_head=True)
-        return self.distiller.step(
+        teacher: Dict[str, torch.Tensor] = {}
+
+        def teacher_fn():  # the distiller calls it at most once, not at all once it has stopped
+            teacher.update(self.teacher_features(batched_inputs))
+            return teacher
+
+        losses = self.distiller.step(
             student,
-            lambda: self.teacher_features(batched_inputs),
+            teacher_fn,
             head.losses(student, targets),
             labels=targets,
             ignore_value=head.ignore_value,
             num_classes=head.num_classes,
             image_size=tuple(images.tensor.shape[-2:]),
         )
+        if self._holistic is not None:
+            factor = self.distiller.schedule.factor(current_iteration())
+            losses.update(self._holistic(student["logits"], teacher.get("logits"), images.tensor, factor))
+        return losses
