@@ -66,7 +66,7 @@ def read_metrics(output_dir: Path) -> list[dict]:
 
 
 # module fixtures that train through tools/train_net.py in a subprocess: a test using one is slow
-SUBPROCESS_FIXTURES = {"distill_run", "trained_seg"}
+SUBPROCESS_FIXTURES = {"distill_run", "trained_seg", "demo_student"}
 
 
 def pytest_collection_modifyitems(config, items):

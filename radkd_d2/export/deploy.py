@@ -136,14 +136,26 @@ def _module_trail(model: nn.Module):
             h.remove()
 
 
-def _failure(fmt: str, model: nn.Module, err: Exception, module: Optional[str]) -> ExportError:
+def _op_module(wrapper: nn.Module, inputs: tuple, op: str) -> Optional[str]:
+    """The module path of the first traced node of kind ``op`` (e.g. "aten::cummax")."""
+    try:
+        with torch.no_grad(), warnings_quiet():
+            graph = torch.jit.trace(wrapper, inputs, check_trace=False).inlined_graph
+    except Exception:  # the module did not even trace: no better place to name
+        return None
+    for node in graph.nodes():
+        if node.kind() == op:
+            scope = node.scopeName().split("/")[-1]  # "__module.body.1"
+            return scope.split("__module.", 1)[-1] if scope else None
+    return None
+
+
+def _failure(fmt: str, wrapper: nn.Module, inputs: tuple, err: Exception, module: Optional[str]) -> ExportError:
     text = str(err)
     op = re.search(r"operator '?([\w:.]+)'?", text)
-    if module is None:  # errors of the ONNX conversion come after tracing: take the scope
-        scope = re.search(r"scope: (\S+)", text)
-        if scope:
-            module = ".".join(p.split("::")[-1] for p in scope.group(1).split("/") if "::" in p)
-    mods = dict(model.named_modules())
+    if module is None and op:  # the ONNX conversion fails after tracing: find the op's module
+        module = _op_module(wrapper, inputs, op.group(1) if "::" in op.group(1) else f"aten::{op.group(1)}")
+    mods = dict(wrapper.named_modules())
     where = f"module {module!r} ({type(mods[module]).__name__})" if module in mods else "the model"
     what = f"operator {op.group(1)}" if op else type(err).__name__
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
@@ -208,7 +220,7 @@ def export_module(
             except ExportError:
                 raise
             except Exception as e:
-                raise _failure(fmt, wrapper, e, stack[-1] if stack else None) from e
+                raise _failure(fmt, wrapper, inputs, e, stack[-1] if stack else None) from e
         diff = _max_diff(Backend(fmt, str(tmp), input_names)(list(inputs)), reference)
         if diff > CHECK_TOL:
             raise ExportError(f"{fmt} export differs from the PyTorch model by {diff:.3g} (> {CHECK_TOL}) on the example input")

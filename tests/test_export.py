@@ -1,0 +1,236 @@
+"""TorchScript and ONNX export of students: round trips, evaluator parity, the tools end to end,
+and bad input (distillation keys, unsupported models, unwritable destinations)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from torch import nn
+
+from conftest import REPO, load_cfg, run_train_net
+from models.seg_test_utils import NUM_CLASSES, make_cfg, synthetic_batch
+from radkd_d2.engine.exported import export_parity
+from radkd_d2.errors import ExportError
+from radkd_d2.export import ExportedModel, export_deployable
+from radkd_d2.export.deploy import export_module
+from radkd_d2.modeling.heads.pooling import adaptive_avg_pool2d, pool_matrix
+
+pytest.importorskip("onnxruntime")
+
+FORMATS = ("torchscript", "onnx")
+RETINANET = "configs/synthetic/retinanet_r18_tiny.yaml"
+
+
+def _save(model: nn.Module, path: Path, extra: dict | None = None) -> str:
+    torch.save({"model": {**model.state_dict(), **(extra or {})}}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def seg_models():
+    torch.manual_seed(0)
+    return {head: (cfg, build_model(cfg).eval()) for head in ("PSPHead", "DeepLabV3Head") for cfg in [make_cfg("drn", head)]}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("head", ["PSPHead", "DeepLabV3Head"])
+def test_segmentation_round_trip_any_size(seg_models, head, fmt, tmp_path):
+    cfg, model = seg_models[head]
+    batch = synthetic_batch((56, 88), 2)  # features 7 x 11: not a multiple of PSP's 2/3/6 bins
+    path, info = export_deployable(cfg, _save(model, tmp_path / "w.pth"), str(tmp_path / "out"), fmt, [b["image"] for b in batch[:1]])
+    assert info.fixed_size is None and info.task == "sem_seg" and info.num_classes == NUM_CLASSES
+    exported = ExportedModel(str(path)).eval()
+    for size, n in [((56, 88), 2), ((48, 72), 3)]:  # another batch size and image size than traced
+        images = [{"image": b["image"]} for b in synthetic_batch(size, n, seed=1)]
+        with torch.no_grad():
+            ref = model(images)
+        out = exported(images)
+        for o, r in zip(out, ref):
+            assert o["sem_seg"].shape == r["sem_seg"].shape == (NUM_CLASSES, *size)
+            torch.testing.assert_close(o["sem_seg"], r["sem_seg"], atol=1e-4, rtol=0)
+
+
+def test_evaluator_metrics_equal_on_synthetic_images(data_root, tmp_path):
+    """The PyTorch student and both exports through one test loader and SemSegEvaluator each."""
+    cfg = load_cfg("configs/synthetic/pspnet_r18_tiny.yaml", "DATASETS.SYNTHETIC.NUM_VAL", 4,
+                   "DATASETS.SYNTHETIC.SIZE", 64, data_root=data_root)
+    model = build_model(cfg)
+    rows = export_parity(cfg, _save(model, tmp_path / "w.pth"), str(tmp_path / "out"), FORMATS, "synthetic_sem_seg_val")
+    assert [r["format"] for r in rows] == ["pytorch", *FORMATS]
+    reference = rows[0]["metrics"]["sem_seg"]
+    for row in rows[1:]:
+        assert row["max_abs_diff"] < 1e-4, row["format"]
+        for key in ("mIoU", "fwIoU", "mACC", "pACC"):
+            assert row["metrics"]["sem_seg"][key] == pytest.approx(reference[key], abs=1e-9), (row["format"], key)
+
+
+@pytest.fixture(scope="module")
+def retinanet(tmp_path_factory):
+    cfg = load_cfg(RETINANET)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    return cfg, model, _save(model, tmp_path_factory.mktemp("retina") / "w.pth")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_retinanet_round_trip(retinanet, fmt, tmp_path):
+    cfg, model, weights = retinanet
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 96, 96, generator=g) * 255 for _ in range(3)]
+    path, info = export_deployable(cfg, weights, str(tmp_path / "out"), fmt, images[:2])
+    assert info.batch == 2 and info.task == "detection"
+    exported = ExportedModel(str(path)).eval()
+    inputs = [{"image": im, "height": 144, "width": 144} for im in images]
+    inputs += [{"image": torch.rand(3, 128, 96, generator=g) * 255}]  # another size than traced
+    inputs += [{"image": torch.rand(3, 96, 128, generator=g) * 255}]  # 5 images: a short last call
+    with torch.no_grad():  # Detectron2 pads the images of one call to a common size: same calls
+        ref = model(inputs[:2]) + model(inputs[2:4]) + model(inputs[4:])
+    out = exported(inputs)
+    assert len(out) == len(ref) == 5
+    for o, r in zip(out, ref):
+        o, r = o["instances"], r["instances"]
+        assert len(o) == len(r) > 0 and o.image_size == r.image_size
+        scale = max(r.image_size)  # box coordinates within 1e-4 of the image size
+        torch.testing.assert_close(o.pred_boxes.tensor / scale, r.pred_boxes.tensor / scale, atol=1e-4, rtol=0)
+        torch.testing.assert_close(o.scores, r.scores, atol=1e-4, rtol=0)
+        assert torch.equal(o.pred_classes, r.pred_classes)
+
+
+def test_distillation_keys_dropped_and_listed_once(seg_models, tmp_path, caplog):
+    cfg, model = seg_models["DeepLabV3Head"]
+    extra = {"teacher.backbone.w": torch.zeros(1), "distiller.connectors.res5.weight": torch.zeros(1)}
+    weights = _save(model, tmp_path / "run.pth", extra)
+    with caplog.at_level("INFO", logger="radkd_d2"):
+        path, info = export_deployable(cfg, weights, str(tmp_path / "out"), "onnx", [torch.rand(3, 64, 64) * 255])
+    assert info.dropped == ["distiller", "teacher"]
+    assert sum("Dropped the distillation-only parts ['distiller', 'teacher']" in r.message for r in caplog.records) == 1
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["dropped"] == ["distiller", "teacher"]
+
+
+def test_student_keys_missing_is_an_error(seg_models, tmp_path):
+    cfg, model = seg_models["PSPHead"]
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("sem_seg_head.predictor")}
+    torch.save({"model": state}, tmp_path / "w.pth")
+    with pytest.raises(Exception, match="sem_seg_head.predictor"):
+        export_deployable(cfg, str(tmp_path / "w.pth"), str(tmp_path / "out"), "onnx", [torch.rand(3, 64, 64)])
+    assert not any((tmp_path / "out").glob("model_student*"))
+
+
+class _Odd(nn.Module):
+    def forward(self, x):
+        return torch.special.erfcx(x)  # no ONNX symbolic (aten::special_erfcx)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 1), _Odd())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_unexportable_module_one_clear_error(tmp_path):
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match=r"onnx export failed in module 'body.1' \(_Odd\): operator aten::special_erfcx"):
+        export_module(_Net().eval(), (torch.rand(1, 3, 8, 8),), "sem_seg", "onnx", path)
+    assert not path.exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_unsupported_architecture_named(tmp_path):
+    from radkd_d2.export import deployable
+
+    with pytest.raises(ExportError, match="exporting a _Net is not supported"):
+        deployable(_Net(), [torch.rand(3, 8, 8)])
+
+
+def test_output_folder_errors(seg_models, tmp_path):
+    cfg, model = seg_models["PSPHead"]
+    weights = _save(model, tmp_path / "w.pth")
+    with pytest.raises(ExportError, match="parent .* does not exist"):
+        export_deployable(cfg, weights, str(tmp_path / "no" / "such"), "onnx", [torch.rand(3, 64, 64)])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ExportError, match="is not a folder"):
+        export_deployable(cfg, weights, str(tmp_path / "a_file"), "onnx", [torch.rand(3, 64, 64)])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that can write to read-only folders (root)")
+        with pytest.raises(ExportError, match="is not writable"):
+            export_deployable(cfg, weights, str(locked), "onnx", [torch.rand(3, 64, 64)])
+    finally:
+        locked.chmod(0o700)
+    assert not list(locked.iterdir())
+
+
+def test_fixed_size_export_refuses_larger_inputs(seg_models, tmp_path):
+    cfg, model = seg_models["DeepLabV3Head"]
+    path, info = export_deployable(cfg, _save(model, tmp_path / "w.pth"), str(tmp_path / "o"), "onnx",
+                                   [torch.rand(3, 64, 64) * 255], dynamic_size=False)
+    assert info.fixed_size == [64, 64]
+    exported = ExportedModel(str(path)).eval()
+    same = [{"image": torch.rand(3, 64, 64) * 255}]
+    with torch.no_grad():
+        torch.testing.assert_close(exported(same)[0]["sem_seg"], model(same)[0]["sem_seg"], atol=1e-4, rtol=0)
+    # a smaller image is padded to the size (a different context than the eager model's, so
+    # only its shape is checked); a larger one cannot be run
+    assert exported([{"image": torch.rand(3, 48, 56) * 255}])[0]["sem_seg"].shape == (NUM_CLASSES, 48, 56)
+    with pytest.raises(ExportError, match="fixed size 64x64"):
+        exported([{"image": torch.rand(3, 80, 64)}])
+
+
+@pytest.mark.parametrize("n,bins", [(7, 6), (11, 3), (45, 6), (60, 2), (5, 1), (3, 6)])
+def test_pool_matrix_matches_adaptive_pool(n, bins):
+    x = torch.randn(2, 3, n, n + 1)
+    ref = torch.nn.functional.adaptive_avg_pool2d(x, bins)
+    ours = pool_matrix(n, bins, x) @ x @ pool_matrix(n + 1, bins, x).T
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(adaptive_avg_pool2d(x, bins), ref)  # outside an export: the op itself
+
+
+# ---- the tools end to end on the demo's student (short runs of the demo configs) --------------
+DEMO = "configs/synthetic/demo"
+DEMO_SMALL = ["DATASETS.SYNTHETIC.NUM_TRAIN", 8, "DATASETS.SYNTHETIC.NUM_TEST", 4, "DATASETS.SYNTHETIC.SIZE", 64,
+              "INPUT.SEM_SEG.CROP_SIZE", "(64, 64)", "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 3,
+              "SOLVER.CHECKPOINT_PERIOD", 3, "TEST.EVAL_PERIOD", 0]
+
+
+@pytest.fixture(scope="module")
+def demo_student(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    run_train_net("--config-file", REPO / DEMO / "teacher_pspnet_r18x2_synthetic.yaml", "MODEL.DEVICE", "cpu",
+                  "DATASETS.ROOT", data_root, "OUTPUT_DIR", out / "teacher", *DEMO_SMALL)
+    run_train_net("--config-file", REPO / DEMO / "lad_res5_pspr18x2_pspr18x4_synthetic.yaml", "MODEL.DEVICE", "cpu",
+                  "DATASETS.ROOT", data_root, "OUTPUT_DIR", out / "lad", *DEMO_SMALL,
+                  "MODEL.DISTILL.TEACHER.WEIGHTS", out / "teacher" / "model_final.pth")
+    return out / "lad"
+
+
+def _tool(name: str, *args) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+def test_tools_end_to_end_on_demo_student(demo_student, data_root, tmp_path):
+    miou = [r for r in map(json.loads, (demo_student / "metrics.json").read_text().splitlines()) if "sem_seg/mIoU" in r][-1]["sem_seg/mIoU"]
+    for fmt, suffix in [("torchscript", "ts"), ("onnx", "onnx")]:
+        log = _tool("export_student.py", "--config-file", demo_student / "config.yaml", "--weights",
+                    demo_student / "model_final.pth", "--output", tmp_path / fmt, "--format", fmt,
+                    "DATASETS.ROOT", data_root)
+        assert "dropped ['distiller']" in log
+        metrics = tmp_path / f"{fmt}.json"
+        log = _tool("eval_exported.py", "--model", tmp_path / fmt / f"model_student.{suffix}", "--output", metrics,
+                    "DATASETS.ROOT", data_root)
+        assert json.loads(metrics.read_text())["sem_seg"]["mIoU"] == pytest.approx(miou, abs=0.01), log
