@@ -159,6 +159,11 @@ def test_output_folder_errors(seg_models, tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ExportError, match="is not a folder"):
         export_deployable(cfg, weights, str(tmp_path / "a_file"), "onnx", [torch.rand(3, 64, 64)])
+
+
+def test_unwritable_output_folder(seg_models, tmp_path):
+    cfg, model = seg_models["PSPHead"]
+    weights = _save(model, tmp_path / "w.pth")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
