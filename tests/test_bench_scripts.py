@@ -46,3 +46,21 @@ def test_bench_eval_prints_throughput(tmp_path):
     assert re.search(r"model only\s+[0-9.]+ images/s", out)
     assert re.search(r"inference_on_dataset\s+[0-9.]+ images/s", out)
     assert re.search(r"mIoU of these weights\s+[0-9.]+", out)
+
+
+@pytest.mark.slow
+def test_bench_export_times_every_model_and_backend_and_feeds_the_report(tmp_path):
+    speed = tmp_path / "speed.json"
+    out = run("bench_export.py", "--size", "48", "64", "--batch", "1", "2", "--rounds", "1", "--warmup", "0",
+              "--json", str(speed))
+    for model in ("teacher", "student"):
+        for backend in ("pytorch", "torchscript", "onnx"):
+            for batch in (1, 2):
+                assert re.search(rf"\| {model} \| {backend} \| 48x64 \| {batch} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|", out), (model, backend, out)
+    assert re.search(r"\| teacher \| onnx \| 48x64 \| 1 \| [0-9.]+ \| [0-9.]+ \| 1\.00x \|", out)
+    report = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), str(tmp_path / "no_run"),
+                             "--out", str(tmp_path / "rep"), "--speed", str(speed)], capture_output=True, text=True, cwd=REPO)
+    assert report.returncode == 0, report.stderr[-2000:]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Inference speed" in md
+    assert len(re.findall(r"^\| .* \| (pytorch|torchscript|onnx) \| 48x64 \| [12] \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|$", md, re.M)) == 6

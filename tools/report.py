@@ -28,6 +28,7 @@ student feature), as a Markdown section and ``loss_balance.csv``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -67,11 +68,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a run is missing or unfinished"
     )
+    parser.add_argument(
+        "--speed", metavar="JSON", help="inference speed of teacher and student (bench/bench_export.py --json)"
+    )
     args = parser.parse_args(argv)
     if not (args.runs or args.teacher or args.baseline):
         parser.error("give at least one run folder")
     infos = collect_runs(args.runs, args.teacher, args.baseline)
     report = build_report(infos, seg_metric=args.metric)
+    if args.speed:
+        if not Path(args.speed).is_file():
+            parser.error(f"--speed {args.speed!r} does not exist")
+        report.speed_rows = json.loads(Path(args.speed).read_text())["rows"]
     paths = write_report(report, args.out, args.title)
     print(report_markdown(report, args.title), end="")
     print("written: " + ", ".join(str(p) for p in paths.values()))

@@ -314,8 +314,25 @@ def report_markdown(report: Report, title: str = "radkd-d2 report") -> str:
         lines += ["## Object detection", ""] + _det_tables(report)
     if not report.seg_rows and not report.det_rows:
         lines += ["No finished run: no table.", ""]
-    lines += _balance_section(report) + _left_out_section(report) + _runs_section(report)
+    lines += _balance_section(report) + _speed_section(report) + _left_out_section(report) + _runs_section(report)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _speed_section(report: Report) -> List[str]:
+    """The student's inference speed against its teacher's, per backend, size and batch."""
+    rows = [r for r in report.speed_rows if r["model"] == "student"]
+    if not rows:
+        return []
+    teacher = {(r["backend"], r["size"], r["batch"]): r for r in report.speed_rows if r["model"] == "teacher"}
+    lines = ["## Inference speed", "", "Medians of interleaved rounds (bench/bench_export.py).", "",
+             "| machine | backend | size | batch | teacher ms / image | student ms / image | student speed-up |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        t = teacher.get((r["backend"], r["size"], r["batch"]))
+        t_ms = f"{t['ms_per_image']:.2f}" if t else "-"
+        lines.append(f"| {r['machine']} | {r['backend']} | {r['size']} | {r['batch']} | {t_ms} | "
+                     f"{r['ms_per_image']:.2f} | {r['speedup_vs_teacher']:.2f}x |")
+    return lines + [""]
 
 
 def _csv_value(v):

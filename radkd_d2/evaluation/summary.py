@@ -242,6 +242,8 @@ class Report:
     seg_metric: str = "mIoU"
     balance_rows: List[dict] = field(default_factory=list)
     balance_terms: List[str] = field(default_factory=list)
+    # inference speed of the pair (bench/bench_export.py --json rows), shown when given
+    speed_rows: List[dict] = field(default_factory=list)
 
     @property
     def left_out(self) -> List[RunInfo]:
