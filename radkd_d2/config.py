@@ -48,6 +48,8 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1  # dropout before the classifier
     cfg.MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE = "res4"  # input of the auxiliary FCN head
     cfg.MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT = 0.0  # weight of the auxiliary CE loss; 0 disables it
+    cfg.MODEL.SEM_SEG_HEAD.AUX_CONVS_DIM = 0  # width of the auxiliary head's 3x3 conv, >= 0; 0: its input's channels // 4 (CIRKD, mmseg)
+    cfg.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS = False  # align_corners of the logits' upsampling (CE losses, inference); True as SKD/IFVD/CIRKD
 
 
 def _add_distill_config(cfg: CN) -> None:

@@ -1,6 +1,6 @@
-"""The config matrix of Tables 1, 3, 5 and 6: generated files up to date, every config loads with
-the keys the index says, every teacher/student builds (reduced size) with its taps, and one
-distillation step per (table, method, student family) gives finite losses."""
+"""The config matrix of Tables 1, 3, 5, 6, 7 and Fig. 1: generated files up to date, every config
+loads with the keys the index says, every segmentation teacher/student builds (reduced size) with
+its taps, and one distillation step per (table, method, student family) gives finite losses."""
 
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ from detectron2.utils.events import EventStorage
 
 from conftest import REPO, load_cfg
 from radkd_d2.configs_index import (
+    COCO,
     DATASETS,
+    FIG1_WEIGHTS,
     REDUCED_DISTILL_OPTS,
     TABLES,
+    DetRun,
+    Run,
     all_rows,
     all_runs,
     reduced_size_opts,
@@ -33,7 +37,10 @@ from radkd_d2.modeling.meta_arch.distill_semantic_seg import seg_tap_shapes
 from radkd_d2.modeling.teacher import load_teacher_cfg
 
 RUNS = all_runs()
-DISTILL = [r for r in RUNS if r.role == "distill"]
+SEG_RUNS = [r for r in RUNS if isinstance(r, Run)]
+DET_RUNS = [r for r in RUNS if isinstance(r, DetRun)]
+DISTILL = [r for r in SEG_RUNS if r.role == "distill"]
+SEG_ROWS = [r for r in all_rows() if isinstance(r.run, Run)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,18 +92,44 @@ def test_generator_check_detects_an_edit(tmp_path, monkeypatch):
 
 
 def test_matrix_covers_the_tables():
-    names = {r.name for r in RUNS}
-    assert len(names) == len(RUNS) and len(DISTILL) >= 90
+    paths = {r.path for r in RUNS}
+    assert len(paths) == len(RUNS) and len(DISTILL) >= 90
     counts = defaultdict(int)
     for row in all_rows():
         counts[row.table, row.dataset] += 1
     # Table 1: teacher + 4 students x (baseline + 5 or 6 methods); 3: 5 rows; 5: 12; 6: 5
     for d in ("cityscapes", "voc", "ade20k"):
-        assert (counts[1, d], counts[3, d], counts[5, d]) == (1 + 4 + 22, 5, 12)
-    assert counts[6, "cityscapes"] == counts[6, "ade20k"] == 5 and (6, "voc") not in counts
+        assert (counts["1", d], counts["3", d], counts["5", d]) == (1 + 4 + 22, 5, 12)
+    assert counts["6", "cityscapes"] == counts["6", "ade20k"] == 5 and ("6", "voc") not in counts
+    # Fig. 1 (Cityscapes): per panel T, S, naive and MD at each weight; SKD, IFVD lines for PSPNet
+    assert counts["fig1", "cityscapes"] == 3 * (2 + 2 * len(FIG1_WEIGHTS)) + 2 * 2
+    assert {d for t, d in counts if t == "fig1"} == {"cityscapes"}
+    # Table 7: teacher, student, the paper's five methods, three more configs
+    assert counts["7", COCO.key] == 2 + 5 + 3 and {d for t, d in counts if t == "7"} == {"coco"}
     for row in all_rows():
         assert (REPO / row.run.path).is_file(), row.run.path
-        assert row.paper_miou is not None and 15 < row.paper_miou < 90
+        if row.table == "fig1":  # figure only: no numbers in the paper's text
+            assert row.paper is None, row.label
+        elif row.table == "7":
+            assert row.paper is None or 35 < row.paper < 45, row.label
+        else:
+            assert row.paper is not None and 15 < row.paper < 90, row.label
+    assert sum(r.paper is not None for r in select_rows("7")) == 7
+
+
+def test_fig1_runs_differ_only_in_loss_and_weight():
+    """Each Fig. 1 point is its student's baseline + one res5 tap (naive or md) at its weight,
+    with the paper's logit KD; w = 10 naive is Table 5's file."""
+    by_label = {r.label: r.run for r in select_rows("fig1")}
+    for student in ("PSPNet-R18", "PSPNet-MV2", "UPerNet-SwinT"):
+        for name, loss in (("Naive", "naive"), ("MD", "md")):
+            for w in FIG1_WEIGHTS:
+                run = by_label[f"{student}: {name} w={w:g}"]
+                assert run.method.taps == (("res5", "res5", loss, w),), run.name
+                assert run.kd_weight == 10.0 and run.kd_reduction == "element"
+                assert (f"-w{w:g}_" in run.name) == (w != 10.0), run.name
+    table5 = {r.run.path for r in select_rows("5", "cityscapes")}
+    assert by_label["PSPNet-R18: Naive w=10"].path in table5
 
 
 @pytest.mark.slow
@@ -110,7 +143,7 @@ def test_listing_tool_prints_every_row(capsys):
     listing = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(listing)
     for table in TABLES:  # one table at a time (in-process)
-        assert listing.main(["--table", str(table)]) == 0
+        assert listing.main(["--table", table]) == 0
         out = capsys.readouterr().out
         for row in select_rows(table):
             assert row.run.path in out
@@ -119,7 +152,7 @@ def test_listing_tool_prints_every_row(capsys):
     assert all(row.run.name in readme for row in all_rows())
 
 
-@pytest.mark.parametrize("run", RUNS, ids=lambda r: r.name)
+@pytest.mark.parametrize("run", SEG_RUNS, ids=lambda r: r.name)
 def test_config_loads_as_indexed(run):
     cfg = load_run(run)
     d = DATASETS[run.dataset.key]
@@ -146,6 +179,30 @@ def test_config_loads_as_indexed(run):
         assert dcfg.TEACHER.WEIGHTS == f"{run.teacher_run.output_dir}/model_final.pth"
         tcfg = teacher_cfg(dcfg.TEACHER.CONFIG_FILE)
         assert tcfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == d.num_classes
+
+
+@pytest.mark.parametrize("run", DET_RUNS, ids=lambda r: r.name)
+def test_detection_config_loads_as_indexed(run):
+    cfg = load_run(run)
+    assert cfg.DATASETS.TRAIN == (COCO.train,) and cfg.DATASETS.TEST == (COCO.test,)
+    assert cfg.SOLVER.MAX_ITER == COCO.max_iter and tuple(cfg.SOLVER.STEPS) == COCO.steps
+    assert cfg.MODEL.RETINANET.NUM_CLASSES == COCO.num_classes and cfg.OUTPUT_DIR == run.output_dir
+    for key, value in run.model.resnets:  # the student's keys in a distillation config
+        assert cfg.MODEL.RESNETS[key] == value, key
+    weights = run.model.pretrained
+    assert cfg.MODEL.WEIGHTS == run.model.weights and cfg.INPUT.FORMAT == weights.input_format
+    assert tuple(cfg.MODEL.PIXEL_STD) == weights.pixel_std
+    if run.role == "distill":
+        dcfg = cfg.MODEL.DISTILL
+        assert cfg.MODEL.META_ARCHITECTURE == "DistillRetinaNet"
+        assert [tuple(t) for t in dcfg.TAPS] == list(run.method.taps) and dcfg.KD_WEIGHT == 0
+        for key, value in run.method.distill_opts:
+            node, leaf = key.split(".")
+            assert dcfg[node][leaf] == value, key
+        assert dcfg.TEACHER.CONFIG_FILE == run.teacher_run.path
+        assert dcfg.TEACHER.WEIGHTS == f"{run.teacher_run.output_dir}/model_final.pth"
+        tcfg = teacher_cfg(dcfg.TEACHER.CONFIG_FILE)
+        assert tcfg.MODEL.RESNETS.NUM_GROUPS == 64 and tcfg.INPUT.FORMAT == "RGB"
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +249,10 @@ def _step_samples():
     (and, in Table 5, the positions); a file already sampled is not run twice. Every config's
     parts are built by test_every_distillation_builds_teacher_student_and_taps."""
     by_key = defaultdict(list)
-    for row in all_rows():
+    for row in SEG_ROWS:
         run = row.run
         if run.role == "distill":  # Table 5 (one family): one per method, positions rotate
-            tap = "" if row.table == 5 else run.method.tap
+            tap = "" if row.table == "5" else run.method.tap  # Fig. 1: the weights rotate
             by_key[row.table, run.method.key, tap, run.model.family].append(run)
     samples = {}
     for i, runs in enumerate(by_key.values()):
@@ -213,10 +270,10 @@ def test_step_samples_cover_the_matrix():
     assert {r.model.family for r in samples} == {r.model.family for r in DISTILL}
     sampled = set(paths)
     pairs = defaultdict(set)  # (table, method) -> families sampled for it
-    for row in all_rows():
+    for row in SEG_ROWS:
         if row.run.role == "distill" and row.run.path in sampled:
             pairs[row.table, row.run.method.key].add(row.run.model.family)
-    for row in all_rows():
+    for row in SEG_ROWS:
         if row.run.role == "distill":
             assert row.run.model.family in pairs[row.table, row.run.method.key], row.label
     reductions = {r.kd_reduction for r in samples if r.kd_weight > 0}

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 
 from radkd_d2.losses.logits import KD_REDUCTIONS
 
-from .rows import all_rows
+from .rows import all_rows, item_name
 from .specs import DATASETS, RECIPES
 
 
@@ -69,11 +69,18 @@ def kd_families() -> List[KDFamily]:
         if len(values) != 1:
             raise ValueError(f"recipe {recipe!r} on {dataset}: runs disagree on logit KD {values}")
         (kd_weight, reduction), d = next(iter(values)), DATASETS[dataset]
-        numbers = ", ".join(map(str, sorted(tables[recipe, dataset])))
         what = "CIRKD's protocol" if recipe == "cirkd" else "paper recipe"
         families.append(
-            KDFamily(f"{d.title}, Table{'s' if ',' in numbers else ''} {numbers} ({what})",
+            KDFamily(f"{d.title}, {_sources(tables[recipe, dataset])} ({what})",
                      f"`{d.key}/*_{RECIPES[recipe].iterations(d) // 1000}k_{d.key}.yaml`",
                      kd_weight, reduction, d.num_classes)
         )  # fmt: skip
     return families + list(HANDWRITTEN_KD)
+
+
+def _sources(ids) -> str:
+    """"Tables 1, 5, 6, Fig. 1" for the keys {"1", "5", "6", "fig1"} of TABLES."""
+    tables = sorted((t for t in ids if t.isdigit()), key=int)
+    figures = sorted(t for t in ids if not t.isdigit())
+    parts = [f"Table{'s' if len(tables) > 1 else ''} {', '.join(tables)}"] if tables else []
+    return ", ".join(parts + [item_name(f) for f in figures])

@@ -15,9 +15,11 @@ REDUCED_DISTILL_OPTS = [  # CIRKD's banks hold 20000 pixels per class at full si
 def reduced_size_opts(cfg) -> List[str]:
     """KEY VALUE overrides (strings, usable as ``MODEL.DISTILL.TEACHER.OPTS``) that shrink the
     model of ``cfg`` -- a config of a ResNet, MobileNetV2 or Swin model -- for CPU tests:
-    ResNet width 1/8, MobileNetV2 width 0.35, Swin with one block per stage, 16-channel heads."""
+    ResNet width 1/8, MobileNetV2 width 0.35, Swin with one block per stage, 16-channel heads
+    (the auxiliary head's conv too)."""
     name = cfg.MODEL.BACKBONE.NAME
     info = BACKBONE_INFO.get(name)
     if info is None or info.reduced_opts is None:
         raise ValueError(f"no reduced size known for backbone {name!r}")
-    return list(info.reduced_opts(cfg)) + ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "16"]
+    head = ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "16", "MODEL.SEM_SEG_HEAD.AUX_CONVS_DIM", "16"]
+    return list(info.reduced_opts(cfg)) + head

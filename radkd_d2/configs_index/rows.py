@@ -1,11 +1,23 @@
-"""Table rows and their config files (runs): which file reproduces which row, and the printed
-listing with train commands."""
+"""Table rows and their config files (runs): which file reproduces which row of the paper's
+Tables 1, 3, 5, 6, 7 and Fig. 1, and the printed listing with train commands."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from .specs import DATASETS, METHODS, MODELS, RECIPES, DatasetSpec, MethodSpec, ModelSpec, RecipeSpec
+from .detection import COCO, DET_METHODS, DET_MODELS, DetRun
+from .specs import (
+    DATASETS,
+    FIG1_WEIGHTS,
+    METHODS,
+    MODELS,
+    RECIPES,
+    DatasetSpec,
+    MethodSpec,
+    ModelSpec,
+    RecipeSpec,
+    method_at,
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,7 @@ class Run:
         d = self.dataset.key
         if self.role == "distill":
             m, t, s = self.method, self.teacher.short, self.model.short
-            return f"{m.key}_{m.tap}_{t}_{s}_{self.schedule}_{d}"
+            return f"{m.prefix}_{m.tap}_{t}_{s}_{self.schedule}_{d}"
         return f"{self.role}_{self.model.key}_{self.schedule}_{d}"
 
     @property
@@ -70,16 +82,21 @@ class Run:
 
 @dataclass(frozen=True)
 class Row:
-    """One cell group of a paper table: a row label on one data set, and its config."""
+    """One cell group of a paper table (or a point of a figure): a row label on one data set,
+    and its config."""
 
-    table: int
+    table: str  # a key of TABLES: "1", "3", "5", "6", "7" or "fig1"
     label: str  # row as the paper writes it, prefixed by the student where the table repeats
-    run: Run
-    paper_miou: Optional[float]
+    run: Union[Run, DetRun]
+    paper: Optional[float]  # the paper's val mIoU (segmentation) or box AP (Table 7); None: none
 
     @property
     def dataset(self) -> str:
         return self.run.dataset.key
+
+    @property
+    def metric(self) -> str:
+        return "AP" if getattr(self.run.dataset, "task", "sem_seg") == "detection" else "mIoU"
 
 
 # Paper val mIoU (%), per row and data set, in the tables' column order.
@@ -127,26 +144,45 @@ _DEFAULT_TAP = {"skd": "decoder", "ifvd": "decoder", "cwd": "decoder-logits", "m
                 "cirkd": "decoder", "lad": "res5", "cad": "res5"}  # fmt: skip
 _TAP_TITLE = {"res5": "backbone", "decoder": "decoder", "logits": "logits"}
 
+_T7 = {  # COCO val box AP (mAP column)
+    "teacher": 41.0, "student": 37.4, "fkd": 39.6, "cwd": 40.8, "fgd": 40.7, "mgd": 41.0,
+    "lad": 41.0,
+}  # fmt: skip
+_T7_EXTRA = ("cad", "pad", "pkd")  # configs beyond the paper's rows (no paper number)
+
 TABLES = {
-    1: "Table 1: teacher PSPNet-R101 -> four students, val mIoU (Cityscapes, VOC, ADE20K)",
-    3: "Table 3: CIRKD's setup, DeepLabV3-R101 -> DeepLabV3-R18 (* rows: CIRKD's numbers)",
-    5: "Table 5: distillation position, PSPNet-R101 -> PSPNet-R18",
-    6: "Table 6: UPerNet-SwinB -> UPerNet-SwinT",
+    "1": "Table 1: teacher PSPNet-R101 -> four students, val mIoU (Cityscapes, VOC, ADE20K)",
+    "3": "Table 3: CIRKD's setup, DeepLabV3-R101 -> DeepLabV3-R18 (* rows: CIRKD's numbers)",
+    "5": "Table 5: distillation position, PSPNet-R101 -> PSPNet-R18",
+    "6": "Table 6: UPerNet-SwinB -> UPerNet-SwinT",
+    "7": "Table 7: RetinaNet X101-64x4d-FPN -> RetinaNet R50-FPN, COCO val box AP",
+    "fig1": "Fig. 1: naive feature distillation vs magnitude distillation (Eq. 4) at loss weights "
+    f"w in {{{', '.join(f'{w:g}' for w in FIG1_WEIGHTS)}}}, on res5 (figure only: no paper numbers)",
 }
+
+
+def item_name(table: str) -> str:
+    """"Table 1", "Fig. 1": how the paper names a key of :data:`TABLES`."""
+    return f"Fig. {table[3:]}" if table.startswith("fig") else f"Table {table}"
+
+
+def dataset_titles() -> Dict[str, str]:
+    """Every data set of the index: key -> title (segmentation, then detection)."""
+    return {**{k: d.title for k, d in DATASETS.items()}, COCO.key: COCO.title}
 
 
 def _table1(d: DatasetSpec, col: int) -> List[Row]:
     paper = RECIPES["paper"]
     teacher = MODELS["pspnet_r101"]
-    rows = [Row(1, f"T: {teacher.title}", Run(d, teacher, paper, "teacher"), _T1_TEACHER[col])]
+    rows = [Row("1", f"T: {teacher.title}", Run(d, teacher, paper, "teacher"), _T1_TEACHER[col])]
     for student_key, methods in _T1_METHODS.items():
         s = MODELS[student_key]
         numbers = _T1[student_key]
-        rows.append(Row(1, f"S: {s.title}", Run(d, s, paper, "student"), numbers["student"][col]))
+        rows.append(Row("1", f"S: {s.title}", Run(d, s, paper, "student"), numbers["student"][col]))
         for m in methods:
             method = METHODS[(m, _DEFAULT_TAP[m])]
             run = Run(d, s, paper, "distill", teacher, method)
-            rows.append(Row(1, f"{s.title} + {method.title}", run, numbers[m][col]))
+            rows.append(Row("1", f"{s.title} + {method.title}", run, numbers[m][col]))
     return rows
 
 
@@ -154,12 +190,12 @@ def _table3(d: DatasetSpec, col: int) -> List[Row]:
     cirkd = RECIPES["cirkd"]
     t, s = MODELS["deeplabv3_r101"], MODELS["deeplabv3_r18"]
     rows = [
-        Row(3, f"T: {t.title}*", Run(d, t, cirkd, "teacher"), _T3["teacher"][col]),
-        Row(3, f"S: {s.title}*", Run(d, s, cirkd, "student"), _T3["student"][col]),
+        Row("3", f"T: {t.title}*", Run(d, t, cirkd, "teacher"), _T3["teacher"][col]),
+        Row("3", f"S: {s.title}*", Run(d, s, cirkd, "student"), _T3["student"][col]),
     ]
     for m, title in (("cirkd", "CIRKD*"), ("cad", "CAD (Ours)"), ("lad", "LAD (Ours)")):
         method = METHODS[(m, _DEFAULT_TAP[m])]
-        rows.append(Row(3, f"+ {title}", Run(d, s, cirkd, "distill", t, method), _T3[m][col]))
+        rows.append(Row("3", f"+ {title}", Run(d, s, cirkd, "distill", t, method), _T3[m][col]))
     return rows
 
 
@@ -171,7 +207,7 @@ def _table5(d: DatasetSpec, col: int) -> List[Row]:
         for m in ("naive", "pad", "cad", "lad"):
             method = METHODS[(m, tap)]
             label = f"{method.title.split(' ')[0]}-{_TAP_TITLE[tap]}"
-            rows.append(Row(5, label, Run(d, s, paper, "distill", t, method), _T5[(m, tap)][col]))
+            rows.append(Row("5", label, Run(d, s, paper, "distill", t, method), _T5[(m, tap)][col]))
     return rows
 
 
@@ -179,19 +215,60 @@ def _table6(d: DatasetSpec, col: int) -> List[Row]:
     paper = RECIPES["paper"]
     t, s = MODELS["upernet_swin_b"], MODELS["upernet_swin_t"]
     rows = [
-        Row(6, f"T: {t.title}", Run(d, t, paper, "teacher"), _T6["teacher"][col]),
-        Row(6, f"S: {s.title}", Run(d, s, paper, "student"), _T6["student"][col]),
+        Row("6", f"T: {t.title}", Run(d, t, paper, "teacher"), _T6["teacher"][col]),
+        Row("6", f"S: {s.title}", Run(d, s, paper, "student"), _T6["student"][col]),
     ]
     for m in ("cwd", "lad", "cad"):
         method = METHODS[(m, _DEFAULT_TAP[m])]
         rows.append(
-            Row(6, f"+ {method.title}", Run(d, s, paper, "distill", t, method), _T6[m][col])
+            Row("6", f"+ {method.title}", Run(d, s, paper, "distill", t, method), _T6[m][col])
         )
     return rows
 
 
+def _fig1(d: DatasetSpec) -> List[Row]:
+    """Fig. 1's three panels on Cityscapes: naive and MD on res5 at each weight of the grid, and
+    the lines the figure draws (teacher, student without KD, SKD and IFVD of Table 1)."""
+    paper = RECIPES["paper"]
+    rows = []
+    for t_key, s_key, lines in (
+        ("pspnet_r101", "pspnet_r18", ("skd", "ifvd")),
+        ("pspnet_r101", "pspnet_mv2", ("skd", "ifvd")),
+        ("upernet_swin_b", "upernet_swin_t", ()),
+    ):
+        t, s = MODELS[t_key], MODELS[s_key]
+        rows += [
+            Row("fig1", f"{s.title}: T {t.title}", Run(d, t, paper, "teacher"), None),
+            Row("fig1", f"{s.title}: w/o KD", Run(d, s, paper, "student"), None),
+        ]
+        for m in lines:
+            method = METHODS[(m, _DEFAULT_TAP[m])]
+            rows.append(Row("fig1", f"{s.title}: {method.title}",
+                            Run(d, s, paper, "distill", t, method), None))  # fmt: skip
+        for key in ("naive", "md"):
+            for w in FIG1_WEIGHTS:
+                method = method_at(key, "res5", w)
+                label = f"{s.title}: {method.title.split(' ')[0]} w={w:g}"
+                rows.append(Row("fig1", label, Run(d, s, paper, "distill", t, method), None))
+    return rows
+
+
+def _table7() -> List[Row]:
+    t, s = DET_MODELS["retinanet_X101_64x4d_FPN"], DET_MODELS["retinanet_R50_FPN"]
+    rows = [
+        Row("7", f"T: {t.title}", DetRun(COCO, t, "teacher"), _T7["teacher"]),
+        Row("7", f"S: {s.title}", DetRun(COCO, s, "student"), _T7["student"]),
+    ]
+    for key in ("fkd", "cwd", "fgd", "mgd", "lad") + _T7_EXTRA:
+        m = DET_METHODS[key]
+        title = m.title + (" (not in the paper's table)" if key in _T7_EXTRA else "")
+        rows.append(Row("7", f"+ {title}", DetRun(COCO, s, "distill", t, m), _T7.get(key)))
+    return rows
+
+
 def all_rows() -> List[Row]:
-    """Every row of Tables 1, 3, 5 and 6, table by table, data set by data set."""
+    """Every row of Tables 1, 3, 5, 6, Fig. 1 and Table 7, table by table, data set by data
+    set."""
     rows: List[Row] = []
     three = ("cityscapes", "voc", "ade20k")
     for build, datasets in (
@@ -202,12 +279,12 @@ def all_rows() -> List[Row]:
     ):
         for col, key in enumerate(datasets):
             rows += build(DATASETS[key], col)
-    return rows
+    return rows + _fig1(DATASETS["cityscapes"]) + _table7()
 
 
-def all_runs() -> List[Run]:
-    """Every config file of the matrix, once: the rows' runs plus the teachers they need."""
-    runs: Dict[str, Run] = {}
+def all_runs() -> List[Union[Run, DetRun]]:
+    """Every config file of the index, once: the rows' runs plus the teachers they need."""
+    runs: Dict[str, Union[Run, DetRun]] = {}
     for row in all_rows():
         for run in (row.run, row.run.teacher_run, row.run.base_run):
             if run is not None:
@@ -215,13 +292,14 @@ def all_runs() -> List[Run]:
     return list(runs.values())
 
 
-def select_rows(table: Optional[int] = None, dataset: Optional[str] = None) -> List[Row]:
-    """Rows of one table and/or data set (None: all)."""
+def select_rows(table: Optional[Union[str, int]] = None, dataset: Optional[str] = None) -> List[Row]:
+    """Rows of one table (a key of :data:`TABLES`; 1 is "1") and/or data set (None: all)."""
+    table = None if table is None else str(table)
     if table is not None and table not in TABLES:
-        raise ValueError(f"table {table} is not in the matrix; choose one of {sorted(TABLES)}")
-    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"table {table} is not in the matrix; choose one of {list(TABLES)}")
+    if dataset is not None and dataset not in dataset_titles():
         raise ValueError(
-            f"data set {dataset!r} is not in the matrix; choose one of {list(DATASETS)}"
+            f"data set {dataset!r} is not in the matrix; choose one of {list(dataset_titles())}"
         )
     return [
         r
@@ -230,27 +308,26 @@ def select_rows(table: Optional[int] = None, dataset: Optional[str] = None) -> L
     ]
 
 
-def train_command(run: Run, num_gpus: int = 8) -> str:
+def train_command(run: Union[Run, DetRun], num_gpus: int = 8) -> str:
     """The command that trains ``run`` (from the repository root)."""
     return f"python tools/train_net.py --config-file {run.path} --num-gpus {num_gpus}"
 
 
 def _groups(rows: Iterable[Row]):
-    groups: Dict[Tuple[int, str], List[Row]] = {}
+    groups: Dict[Tuple[str, str], List[Row]] = {}
     for r in rows:
         groups.setdefault((r.table, r.dataset), []).append(r)
     return groups.items()
 
 
 def format_rows(rows: Sequence[Row], num_gpus: int = 8) -> str:
-    """Plain-text listing: per table and data set, each row, its paper mIoU, config and command
-    (a distillation row also names the teacher run it needs first)."""
+    """Plain-text listing: per table and data set, each row, its paper number, config and
+    command (a distillation row also names the teacher run it needs first)."""
     lines = []
     for (table, dataset), group in _groups(rows):
-        lines.append(f"== {TABLES[table]} -- {DATASETS[dataset].title}")
+        lines.append(f"== {TABLES[table]} -- {dataset_titles()[dataset]}")
         for r in group:
-            miou = f"{r.paper_miou:.2f}" if r.paper_miou is not None else "-"
-            lines.append(f"{r.label}  [paper {miou}]")
+            lines.append(f"{r.label}  [paper {_score(r)}]")
             lines.append(f"  config:  {r.run.path}")
             if r.run.teacher_run is not None:
                 lines.append(f"  teacher: {r.run.teacher_run.path} (train it first)")
@@ -260,20 +337,29 @@ def format_rows(rows: Sequence[Row], num_gpus: int = 8) -> str:
 
 
 def markdown_tables(rows: Optional[Sequence[Row]] = None, num_gpus: int = 8) -> str:
-    """One Markdown table per (paper table, data set): row, paper mIoU, config file."""
+    """One Markdown table per (paper table, data set): row, paper number, config file."""
     rows = all_rows() if rows is None else rows
     out = []
     for (table, dataset), group in _groups(rows):
-        out += [f"### {TABLES[table]} -- {DATASETS[dataset].title}", ""]
+        out += [f"### {TABLES[table]} -- {dataset_titles()[dataset]}", ""]
+        teacher = "`teacher_*`" if group[0].metric == "mIoU" else "teacher"
         out += [
             f"Train a row: `python tools/train_net.py --config-file configs/{dataset}/<config>.yaml"
-            f" --num-gpus {num_gpus}`; distillation rows need their teacher (a `teacher_*`"
+            f" --num-gpus {num_gpus}`; distillation rows need their teacher (a {teacher}"
             " config) trained first.",
             "",
         ]
-        out += ["| Row | Paper mIoU | Config |", "| --- | ---: | --- |"]
+        out += [f"| Row | Paper {group[0].metric} | Config |", "| --- | ---: | --- |"]
         for r in group:
-            miou = f"{r.paper_miou:.2f}" if r.paper_miou is not None else "-"
-            out.append(f"| {r.label} | {miou} | [`{r.run.name}`]({r.run.path[len('configs/'):]}) |")
+            out.append(
+                f"| {r.label} | {_score(r)} | [`{r.run.name}`]({r.run.path[len('configs/'):]}) |"
+            )
         out.append("")
     return "\n".join(out)
+
+
+def _score(row: Row) -> str:
+    """The paper's number of a row: "76.86" (mIoU), "41.0" (box AP), "-" (none)."""
+    if row.paper is None:
+        return "-"
+    return f"{row.paper:.1f}" if row.metric == "AP" else f"{row.paper:.2f}"

@@ -39,14 +39,20 @@ class ModelSpec:
 class MethodSpec:
     """A distillation method at one position: the ``MODEL.DISTILL`` keys of its configs."""
 
-    key: str  # file-name prefix
-    tap: str  # file-name position label: res5, decoder, logits, decoder-logits
+    key: str  # the method (rows are grouped by it)
+    tap: str  # file-name position label: res5, decoder, logits, decoder-logits, fpn
     title: str  # as the paper writes it
     taps: Tuple[Tuple[str, str, str, float], ...]  # MODEL.DISTILL.TAPS entries
     kd_weight: float  # MODEL.DISTILL.KD_WEIGHT (lambda_kd) in the paper's recipe; 0: no logit KD
     note: str  # the weights and where they come from (written into each config)
     distill_opts: Tuple[Tuple[str, object], ...] = ()  # other MODEL.DISTILL keys
     per_dataset_opts: Tuple[Tuple[str, Tuple[Tuple[str, object], ...]], ...] = ()  # by data set
+    variant: str = ""  # appended to ``key`` in file names: "-w1000" for a non-default weight
+
+    @property
+    def prefix(self) -> str:
+        """File-name prefix: ``key`` and ``variant`` ("naive", "md-w1000")."""
+        return self.key + self.variant
 
     def opts_for(self, dataset: str) -> Tuple[Tuple[str, object], ...]:
         """``distill_opts`` plus the data set's own entries of ``per_dataset_opts``."""
@@ -109,16 +115,13 @@ RECIPES: Dict[str, RecipeSpec] = {
         "(PyTorch KLDivLoss default 'mean', as in IFVD's and CWD's released code)",
     ),
     # CIRKD's setup (Table 3): winycg/CIRKD train_cirkd.py defaults (lr 0.02, 40k iterations,
-    # batch 16, wd 1e-4) and its ResNet students' auxiliary head on res4 with weight 0.4.
+    # batch 16, wd 1e-4). Its ResNet students' auxiliary head on res4 (weight 0.4) is part of the
+    # model files (configs/models/deeplabv3_r18.yaml), as in every table.
     "cirkd": RecipeSpec(
         "cirkd",
         "CIRKD's setup (Table 3; winycg/CIRKD train_cirkd.py): lr 0.02, 40k iterations, batch 16, "
         "wd 1e-4, ResNet students with an auxiliary head (weight 0.4)",
         solver=(("BASE_LR", 0.02), ("WEIGHT_DECAY", 0.0001)),
-        student_model=(
-            ("SEM_SEG_HEAD.AUX_IN_FEATURE", "res4"),
-            ("SEM_SEG_HEAD.AUX_LOSS_WEIGHT", 0.4),
-        ),
         max_iter=40000,
         # The paper ran its own methods in CIRKD's code for this table (Sec. 4.3), so LAD and
         # CAD get CIRKD's logit KD too, not the lambda_kd 10 of the paper's recipe.
@@ -131,17 +134,34 @@ RECIPES: Dict[str, RecipeSpec] = {
 }
 
 
-def _ours(key: str, tap: str, eq: str) -> MethodSpec:
+# Fig. 1: naive feature distillation (Eq. 1) and magnitude distillation (Eq. 4) at loss weights
+# w. The paper's text names w = 100 and 1000 (Sec. 3.1); the figure's own axis is not in the text,
+# so the grid is the decades around them (tools/sweep.py's default grid), with w = 10 the weight
+# of Table 5's naive rows.
+FIG1_WEIGHTS = (1.0, 10.0, 100.0, 1000.0)
+_DEFAULT_WEIGHT = 10.0  # lambda_ad of the paper's recipe (Sec. 4.2)
+
+
+def _ours(key: str, tap: str, eq: str, weight: float = _DEFAULT_WEIGHT) -> MethodSpec:
     name = loss_label(key)
-    what = "naive FitNets MSE" if key == "naive" else f"{name} ({eq})"
+    what = {"naive": "naive FitNets MSE", "md": "magnitude distillation (Eq. 4)"}.get(
+        key, f"{name} ({eq})"
+    )
+    title = f"{name} (Ours)" if key not in ("naive", "md") else name
+    source = (
+        "lambda_ad, paper Sec. 4.2 / Tab. 5"
+        if weight == _DEFAULT_WEIGHT
+        else "a point of the Fig. 1 weight grid"
+    )
     return MethodSpec(
         key,
         tap,
-        f"{name} (Ours)" if key != "naive" else "Naive",
-        ((tap, tap, key, 10.0),),
+        title if weight == _DEFAULT_WEIGHT else f"{title} w={weight:g}",
+        ((tap, tap, key, weight),),
         10.0,
-        f"{what} on {tap}, weight 10 (lambda_ad, paper Sec. 4.2 / Tab. 5), + pixel-wise logit KD "
+        f"{what} on {tap}, weight {weight:g} ({source}), + pixel-wise logit KD "
         "(lambda_kd 10 in the paper's recipe, Sec. 4.2; see Logit KD).",
+        variant="" if weight == _DEFAULT_WEIGHT else f"-w{weight:g}",
     )
 
 
@@ -198,4 +218,13 @@ for _tap in ("res5", "decoder", "logits"):
         _ours("pad", _tap, "Eq. 8"),
         _ours("naive", _tap, "Eq. 1"),
     ]
-METHODS: Dict[Tuple[str, str], MethodSpec] = {(m.key, m.tap): m for m in _METHOD_LIST}
+for _w in FIG1_WEIGHTS:
+    _METHOD_LIST += [_ours("naive", "res5", "Eq. 1", _w), _ours("md", "res5", "Eq. 4", _w)]
+# (file-name prefix, tap) -> method; the prefix is the key for the default weight
+METHODS: Dict[Tuple[str, str], MethodSpec] = {(m.prefix, m.tap): m for m in _METHOD_LIST}
+
+
+def method_at(key: str, tap: str, weight: float) -> MethodSpec:
+    """One of our methods (or naive / MD) on ``tap`` at loss weight ``weight``."""
+    variant = "" if weight == _DEFAULT_WEIGHT else f"-w{weight:g}"
+    return METHODS[(key + variant, tap)]

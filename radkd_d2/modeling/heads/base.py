@@ -11,6 +11,11 @@ cross-entropy losses and the ``forward`` contract of Detectron2's ``SemSegFPNHea
 
 Parameter names: ``predictor.{weight,bias}``; with the auxiliary head
 ``aux_head.conv.weight``, ``aux_head.conv.norm.*``, ``aux_head.predictor.{weight,bias}``.
+
+Reference widths of the auxiliary head's 3x3 conv (``aux_channels``): the SKD/IFVD/CWD code base
+(``networks/pspnet.py``, its ``dsn``) uses 512 for ResNet-101 and 128 for ResNet-18, i.e. half its
+res4 input; CIRKD (``models/pspnet.py``, ``models/deeplabv3.py``, ``_FCNHead``) and mmsegmentation
+a quarter of the input (256 / 64), the default here (``aux_channels`` 0).
 """
 
 from typing import Dict, Optional
@@ -22,20 +27,33 @@ from torch.nn import functional as F
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
+from radkd_d2.errors import ConfigError
+
 __all__ = ["DilatedSegHead", "FCNHead"]
 
 
 class FCNHead(nn.Module):
-    """3x3 conv to ``in_channels // 4`` + norm + ReLU, dropout, 1x1 classifier.
+    """3x3 conv to ``channels`` (0: ``in_channels // 4``) + norm + ReLU, dropout, 1x1 classifier.
 
     The auxiliary head of PSPNet/DeepLabV3: B x C x h x w -> B x num_classes x h x w.
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, *, norm: str = "BN", dropout: float = 0.1
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        channels: int = 0,
+        norm: str = "BN",
+        dropout: float = 0.1,
     ):
         super().__init__()
-        channels = max(1, in_channels // 4)
+        if channels < 0:
+            raise ConfigError(
+                f"MODEL.SEM_SEG_HEAD.AUX_CONVS_DIM = {channels} is out of range; it must be >= 0 "
+                "(0: a quarter of the auxiliary input's channels)"
+            )
+        channels = channels or max(1, in_channels // 4)
         self.conv = Conv2d(
             in_channels,
             channels,
@@ -77,6 +95,8 @@ class DilatedSegHead(nn.Module):
         ignore_value: int = -1,
         aux_in_feature: Optional[str] = None,
         aux_loss_weight: float = 0.0,
+        aux_channels: int = 0,
+        align_corners: bool = False,
     ):
         """
         Args:
@@ -93,6 +113,9 @@ class DilatedSegHead(nn.Module):
             ignore_value: target value ignored by the losses.
             aux_in_feature: input of the auxiliary FCN head.
             aux_loss_weight: weight of ``loss_sem_seg_aux``; 0 builds no auxiliary head.
+            aux_channels: width of the auxiliary head's 3x3 conv; 0: its input's channels // 4.
+            align_corners: ``align_corners`` of the logits' bilinear upsampling (losses and
+                inference); True as the SKD/IFVD/CWD and CIRKD code bases, False as Detectron2.
         """
         super().__init__()
         if in_feature not in input_shape:
@@ -112,6 +135,7 @@ class DilatedSegHead(nn.Module):
         self.norm = norm
         self.loss_weight = loss_weight
         self.ignore_value = ignore_value
+        self.align_corners = align_corners
 
         self.dropout = nn.Dropout2d(dropout)
         self.predictor = Conv2d(conv_dims, num_classes, kernel_size=1)
@@ -129,7 +153,11 @@ class DilatedSegHead(nn.Module):
             self.aux_in_feature = aux_in_feature
             self.aux_stride = input_shape[aux_in_feature].stride
             self.aux_head = FCNHead(
-                input_shape[aux_in_feature].channels, num_classes, norm=norm, dropout=dropout
+                input_shape[aux_in_feature].channels,
+                num_classes,
+                channels=aux_channels,
+                norm=norm,
+                dropout=dropout,
             )
 
     @classmethod
@@ -147,6 +175,8 @@ class DilatedSegHead(nn.Module):
             "ignore_value": head.IGNORE_VALUE,
             "aux_in_feature": head.AUX_IN_FEATURE,
             "aux_loss_weight": head.AUX_LOSS_WEIGHT,
+            "aux_channels": head.AUX_CONVS_DIM,
+            "align_corners": head.ALIGN_CORNERS,
         }
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
@@ -207,7 +237,7 @@ class DilatedSegHead(nn.Module):
         self, logits: torch.Tensor, targets: torch.Tensor, stride: int
     ) -> torch.Tensor:
         logits = logits.float()  # CE and the upsampling in float32 also under AMP
-        logits = F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False)
+        logits = self._upsample(logits, stride)
         return F.cross_entropy(logits, targets, reduction="mean", ignore_index=self.ignore_value)
 
     def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
@@ -219,7 +249,10 @@ class DilatedSegHead(nn.Module):
         outputs = self.layers(features)
         if self.training:
             return None, self.losses(outputs, targets)
-        logits = F.interpolate(
-            outputs["logits"], scale_factor=self.common_stride, mode="bilinear", align_corners=False
+        return self._upsample(outputs["logits"], self.common_stride), {}
+
+    def _upsample(self, logits: torch.Tensor, stride: int) -> torch.Tensor:
+        """B x K x h x w -> B x K x (h * stride) x (w * stride), bilinear."""
+        return F.interpolate(
+            logits, scale_factor=stride, mode="bilinear", align_corners=self.align_corners
         )
-        return logits, {}
