@@ -88,7 +88,9 @@ def test_counts_follow_the_class_count():
 
 
 def test_list_configs_prints_the_counts(monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("list_configs", REPO / "tools" / "list_configs.py")
+    spec = importlib.util.spec_from_file_location(
+        "list_configs", REPO / "tools" / "list_configs.py"
+    )
     listing = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(listing)
     monkeypatch.setattr(listing, "count_parameters", built_count)

@@ -34,7 +34,11 @@ def convention_errors(cfg) -> list:
     weights = cfg.MODEL.WEIGHTS
     known = PRETRAINED.get(weights)
     if known is not None:
-        if (fmt, tuple(mean), tuple(std)) != (known.input_format, known.pixel_mean, known.pixel_std):
+        if (fmt, tuple(mean), tuple(std)) != (
+            known.input_format,
+            known.pixel_mean,
+            known.pixel_std,
+        ):
             errors.append(
                 f"MODEL.WEIGHTS {weights} take {known.input_format} inputs with PIXEL_MEAN "
                 f"{list(known.pixel_mean)}, PIXEL_STD {list(known.pixel_std)}"
@@ -73,8 +77,12 @@ def test_the_check_catches_a_mixed_order(tmp_path):
     assert "PIXEL_MEAN [103.53, 116.28, 123.675] is not ImageNet's mean in RGB order" in (
         convention_errors(bgr)
     )
-    unknown = load_cfg("configs/coco/retinanet_R50_FPN_2x_coco.yaml", "MODEL.WEIGHTS",
-                       "detectron2://ImageNetPretrained/FAIR/X-101-64x4d.pkl", validate=False)
+    unknown = load_cfg(
+        "configs/coco/retinanet_R50_FPN_2x_coco.yaml",
+        "MODEL.WEIGHTS",
+        "detectron2://ImageNetPretrained/FAIR/X-101-64x4d.pkl",
+        validate=False,
+    )
     assert convention_errors(unknown) == [
         "MODEL.WEIGHTS detectron2://ImageNetPretrained/FAIR/X-101-64x4d.pkl is not in "
         "configs_index.PRETRAINED"

@@ -1,8 +1,9 @@
-"""Table 7 (COCO detection) as data: RetinaNet X101-64x4d-FPN teacher -> RetinaNet R50-FPN student,
-2x schedule, the MGD/FGD protocol; ``tools/make_config_matrix.py`` writes ``configs/coco/`` from it.
+"""Table 7 (COCO detection) as data: RetinaNet X101-64x4d-FPN teacher -> RetinaNet R50-FPN
+student, 2x schedule, the MGD/FGD protocol; ``tools/make_config_matrix.py`` writes
+``configs/coco/`` from it.
 
-Files: ``configs/coco/Base-RetinaNet-2x-COCO.yaml`` (the recipe, on ``configs/Base-RetinaNet.yaml``),
-``configs/coco/<model>_2x_coco.yaml`` (a model trained alone) and
+Files: ``configs/coco/Base-RetinaNet-2x-COCO.yaml`` (the recipe, on
+``configs/Base-RetinaNet.yaml``), ``configs/coco/<model>_2x_coco.yaml`` (a model trained alone) and
 ``configs/coco/distill/<method>_fpn_retx101_retr50_2x_coco.yaml`` (the student's keys plus
 MODEL.DISTILL).
 """
@@ -14,7 +15,15 @@ from typing import Dict, Optional, Tuple
 from .pretrained import PRETRAINED
 from .specs import MethodSpec
 
-__all__ = ["COCO", "DET_DISTILL_COMMON", "DET_METHODS", "DET_MODELS", "DetDatasetSpec", "DetModelSpec", "DetRun"]
+__all__ = [
+    "COCO",
+    "DET_DISTILL_COMMON",
+    "DET_METHODS",
+    "DET_MODELS",
+    "DetDatasetSpec",
+    "DetModelSpec",
+    "DetRun",
+]
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def kd_families() -> List[KDFamily]:
 
 
 def _sources(ids) -> str:
-    """"Tables 1, 5, 6, Fig. 1" for the keys {"1", "5", "6", "fig1"} of TABLES."""
+    """The sources named by keys of TABLES: {"1", "5", "6", "fig1"} -> "Tables 1, 5, 6, Fig. 1"."""
     tables = sorted((t for t in ids if t.isdigit()), key=int)
     figures = sorted(t for t in ids if not t.isdigit())
     parts = [f"Table{'s' if len(tables) > 1 else ''} {', '.join(tables)}"] if tables else []

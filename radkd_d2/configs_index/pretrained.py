@@ -26,8 +26,8 @@ PIXEL_STATS: Dict[str, Tuple[str, Tuple[float, float, float]]] = {
 
 
 def pixel_order(values) -> Optional[str]:
-    """"RGB" or "BGR" when ``values`` are the ImageNet mean or std in that order, "any" for a
-    unit std (no per-channel scaling), None for anything else."""
+    """The channel order of ImageNet statistics: "RGB" or "BGR" when ``values`` are the ImageNet
+    mean or std in that order, "any" for a unit std (no per-channel scaling), else None."""
     values = tuple(float(v) for v in values)
     if values == (1.0, 1.0, 1.0):
         return "any"

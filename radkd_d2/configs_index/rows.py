@@ -157,12 +157,13 @@ TABLES = {
     "6": "Table 6: UPerNet-SwinB -> UPerNet-SwinT",
     "7": "Table 7: RetinaNet X101-64x4d-FPN -> RetinaNet R50-FPN, COCO val box AP",
     "fig1": "Fig. 1: naive feature distillation vs magnitude distillation (Eq. 4) at loss weights "
-    f"w in {{{', '.join(f'{w:g}' for w in FIG1_WEIGHTS)}}}, on res5 (figure only: no paper numbers)",
+    f"w in {{{', '.join(f'{w:g}' for w in FIG1_WEIGHTS)}}}, on res5 "
+    "(figure only: no paper numbers)",
 }
 
 
 def item_name(table: str) -> str:
-    """"Table 1", "Fig. 1": how the paper names a key of :data:`TABLES`."""
+    """How the paper names a key of :data:`TABLES`: "Table 1", "Fig. 1"."""
     return f"Fig. {table[3:]}" if table.startswith("fig") else f"Table {table}"
 
 
@@ -292,7 +293,9 @@ def all_runs() -> List[Union[Run, DetRun]]:
     return list(runs.values())
 
 
-def select_rows(table: Optional[Union[str, int]] = None, dataset: Optional[str] = None) -> List[Row]:
+def select_rows(
+    table: Optional[Union[str, int]] = None, dataset: Optional[str] = None
+) -> List[Row]:
     """Rows of one table (a key of :data:`TABLES`; 1 is "1") and/or data set (None: all)."""
     table = None if table is None else str(table)
     if table is not None and table not in TABLES:
@@ -359,7 +362,7 @@ def markdown_tables(rows: Optional[Sequence[Row]] = None, num_gpus: int = 8) -> 
 
 
 def _score(row: Row) -> str:
-    """The paper's number of a row: "76.86" (mIoU), "41.0" (box AP), "-" (none)."""
+    """The paper's number of a row, as printed: "76.86" (mIoU), "41.0" (box AP), "-" (none)."""
     if row.paper is None:
         return "-"
     return f"{row.paper:.1f}" if row.metric == "AP" else f"{row.paper:.2f}"
