@@ -101,7 +101,8 @@ def test_every_config_with_logit_kd_names_its_reduction(config):
 def test_matrix_kd_scale_follows_the_table():
     """Table 3 (CIRKD's protocol): lambda_kd 1 with "pixel" for every method with logit KD;
     Tables 1, 5, 6 and Fig. 1: lambda_kd 10 with "element"; methods without logit KD (MGD):
-    neither. (Table 7, detection, has no logit KD: test_handwritten... checks its family.)"""
+    neither. (Table 7, detection, has no logit KD; its family is checked with the hand-written
+    ones.)"""
     seen = set()
     for row in all_rows():
         run = row.run
