@@ -32,14 +32,24 @@ def _save(model: nn.Module, path: Path, extra: dict | None = None) -> str:
     return str(path)
 
 
+def _reference_cfg():
+    """PSPNet as the SKD/CIRKD code bases run it: align_corners upsampling, auxiliary head."""
+    cfg = make_cfg("drn", "PSPHead", aux=0.4)
+    cfg.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS = True
+    cfg.MODEL.SEM_SEG_HEAD.PSP_POOL_ALIGN_CORNERS = True
+    return cfg
+
+
 @pytest.fixture(scope="module")
 def seg_models():
     torch.manual_seed(0)
-    return {head: (cfg, build_model(cfg).eval()) for head in ("PSPHead", "DeepLabV3Head") for cfg in [make_cfg("drn", head)]}
+    cfgs = {"PSPHead": make_cfg("drn", "PSPHead"), "DeepLabV3Head": make_cfg("drn", "DeepLabV3Head"),
+            "PSPHead-reference": _reference_cfg()}
+    return {name: (cfg, build_model(cfg).eval()) for name, cfg in cfgs.items()}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("head", ["PSPHead", "DeepLabV3Head"])
+@pytest.mark.parametrize("head", ["PSPHead", "DeepLabV3Head", "PSPHead-reference"])
 def test_segmentation_round_trip_any_size(seg_models, head, fmt, tmp_path):
     cfg, model = seg_models[head]
     batch = synthetic_batch((56, 88), 2)  # features 7 x 11: not a multiple of PSP's 2/3/6 bins
