@@ -92,8 +92,10 @@ class SKDLoss(DistillLoss):
 # and the student's as fake; the student adds lambda * -E[D(student)], D its own WGAN-GP (or
 # hinge) loss, on alternate updates with its own optimizer. The training side (optimizer,
 # schedule, checkpointing, gradient all-reduce) is radkd_d2/engine/adversarial.py. Defaults:
-# SKD's released PSPNet code (irfanICMLL/structure_knowledge_distillation,
-# networks/kd_model.py, utils/train_options.py) where it and IFVD/CWD agree; WEIGHT 0 (off).
+# the released code of SKD (irfanICMLL/structure_knowledge_distillation, networks/kd_model.py,
+# utils/train_options.py), IFVD (YukangWang/IFVD) and CWD (irfanICMLL/TorchDistiller,
+# SemSeg-distill) where they agree; D's optimizer where they do not: Adam as IFVD and CWD (SKD:
+# SGD, momentum 0.9, weight decay 5e-4). WEIGHT 0: off. The per-method values: README.
 HOLISTIC_CONFIG = LossConfig(
     "HOLISTIC",
     Option("WEIGHT", "weight", 0.0, "lambda of the student's term -E[D(student)] (loss_distill_holistic); 0: no critic (SKD --lambda-d 0.1, IFVD/CWD --lambda-adv 0.001)"),
