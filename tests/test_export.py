@@ -249,3 +249,18 @@ def test_tools_end_to_end_on_demo_student(demo_student, data_root, tmp_path):
         log = _tool("eval_exported.py", "--model", tmp_path / fmt / f"model_student.{suffix}", "--output", metrics,
                     "DATASETS.ROOT", data_root)
         assert json.loads(metrics.read_text())["sem_seg"]["mIoU"] == pytest.approx(miou, abs=0.01), log
+
+
+def test_parity_compares_detections_as_sets():
+    from detectron2.structures import Boxes, Instances
+
+    from radkd_d2.engine.exported import _max_diff
+
+    def inst(order, shift=0.0):
+        boxes = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 70]])[order] + shift
+        return {"instances": Instances((96, 96), pred_boxes=Boxes(boxes), scores=torch.tensor([0.5, 0.5])[order],
+                                       pred_classes=torch.tensor([1, 2])[order])}
+
+    assert _max_diff(inst([0, 1]), inst([1, 0])) == 0.0  # a near tie sorted the other way
+    assert _max_diff(inst([0, 1]), inst([1, 0], shift=0.25)) == pytest.approx(0.25)
+    assert _max_diff(inst([0]), inst([0, 1])) is None

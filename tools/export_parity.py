@@ -46,7 +46,7 @@ def main(argv=None):
     for row in rows:
         value = headline(row["metrics"])[1]
         print(f"| {args.label or Path(args.config_file).stem} | {dataset} | {row['format']} | {value:.4f} | "
-              f"{value - ref:+.4f} | {row['max_abs_diff']:.2e} | {row['images_differing']} |")
+              f"{value - ref:+.5f} | {row['max_abs_diff']:.2e} | {row['images_differing']} |")
     Path(args.output, "parity.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
 
 
