@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,15 +178,16 @@ def test_critic_and_student_update_on_alternate_steps(data_root, tmp_path):
     assert lrs == pytest.approx([4e-4, 4e-4 * (1 - 1 / 10) ** 0.9])
 
 
-def test_one_step_of_the_skd_config_with_the_holistic_term(one_thread):
-    """The Cityscapes SKD config (PSPNet-R101 -> PSPNet-R18) at reduced size with the holistic
-    term as in SKD's released code: one student step and one critic step."""
-    cfg = load_cfg(
-        "configs/cityscapes/skd_decoder_pspr101_pspr18_80k_cityscapes.yaml",
-        "MODEL.DISTILL.TEACHER.WEIGHTS", "", "MODEL.DISTILL.HOLISTIC.WEIGHT", 0.1,
-        "MODEL.DISTILL.HOLISTIC.OPTIMIZER", "sgd", "MODEL.DISTILL.HOLISTIC.WEIGHT_DECAY", 5e-4,
-        validate=False,
-    )  # fmt: skip
+HOLISTIC_CONFIGS = sorted(  # the matrix's SKD/IFVD/CWD rows: the references train with the term
+    str(p.relative_to(REPO)) for d in ("cityscapes", "voc", "ade20k") for p in (REPO / "configs" / d).glob("*.yaml")
+    if p.name.startswith(("skd_", "ifvd_", "cwd_"))
+)
+
+
+def _one_step(config: str):
+    """Build ``config`` at reduced size, run one student step (forward + backward) and one
+    critic step; return the model, the critic, the losses and the critic's statistics."""
+    cfg = load_cfg(config, "MODEL.DISTILL.TEACHER.WEIGHTS", "", validate=False)
     cfg.merge_from_list(reduced_size_opts(cfg))
     teacher_file = str(REPO / cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE)
     cfg.MODEL.DISTILL.TEACHER.OPTS = reduced_size_opts(load_teacher_cfg(teacher_file, "cpu"))
@@ -193,26 +195,51 @@ def test_one_step_of_the_skd_config_with_the_holistic_term(one_thread):
     model = build_model(cfg)
     model.train()
     critic = build_holistic_critic(cfg, model)
-    assert isinstance(critic.optimizer, torch.optim.SGD)
-    assert not any(k.startswith(("discriminator", "_holistic")) for k in model.state_dict())
     g = torch.Generator().manual_seed(0)
+    classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     batch = [{"image": torch.randint(0, 256, (3, 64, 64), generator=g).float(),
-              "sem_seg": torch.randint(0, 19, (64, 64), generator=g)} for _ in range(2)]  # fmt: skip
+              "sem_seg": torch.randint(0, classes, (64, 64), generator=g)} for _ in range(2)]  # fmt: skip
     d0 = params(critic.discriminator)
     with EventStorage(0):
         losses = model(batch)
-        assert {"loss_distill_holistic", "loss_distill_skd_decoder", "loss_sem_seg"} <= set(losses)
-        assert torch.isfinite(losses["loss_distill_holistic"])
         sum(losses.values()).backward()
-        assert all(p.grad is None for p in critic.discriminator.parameters())
-        assert all(p.grad is None for p in model.teacher.parameters())
-        assert model.sem_seg_head.predictor.weight.grad.abs().sum() > 0
+        grads_d = [p.grad for p in critic.discriminator.parameters()]
         stats = critic.critic_step()
+    return cfg, model, critic, losses, grads_d, stats, changed(d0, params(critic.discriminator)), len(d0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", HOLISTIC_CONFIGS)
+def test_every_skd_ifvd_cwd_matrix_config_steps_with_the_holistic_term(one_thread, config):
+    cfg, model, critic, losses, grads_d, stats, moved, n_d = _one_step(config)
+    method = Path(config).name.split("_")[0]
+    assert cfg.MODEL.DISTILL.HOLISTIC.WEIGHT == {"skd": 0.1, "ifvd": 0.001, "cwd": 0.001}[method]
+    assert torch.isfinite(losses["loss_distill_holistic"]) and losses["loss_distill_holistic"].requires_grad
+    assert all(g is None for g in grads_d)  # the student step leaves D alone
+    assert stats is not None and all(v == v for v in stats.values()), stats
+    assert "head.weight" in moved  # the critic step moves D (idle attention parts may not move)
+
+
+def test_one_step_of_the_skd_config_with_the_holistic_term(one_thread):
+    """The Cityscapes SKD config (PSPNet-R101 -> PSPNet-R18) at reduced size, with the holistic
+    term as SKD's released code trains it: one student step and one critic step."""
+    cfg, model, critic, losses, grads_d, stats, moved, n_d = _one_step(
+        "configs/cityscapes/skd_decoder_pspr101_pspr18_80k_cityscapes.yaml")
+    holistic = cfg.MODEL.DISTILL.HOLISTIC
+    assert (holistic.WEIGHT, holistic.OPTIMIZER, holistic.WEIGHT_DECAY) == (0.1, "sgd", 5e-4)
+    assert isinstance(critic.optimizer, torch.optim.SGD)
+    assert not any(k.startswith(("discriminator", "_holistic")) for k in model.state_dict())
+    assert {"loss_distill_holistic", "loss_distill_skd_decoder", "loss_sem_seg"} <= set(losses)
+    assert torch.isfinite(losses["loss_distill_holistic"])
+    assert all(g is None for g in grads_d)
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert model.sem_seg_head.predictor.weight.grad.abs().sum() > 0
     assert stats["gp"] > 0 and all(v == v for v in stats.values()), stats
-    assert len(changed(d0, params(critic.discriminator))) == len(d0)
-    assert critic.critic_step() is None  # one critic step per student step
-    # once distillation stops (no teacher logits) the term is 0 and there is no critic step
-    zero = critic(torch.randn(2, 19, 8, 8), None, torch.randn(2, 3, 64, 64))
+    assert len(moved) == n_d
+    with EventStorage(1):
+        assert critic.critic_step() is None  # one critic step per student step
+        # once distillation stops (no teacher logits) the term is 0 and there is no critic step
+        zero = critic(torch.randn(2, 19, 8, 8), None, torch.randn(2, 3, 64, 64))
     assert zero["loss_distill_holistic"].item() == 0.0 and critic.critic_step() is None
 
 

@@ -171,15 +171,26 @@ _METHOD_LIST = [
         (("decoder", "decoder", "skd", 0.5),), 10.0,
         "SKD (Liu et al., CVPR 2019), official code irfanICMLL/structure_knowledge_distillation: "
         "pair-wise term on the decoder feature weight 0.5 (--lambda-pa 0.5, nodes 2x2: "
-        "MODEL.DISTILL.SKD.POOL_SCALE 0.5), pixel-wise KD 10 (--lambda-pi 10). Its holistic "
-        "(adversarial, --lambda-d 0.1) term is not a tap loss in radkd-d2 and is not used.",
+        "MODEL.DISTILL.SKD.POOL_SCALE 0.5), pixel-wise KD 10 (--lambda-pi 10), and the holistic "
+        "(adversarial) term as that code trains it (commit 5cb4e49: networks/kd_model.py, "
+        "utils/train_options.py, run_train_val.sh): lambda_d 0.1 on the student and on the "
+        "WGAN-GP critic (gradient penalty 10), critic on BatchNorm-ed logits, SGD lr 4e-4 momentum "
+        "0.9 weight decay 5e-4, poly 0.9 (MODEL.DISTILL.HOLISTIC.*).",
+        distill_opts=(
+            ("HOLISTIC.WEIGHT", 0.1),
+            ("HOLISTIC.OPTIMIZER", "sgd"),
+            ("HOLISTIC.WEIGHT_DECAY", 5e-4),
+        ),
     ),
     MethodSpec(
         "ifvd", "decoder", "IFVD",
         (("decoder", "decoder", "ifvd", 200.0),), 10.0,
         "IFVD (Wang et al., ECCV 2020), official code YukangWang/IFVD: IFV loss on the decoder "
-        "feature weight 200 (--lambda-ifv 200), pixel-wise KD 10 (--lambda-kd 10). The "
-        "adversarial term of its code is not a tap loss in radkd-d2 and is not used.",
+        "feature weight 200 (--lambda-ifv 200), pixel-wise KD 10 (--lambda-kd 10), and the "
+        "holistic (adversarial) term of its code (commit 950a7a5: options.py, networks/kd_model.py): "
+        "lambda_adv 0.001 on the student, lambda_d 0.1 on the WGAN-GP critic (penalty 10), Adam "
+        "lr 4e-4 betas (0.9, 0.99), poly 0.9 (MODEL.DISTILL.HOLISTIC.*).",
+        distill_opts=(("HOLISTIC.WEIGHT", 0.001),),
     ),
     MethodSpec(
         "cwd", "decoder-logits", "CWD",
@@ -188,7 +199,11 @@ _METHOD_LIST = [
         "(paper Sec. 4.1); weight 50 on the decoder feature as in the CWD baseline of "
         "winycg/CIRKD (train_scripts/train_kd/train_cwd.sh: --lambda-cwd-fea 50 "
         "--lambda-cwd-logit 3); + pixel-wise KD 10 (the RAD paper: lambda_kd 10 following SKD, "
-        "CWD, IFVD). Its adversarial term is not used.",
+        "CWD, IFVD); the holistic (adversarial) term as CWD's segmentation code trains it "
+        "(irfanICMLL/TorchDistiller SemSeg-distill, options.py: lambda_adv 0.001, lambda_d 0.1, "
+        "WGAN-GP penalty 10, Adam 4e-4; its --adv flag is off by default, the RAD paper, Sec. 4.3, "
+        "says the CWD numbers use it) (MODEL.DISTILL.HOLISTIC.*).",
+        distill_opts=(("HOLISTIC.WEIGHT", 0.001),),
     ),
     MethodSpec(
         "mgd", "res5", "MGD",
