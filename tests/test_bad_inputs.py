@@ -50,6 +50,10 @@ def test_dataset_folder_missing(tmp_path):
         ("MODEL.DISTILL.KD_WEIGHT", "-1.0", "MODEL.DISTILL.KD_WEIGHT"),
         ("TEST.BEST_CHECKPOINT_MODE", "up", "TEST.BEST_CHECKPOINT_MODE = 'up' is not allowed"),
         ("TEST.BEST_CHECKPOINT_METRIC", "sem_seg/mIoU", "needs periodic evaluation, but TEST.EVAL_PERIOD = 0"),
+        ("MODEL.SEM_SEG_HEAD.AUX_CONVS_DIM", "-1", "MODEL.SEM_SEG_HEAD.AUX_CONVS_DIM = -1 is out of range"),
+        ("MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT", "-0.4", "MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT = -0.4 is out of range"),
+        ("MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
+         "MODEL.PIXEL_STD = [57.375, 57.12, 58.395] is ImageNet's in BGR order but INPUT.FORMAT is 'RGB'"),
     ],
 )
 def test_bad_config_values(tmp_path, key, value, match):
@@ -59,6 +63,15 @@ def test_bad_config_values(tmp_path, key, value, match):
 
 
 @pytest.mark.slow
+def test_teacher_pixel_convention_checked_at_start_up(tmp_path):
+    teacher = tmp_path / "teacher.yaml"
+    teacher.write_text(f'_BASE_: "{REPO}/configs/synthetic/pspnet_r101_tiny.yaml"\n'
+                       "INPUT:\n  FORMAT: BGR\n")  # mean/std stay in RGB order
+    with pytest.raises(ConfigError, match=r"MODEL.PIXEL_MEAN of the teacher .* is ImageNet's in RGB order but INPUT.FORMAT is 'BGR'"):
+        load_cfg("configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml",
+                 "MODEL.DISTILL.TEACHER.CONFIG_FILE", teacher, data_root=tmp_path)
+
+
 def test_unknown_config_key(tmp_path):
     _fails(tmp_path, "--config-file", SEG, "MODEL.DISTILL.TAPZ", "[]", match="MODEL.DISTILL.TAPZ")
 

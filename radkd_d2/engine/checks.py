@@ -6,9 +6,11 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 
+from radkd_d2.configs_index import PRETRAINED, pixel_order
 from radkd_d2.errors import ConfigError  # noqa: F401  (re-exported)
 from radkd_d2.losses import distill_loss_options
 from radkd_d2.modeling.connectors import connector_choices
+from radkd_d2.modeling.teacher import load_teacher_cfg
 
 
 
@@ -106,6 +108,28 @@ def check_holistic(cfg) -> None:
         )
 
 
+def check_pixel_convention(cfg, what: str = "") -> None:
+    """MODEL.PIXEL_MEAN/STD, when they are ImageNet's statistics, are in INPUT.FORMAT's channel
+    order, and a known ImageNet checkpoint in MODEL.WEIGHTS gets the inputs it was trained on
+    (:data:`radkd_d2.configs_index.PRETRAINED`). ``what`` names the config (the teacher's)."""
+    fmt = cfg.INPUT.FORMAT
+    where = f" of {what}" if what else ""
+    for key in ("PIXEL_MEAN", "PIXEL_STD"):
+        values = [float(v) for v in getattr(cfg.MODEL, key)]
+        order = pixel_order(values)
+        if order in ("RGB", "BGR") and order != fmt:
+            raise ConfigError(
+                f"MODEL.{key}{where} = {values} is ImageNet's in {order} order but INPUT.FORMAT is "
+                f"{fmt!r}; reverse it to {values[::-1]} or set INPUT.FORMAT to {order!r}"
+            )
+    known = PRETRAINED.get(cfg.MODEL.WEIGHTS)
+    if known is not None and known.input_format != fmt:
+        raise ConfigError(
+            f"MODEL.WEIGHTS{where} = {cfg.MODEL.WEIGHTS!r} expects {known.input_format} inputs "
+            f"(mean {list(known.pixel_mean)}, std {list(known.pixel_std)}) but INPUT.FORMAT is {fmt!r}"
+        )
+
+
 def validate_config(cfg) -> None:
     """All start-up checks of a training/evaluation config (run before the output dir is made)."""
     check_choice(
@@ -141,6 +165,12 @@ def validate_config(cfg) -> None:
     check_range(cfg, "MODEL.DISTILL.STOP_ITER", low=-1)
     check_range(cfg, "MODEL.DISTILL.TEACHER.MIN_SCORE", low=0)
     check_holistic(cfg)
+    check_range(cfg, "MODEL.SEM_SEG_HEAD.AUX_CONVS_DIM", low=0)
+    check_range(cfg, "MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT", low=0)
+    check_pixel_convention(cfg)
+    if cfg.MODEL.META_ARCHITECTURE.startswith("Distill") and Path(cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE).is_file():
+        teacher = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE, "cpu", cfg.MODEL.DISTILL.TEACHER.OPTS)
+        check_pixel_convention(teacher, f"the teacher ({cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE})")
     check_choice(cfg, "TEST.BEST_CHECKPOINT_MODE", ("max", "min"))
     if cfg.TEST.BEST_CHECKPOINT_METRIC and cfg.TEST.EVAL_PERIOD <= 0:
         raise ConfigError(
