@@ -505,3 +505,28 @@ def test_a_backbone_names_itself_through_its_registered_info(monkeypatch):
     assert reduced_size_opts(CfgNode(cfg))[:2] == ["MODEL.TOY.SIZE", "1"]
     assert model_name({**cfg, "MODEL": {**cfg["MODEL"], "BACKBONE": {"NAME": "build_resnet_backbone"},
                                          "RESNETS": {"DEPTH": 50}}}) == "PSPNet-R50"
+
+
+def test_plot_adversarial_png(tmp_path, capsys):
+    import importlib.util
+
+    rows = {"plain": [], "holistic": []}
+    for it in range(19, 100, 20):
+        rows["plain"].append({"iteration": it, "total_loss": 2.0 / (it + 1), "loss_sem_seg": 1.0 / (it + 1)})
+        rows["holistic"].append({**rows["plain"][-1], "loss_distill_holistic": 0.01 * it, "holistic/critic_loss": 1.0,
+                                 "holistic/wasserstein": 0.1, "holistic/gp": 0.9})
+    for name, lines in rows.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    spec = importlib.util.spec_from_file_location("plot_adversarial", REPO / "tools" / "plot_adversarial.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "fig.png"
+    assert tool.main([str(tmp_path / "plain"), str(tmp_path / "holistic"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    from radkd_d2.analysis.plots import plot_adversarial
+
+    with pytest.raises(ValueError, match="1 labels for 2 runs"):
+        plot_adversarial([tmp_path / "plain", tmp_path / "holistic"], out, labels=["x"])
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "missing")])

@@ -162,3 +162,45 @@ def plot_sweep(
     else:
         ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes)
     return save_figure(fig, out)
+
+
+# panels of plot_adversarial: (metrics.json key, title); the G row is the student's, the D row
+# the holistic critic's (MODEL.DISTILL.HOLISTIC, radkd_d2/engine/adversarial.py)
+ADVERSARIAL_PANELS = (
+    ("total_loss", "G: total_loss"),
+    ("loss_sem_seg", "G: loss_sem_seg"),
+    ("loss_distill_holistic", "G: loss_distill_holistic = λ·(−E[D(s)])"),
+    ("holistic/critic_loss", "D: critic loss (objective + GP, weighted)"),
+    ("holistic/wasserstein", "D: Wasserstein estimate E[D(t)] − E[D(s)]"),
+    ("holistic/gp", "D: gradient penalty E[(‖∇D‖ − 1)²]"),
+)
+
+
+def plot_adversarial(
+    runs: Sequence[str | Path], out: str | Path, labels: Optional[Sequence[str]] = None, title: str = ""
+) -> Path:
+    """The student's (G) and the holistic critic's (D) losses over iterations, one line per run,
+    from each run's metrics.json (a run without the holistic term has only G lines)."""
+    labels = list(labels) if labels else [Path(r).name for r in runs]
+    if len(labels) != len(runs):
+        raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+    data = [read_scalars(r) for r in runs]
+    if not any(data):
+        raise ValueError(f"no scalars in the metrics.json of {[str(r) for r in runs]}")
+    fig = new_figure((1500, 800))
+    axes = fig.subplots(2, 3)
+    for (key, name), ax in zip(ADVERSARIAL_PANELS, axes.flat):
+        for c, (label, scalars) in enumerate(zip(labels, data)):
+            if scalars.get(key):
+                it, v = zip(*scalars[key])
+                ax.plot(it, v, color=f"C{c}", label=label, marker=".", markersize=3)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+            if _use_log([y for line in ax.lines for y in line.get_ydata()], "auto"):
+                ax.set_yscale("log")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, out)
