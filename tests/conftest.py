@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from detectron2.modeling import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RADKD_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -36,6 +37,15 @@ def load_cfg(config: str | Path, *opts, data_root: Path | None = None, validate:
     if data_root is not None:
         extra += ["DATASETS.ROOT", str(data_root)]
     return load_config(str(REPO / config), [*extra, *map(str, opts)], validate=validate)
+
+
+def random_teacher_checkpoint(path: Path, config: str | Path, *opts, data_root: Path) -> Path:
+    """Save the (randomly initialised, seed 1) teacher of distillation ``config`` to ``path``: a
+    fixed teacher for runs that compare with each other."""
+    cfg = load_cfg(config, *opts, "MODEL.DISTILL.TEACHER.WEIGHTS", "", data_root=data_root, validate=False)
+    torch.manual_seed(1)
+    torch.save({"model": build_model(cfg).teacher.state_dict()}, path)
+    return path
 
 
 def free_port() -> int:

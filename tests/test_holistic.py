@@ -16,7 +16,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from conftest import REPO, load_cfg, read_metrics, run_train_net
+from conftest import REPO, load_cfg, random_teacher_checkpoint, read_metrics, run_train_net
 from radkd_d2.configs_index import reduced_size_opts
 from radkd_d2.engine import ConfigError, Trainer
 from radkd_d2.engine.adversarial import HolisticCritic, HolisticCriticHook, build_holistic_critic
@@ -289,14 +289,8 @@ def test_export_drops_the_critic_and_amp_runs(data_root, tmp_path):
 # ------------------------------------------------------------------- train_net, in subprocesses
 @pytest.fixture(scope="module")
 def teacher_weights(tmp_path_factory, data_root):
-    """A fixed (randomly initialised) teacher checkpoint."""
-    cfg = load_cfg(
-        DISTILL, *TINY, "MODEL.DISTILL.TEACHER.WEIGHTS", "", data_root=data_root, validate=False
-    )
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
-    torch.manual_seed(1)
-    torch.save({"model": build_model(cfg).teacher.state_dict()}, path)
-    return path
+    """A (randomly initialised) teacher checkpoint: what matters here is that it is fixed."""
+    return random_teacher_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher.pth", DISTILL, *TINY, data_root=data_root)
 
 
 def _opts(data_root, out, teacher, iters, period, *extra):

@@ -13,7 +13,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO, load_cfg, read_metrics, run_train_net
+from conftest import REPO, load_cfg, random_teacher_checkpoint, read_metrics, run_train_net
 from radkd_d2.engine.train_loop import AtomicCheckpointer, RNGState
 
 DISTILL = REPO / "configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml"
@@ -29,11 +29,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def teacher_weights(tmp_path_factory, data_root):
     """A (randomly initialised) teacher checkpoint: what matters here is that it is fixed."""
-    cfg = load_cfg(DISTILL, *TINY, "MODEL.DISTILL.TEACHER.WEIGHTS", "", data_root=data_root, validate=False)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
-    torch.manual_seed(1)
-    torch.save({"model": build_model(cfg).teacher.state_dict()}, path)
-    return path
+    return random_teacher_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher.pth", DISTILL, *TINY, data_root=data_root)
 
 
 def _opts(data_root, out, teacher, iters, period, *extra):
