@@ -71,12 +71,12 @@ def test_grad_norms_cost_nothing_on_ordinary_iterations(tmp_path, monkeypatch):
         assert not [k for k in storage.latest() if k.startswith("grad_")]
         storage.iter = 5
         model(batch())
-        assert len(calls) == 3  # one partial backward per loss term
+        assert len(calls) == 4  # one partial backward per loss term: CE, aux CE, LAD, KD
     cfg = distill_cfg(tmp_path, "MODEL.DISTILL.DIAGNOSTICS_PERIOD", 0)  # 0 disables them
     model = build_model(cfg).train()
     with EventStorage(0):
         model(batch())
-    assert len(calls) == 3
+    assert len(calls) == 4
 
 
 def _monitor(warn=5.0, patience=3):

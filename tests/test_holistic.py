@@ -364,8 +364,8 @@ def test_two_processes_average_the_critics_gradients(data_root, teacher_weights,
     same = ["INPUT.SEM_SEG.SCALE_RANGE", "(1.0, 1.0)", "INPUT.SEM_SEG.FLIP", False,
             "MODEL.DRN.NORM", "", "MODEL.SEM_SEG_HEAD.NORM", "", "MODEL.SEM_SEG_HEAD.DROPOUT", 0.0,
             "MODEL.DISTILL.CONNECTOR", "conv", "MODEL.DISTILL.ALWAYS_CONNECT", True, "SOLVER.BASE_LR", 0.001,
-            "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", 0.0, "MODEL.DISTILL.KD_WEIGHT", 0.0,
-            "MODEL.DISTILL.HOLISTIC.PREPROCESS", "none", "MODEL.DISTILL.HOLISTIC.GP_WEIGHT", 0.0,
+            "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", 0.0, "MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT", 0.0,
+            "MODEL.DISTILL.KD_WEIGHT", 0.0, "MODEL.DISTILL.HOLISTIC.PREPROCESS", "none", "MODEL.DISTILL.HOLISTIC.GP_WEIGHT", 0.0,
             "MODEL.DISTILL.HOLISTIC.OPTIMIZER", "sgd", "MODEL.DISTILL.HOLISTIC.BASE_LR", 0.002]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     run_train_net("--config-file", DISTILL, *_opts(data_root, one, teacher_weights, 4, 4, *same))

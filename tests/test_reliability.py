@@ -118,7 +118,8 @@ def test_two_processes_match_one(data_root, teacher_weights, tmp_path):
     same = ["INPUT.SEM_SEG.SCALE_RANGE", "(1.0, 1.0)", "INPUT.SEM_SEG.FLIP", False,
             "MODEL.DRN.NORM", "", "MODEL.SEM_SEG_HEAD.NORM", "", "MODEL.SEM_SEG_HEAD.DROPOUT", 0.0,
             "MODEL.DISTILL.CONNECTOR", "conv", "MODEL.DISTILL.ALWAYS_CONNECT", True, "SOLVER.BASE_LR", 0.001,
-            "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", 0.0, "MODEL.DISTILL.KD_WEIGHT", 0.0]
+            "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", 0.0, "MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT", 0.0,
+            "MODEL.DISTILL.KD_WEIGHT", 0.0]
     one, two = tmp_path / "one", tmp_path / "two"
     run_train_net("--config-file", DISTILL, *_opts(data_root, one, teacher_weights, 6, 6, *same))
     run_train_net("--config-file", DISTILL, "--num-gpus", 2, *_opts(data_root, two, teacher_weights, 6, 6, *same))
