@@ -34,7 +34,6 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from radkd_d2.engine.setup import load_config  # noqa: E402
 from radkd_d2.export import Backend, deployable, export_module, student_config  # noqa: E402
-from radkd_d2.export.deploy import warnings_quiet  # noqa: E402
 from radkd_d2.modeling.teacher import load_teacher_cfg  # noqa: E402
 
 DEFAULT_CONFIG = "configs/synthetic/demo/lad_res5_pspr18x2_pspr18x4_synthetic.yaml"
@@ -81,8 +80,7 @@ def callables(models: dict, example: list, folder: Path, device: str) -> dict:
             if fmt == "onnx" and device != "cpu":
                 continue  # the pinned onnxruntime runs on the CPU only
             path = folder / f"{name}.{fmt}"
-            with warnings_quiet():
-                export_module(wrapper, inputs, task, fmt, path)
+            export_module(wrapper, inputs, task, fmt, path)
             backend = Backend(fmt, str(path), ["images"], device)
             out[(name, fmt)] = lambda xs, b=backend: b(list(xs))
     return out

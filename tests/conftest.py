@@ -39,6 +39,17 @@ def load_cfg(config: str | Path, *opts, data_root: Path | None = None, validate:
     return load_config(str(REPO / config), [*extra, *map(str, opts)], validate=validate)
 
 
+# a CPU-sized LAD distillation (teacher PSPNet-R50 x1/8 -> student PSPNet-R18 x1/8, 64 px) for
+# the runs that compare with each other (reliability, holistic term)
+TINY_DISTILL = REPO / "configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml"
+TINY_DISTILL_OPTS = [
+    "DATASETS.SYNTHETIC.NUM_TRAIN", 16, "DATASETS.SYNTHETIC.NUM_VAL", 4, "DATASETS.SYNTHETIC.SIZE", 64,
+    "INPUT.SEM_SEG.CROP_SIZE", "(64, 64)", "MODEL.DRN.WIDTH_MULT", 0.125, "DATALOADER.NUM_WORKERS", 0,
+    "MODEL.DISTILL.TEACHER.CONFIG_FILE", REPO / "configs/synthetic/pspnet_r101_tiny.yaml",
+    "MODEL.DISTILL.TEACHER.OPTS", "['MODEL.DRN.WIDTH_MULT', 0.125, 'MODEL.DRN.DEPTH', 50]",
+]  # fmt: skip
+
+
 def random_teacher_checkpoint(path: Path, config: str | Path, *opts, data_root: Path) -> Path:
     """Save the (randomly initialised, seed 1) teacher of distillation ``config`` to ``path``: a
     fixed teacher for runs that compare with each other."""

@@ -16,7 +16,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from conftest import REPO, load_cfg, random_teacher_checkpoint, read_metrics, run_train_net
+from conftest import REPO, TINY_DISTILL, TINY_DISTILL_OPTS, load_cfg, random_teacher_checkpoint, read_metrics, run_train_net
 from radkd_d2.configs_index import reduced_size_opts
 from radkd_d2.engine import ConfigError, Trainer
 from radkd_d2.engine.adversarial import HolisticCritic, HolisticCriticHook, build_holistic_critic
@@ -29,14 +29,7 @@ from radkd_d2.losses import (
 )
 from radkd_d2.modeling.teacher import load_teacher_cfg
 
-DISTILL = REPO / "configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml"
-TEACHER_CFG = REPO / "configs/synthetic/pspnet_r101_tiny.yaml"
-TINY = [
-    "DATASETS.SYNTHETIC.NUM_TRAIN", 16, "DATASETS.SYNTHETIC.NUM_VAL", 4, "DATASETS.SYNTHETIC.SIZE", 64,
-    "INPUT.SEM_SEG.CROP_SIZE", "(64, 64)", "MODEL.DRN.WIDTH_MULT", 0.125, "DATALOADER.NUM_WORKERS", 0,
-    "MODEL.DISTILL.TEACHER.CONFIG_FILE", TEACHER_CFG,
-    "MODEL.DISTILL.TEACHER.OPTS", "['MODEL.DRN.WIDTH_MULT', 0.125, 'MODEL.DRN.DEPTH', 50]",
-]  # fmt: skip
+DISTILL, TINY = TINY_DISTILL, TINY_DISTILL_OPTS
 # the holistic term with a CPU-sized critic (8 -> 16 channels, the two stages self-attending)
 HOLISTIC = [
     "MODEL.DISTILL.HOLISTIC.WEIGHT", 0.1, "MODEL.DISTILL.HOLISTIC.CONV_DIM", 8,

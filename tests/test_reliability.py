@@ -13,17 +13,10 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO, load_cfg, random_teacher_checkpoint, read_metrics, run_train_net
+from conftest import REPO, TINY_DISTILL, TINY_DISTILL_OPTS, load_cfg, random_teacher_checkpoint, read_metrics, run_train_net
 from radkd_d2.engine.train_loop import AtomicCheckpointer, RNGState
 
-DISTILL = REPO / "configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml"
-TEACHER_CFG = REPO / "configs/synthetic/pspnet_r101_tiny.yaml"
-TINY = [
-    "DATASETS.SYNTHETIC.NUM_TRAIN", 16, "DATASETS.SYNTHETIC.NUM_VAL", 4, "DATASETS.SYNTHETIC.SIZE", 64,
-    "INPUT.SEM_SEG.CROP_SIZE", "(64, 64)", "MODEL.DRN.WIDTH_MULT", 0.125, "DATALOADER.NUM_WORKERS", 0,
-    "MODEL.DISTILL.TEACHER.CONFIG_FILE", TEACHER_CFG,
-    "MODEL.DISTILL.TEACHER.OPTS", "['MODEL.DRN.WIDTH_MULT', 0.125, 'MODEL.DRN.DEPTH', 50]",
-]
+DISTILL, TINY = TINY_DISTILL, TINY_DISTILL_OPTS
 
 
 @pytest.fixture(scope="module")

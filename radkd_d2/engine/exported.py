@@ -13,7 +13,7 @@ from detectron2.config import CfgNode
 from detectron2.evaluation import inference_on_dataset
 
 from radkd_d2.errors import ExportError
-from radkd_d2.export import ExportedModel, export_deployable, load_student, student_config
+from radkd_d2.export import ExportedModel, export_model, load_student, student_config
 
 from .setup import load_config
 from .trainer import Trainer
@@ -87,11 +87,11 @@ def export_parity(
     own evaluator. Returns one row per model: format, metrics, and the max abs difference of its
     outputs from the PyTorch student's over every image (:func:`_max_diff`);
     ``images_differing`` counts images whose detections differ in number (not compared)."""
-    student, scfg, _, _ = load_student(cfg, weights, device="cpu")
+    student, scfg, _, dropped = load_student(cfg, weights, device="cpu")
     example = example_images(cfg, batch, size)
     models = {"pytorch": student}
-    for fmt in formats:
-        path, _ = export_deployable(cfg, weights, output_dir, fmt, example)
+    for fmt in formats:  # the one student, loaded once, exported in each format
+        path, _ = export_model(student, scfg, output_dir, fmt, example, dropped=dropped)
         models[fmt] = ExportedModel(str(path)).eval()
     name = dataset or cfg.DATASETS.TEST[0]
     evaluators = {k: Trainer.build_evaluator(scfg, name, str(Path(output_dir) / "inference" / k)) for k in models}

@@ -54,6 +54,7 @@ __all__ = [
     "DetectionExport",
     "deployable",
     "export_deployable",
+    "export_model",
     "export_module",
 ]
 
@@ -205,22 +206,18 @@ def export_module(
     file appears only when the check passes."""
     with torch.no_grad():
         reference = _as_list(wrapper(*inputs))
-    batch = len(inputs) if task == "detection" else None
-    input_names, output_names = _names(task, batch or 1)
-
+    input_names, output_names = _names(task, len(inputs))
     diff = 0.0
 
     def write(tmp: Path) -> None:
         nonlocal diff
-        with _module_trail(wrapper) as stack:
+        with _module_trail(wrapper) as stack, warnings_quiet():
             try:
                 if fmt == "torchscript":
                     with torch.no_grad():
                         torch.jit.trace(wrapper, inputs, check_trace=False).save(str(tmp))
                 else:
                     _onnx_export(wrapper, inputs, tmp, task, input_names, output_names, dynamic_size)
-            except ExportError:
-                raise
             except Exception as e:
                 raise _failure(fmt, wrapper, inputs, e, stack[-1] if stack else None) from e
         diff = _max_diff(Backend(fmt, str(tmp), input_names)(list(inputs)), reference)
@@ -236,12 +233,11 @@ def export_module(
 
 
 def _onnx_export(wrapper, inputs, path, task, input_names, output_names, dynamic_size) -> None:
-    with warnings_quiet():
-        torch.onnx.export(
-            wrapper, inputs, str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=input_names, output_names=output_names,
-            dynamic_axes=_dynamic_axes(task, input_names, output_names, dynamic_size),
-        )
+    torch.onnx.export(
+        wrapper, inputs, str(path), dynamo=False, opset_version=ONNX_OPSET,
+        input_names=input_names, output_names=output_names,
+        dynamic_axes=_dynamic_axes(task, input_names, output_names, dynamic_size),
+    )
 
 
 @contextlib.contextmanager
@@ -262,7 +258,26 @@ def export_deployable(
     *,
     dynamic_size: bool = True,
 ) -> Tuple[Path, ExportInfo]:
-    """Export the student of ``cfg`` with the checkpoint ``weights`` as ``model_student.ts`` or
+    """Export the student of ``cfg`` with the checkpoint ``weights`` (loaded strictly, the
+    distillation-only parts dropped) through :func:`export_model`."""
+    if fmt not in SUFFIX:
+        raise ExportError(f"--format {fmt!r}: allowed {list(FORMATS)} (d2 is export_student)")
+    out = output_folder(output_dir)
+    model, scfg, _, dropped = load_student(cfg, weights)
+    return export_model(model, scfg, out, fmt, example, dropped=dropped, dynamic_size=dynamic_size)
+
+
+def export_model(
+    model: nn.Module,
+    scfg: CfgNode,
+    output_dir: str | Path,
+    fmt: str,
+    example: Sequence[torch.Tensor],
+    *,
+    dropped: Sequence[str] = (),
+    dynamic_size: bool = True,
+) -> Tuple[Path, ExportInfo]:
+    """Export a built student (config ``scfg``) as ``model_student.ts`` or
     ``model_student.onnx`` in ``output_dir``, with ``model_student.<fmt>.json`` (an
     :class:`ExportInfo`) and ``config_student.yaml``.
 
@@ -270,16 +285,15 @@ def export_deployable(
         example: the images traced (3 x H x W raw pixels each, in ``INPUT.FORMAT`` order); for
             segmentation they form one batch and must share a size, for detection their number
             is the exported model's images per call.
+        dropped: the checkpoint parts left out, recorded in the sidecar.
         dynamic_size: keep H and W dynamic in ONNX (TorchScript traces are size-generic).
     """
     if fmt not in SUFFIX:
         raise ExportError(f"--format {fmt!r}: allowed {list(FORMATS)} (d2 is export_student)")
-    out = output_folder(output_dir)
-    model, scfg, _, dropped = load_student(cfg, weights)
-    wrapper, inputs, task = deployable(model, example)
+    out = output_folder(str(output_dir))
+    wrapper, inputs, task = deployable(model.eval(), example)
     path = out / f"model_student{SUFFIX[fmt]}"
-    with warnings_quiet():
-        diff = export_module(wrapper, inputs, task, fmt, path, dynamic_size=dynamic_size)
+    diff = export_module(wrapper, inputs, task, fmt, path, dynamic_size=dynamic_size)
     input_names, output_names = _names(task, len(inputs))
     info = ExportInfo(
         format=fmt,
@@ -293,11 +307,11 @@ def export_deployable(
         output_names=output_names,
         config="config_student.yaml",
         pixel_mean=[float(v) for v in scfg.MODEL.PIXEL_MEAN],
-        dropped=dropped,
+        dropped=list(dropped),
         check_max_abs_diff=diff,
         opset=ONNX_OPSET if fmt == "onnx" else None,
     )
     atomic_write(out / "config_student.yaml", lambda p: p.write_text(scfg.dump()))
     info.save(path.with_name(path.name + ".json"))
-    logger.info("Exported the student as %s to %s (max |diff| %.2g on the example; dropped %s)", fmt, path, diff, dropped)
+    logger.info("Exported the student as %s to %s (max |diff| %.2g on the example; dropped %s)", fmt, path, diff, list(dropped))
     return path, info
