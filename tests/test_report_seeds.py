@@ -467,8 +467,20 @@ def test_camvid_study_plan_paper_shape(tmp_path):
     assert (plan.iters, plan.start_iters, plan.teacher_iters) == (300, 600, 2400)
     start = str(tmp_path / "student_start" / "model_final.pth")
     main = plan.main_runs()
-    assert sorted({r.arm for r in main}) == ["cad_res5", "lad_res5", "naive_res5", "student_nokd"]
+    assert sorted({r.arm for r in main}) == [
+        "cad_res5", "kd_logits", "lad_res5", "lad_res5_nokd", "naive_res5", "student_nokd"]
     assert all(len(plan.arm_dirs(a)) == 3 for a in {r.arm for r in main})
+    # the two control arms: logit KD alone, and the LAD term alone (same teacher, same start)
+    from radkd_d2.evaluation.naming import classify_method
+
+    def method(arm):
+        r = next(r for r in main if r.arm == arm)
+        c = load_config(str(r.config), [str(x) for x in r.opts], validate=False)
+        return classify_method(c.MODEL.META_ARCHITECTURE, c.MODEL.DISTILL.TAPS, c.MODEL.DISTILL.KD_WEIGHT)
+
+    assert method("kd_logits") == ("KD", "", None, 10.0)
+    assert method("lad_res5_nokd") == ("LAD", "res5", 10.0, 0.0)
+    assert method("lad_res5") == ("LAD", "res5", 10.0, 10.0)
     assert all(_opts(r.opts)["MODEL.WEIGHTS"] == start for r in plan.students)
     sweep = [r for r in plan.students if r not in main]
     assert len(sweep) == 2 * 3 * 2  # naive/LAD x λ {1, 100, 1000} x 2 seeds

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The CamVid real-data study in one command: teacher, a shared student start, students (no
-KD, naive, LAD, CAD; PAD on request), a loss-weight sweep (naive vs LAD), then the report with the
+KD, naive, LAD, CAD, logit KD alone, the LAD term alone; PAD on request), a loss-weight sweep (naive vs LAD), then the report with the
 schedule checks (teacher and plain-student val curves), the sweep plot (Fig. 1/5), the magnitude
 plot (Fig. 2) and feature heatmaps (Fig. 6).
 
@@ -119,8 +119,19 @@ SCALES = {
 }
 # the teacher the students learn from: its best val evaluation (model_best.pth), not its last
 BEST = ["TEST.BEST_CHECKPOINT_METRIC", "sem_seg/mIoU"]
-MAIN_METHODS = ("naive", "lad", "cad")  # the study's arms besides no KD
-ALL_METHODS = ("naive", "lad", "cad", "pad")
+# the study's arms besides no KD: method -> (arm folder, config, overrides). Every feature arm
+# carries logit KD (λ_kd 10) beside its res5 term (λ 10); "kd" (KD alone) and "lad_nokd" (the LAD
+# term alone) tell the two terms apart
+ARMS = {
+    "naive": ("naive_res5", "naive_res5_pspr101_pspr18_camvid.yaml", []),
+    "lad": ("lad_res5", "lad_res5_pspr101_pspr18_camvid.yaml", []),
+    "cad": ("cad_res5", "cad_res5_pspr101_pspr18_camvid.yaml", []),
+    "pad": ("pad_res5", "pad_res5_pspr101_pspr18_camvid.yaml", []),
+    "kd": ("kd_logits", "kd_logits_pspr101_pspr18_camvid.yaml", []),
+    "lad_nokd": ("lad_res5_nokd", "lad_res5_pspr101_pspr18_camvid.yaml", ["MODEL.DISTILL.KD_WEIGHT", 0.0]),
+}
+MAIN_METHODS = ("naive", "lad", "cad", "kd", "lad_nokd")
+ALL_METHODS = tuple(ARMS)
 SWEEP_METHODS = ("naive", "lad")
 MAIN_WEIGHT = 10.0  # λ of the main runs (their configs'): the sweep's λ = 10 points
 
@@ -192,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=ALL_METHODS,
         default=list(MAIN_METHODS),
-        help="feature-distillation arms besides no KD (default: naive lad cad)",
+        help="distilled arms besides no KD (default: naive lad cad kd lad_nokd; kd is logit KD "
+        "alone, lad_nokd the LAD term alone, the others a res5 term + logit KD)",
     )
     p.add_argument(
         "--sweep-weights",
@@ -281,12 +293,9 @@ def plan_runs(args: argparse.Namespace) -> StudyPlan:
     )
     students[0].opts.extend(curve)  # the plain student's val curve: has it flattened?
     for m in args.methods:
+        arm, config, extra = ARMS[m]
         students += plan_seeds(
-            f"{m}_res5",
-            CFG / f"{m}_res5_pspr101_pspr18_camvid.yaml",
-            [*common, *s["student"], *teacher_opts, *from_start],
-            out / f"{m}_res5",
-            args.seeds,
+            arm, CFG / config, [*common, *s["student"], *teacher_opts, *from_start, *extra], out / arm, args.seeds
         )
     sweep_dir = out / "sweep"
     sweep_weight = {}
@@ -445,13 +454,13 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
         teacher=teach,
     )
     # the figures of single runs show seed 0
-    first = {arm: plan.arm_dirs(arm)[0] for arm in (f"{m}_res5" for m in plan.methods)}
+    first = {ARMS[m][0]: plan.arm_dirs(ARMS[m][0])[0] for m in plan.methods}
     sweep_first = [
         (f"naive λ={w:g}", seed_folder(plan.sweep_dir / run_dir_name("naive", w), 0, plan.sweep_seeds))
         for w in plan.sweep_weights
     ]
     plot_magnitudes(
-        sweep_first + [("naive λ=10", first["naive_res5"]), ("LAD λ=10", first["lad_res5"])],
+        sweep_first + [(f"{label} λ=10", first[a]) for label, a in (("naive", "naive_res5"), ("LAD", "lad_res5")) if a in first],
         out / "magnitudes.png",
         taps=["res5"],
     )
