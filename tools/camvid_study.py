@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The CamVid real-data study in one command: teacher, a shared student start, students (no
-KD, naive, LAD, CAD, logit KD alone, the LAD term alone; PAD on request), a loss-weight sweep (naive vs LAD), then the report with the
-schedule checks (teacher and plain-student val curves), the sweep plot (Fig. 1/5), the magnitude
-plot (Fig. 2) and feature heatmaps (Fig. 6).
+KD, naive, LAD, CAD, logit KD alone, the LAD term alone; PAD on request), a loss-weight sweep
+(naive vs LAD), then the report with the schedule checks (teacher and plain-student val curves),
+the sweep plot (Fig. 1/5), the magnitude plot (Fig. 2) and feature heatmaps (Fig. 6).
 
     python tools/camvid_study.py --data-root ../shared/data            # CPU scale (about 60 min on 2 cores)
     python tools/camvid_study.py --data-root DIR --scale gpu --jobs 6  # larger, on one GPU
@@ -469,14 +469,15 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
         from radkd_d2.engine.setup import load_config
 
         for m in (m for m in ("lad", "cad", "pad") if m in plan.methods):
+            arm, config, extra = ARMS[m]
             cfg = load_config(
-                str(CFG / f"{m}_res5_pspr101_pspr18_camvid.yaml"),
-                [*plan.common, *s["student"], *plan.teacher_opts, "MODEL.DEVICE", "cpu"],
+                str(CFG / config),
+                [*plan.common, *s["student"], *plan.teacher_opts, *extra, "MODEL.DEVICE", "cpu"],
                 validate=False,
             )
             heatmaps_from_config(
                 cfg,
-                str(first[f"{m}_res5"] / "model_final.pth"),
+                str(first[arm] / "model_final.pth"),
                 out / f"heatmaps_{m}.png",
                 tap="res5",
                 num_images=3,
