@@ -117,6 +117,7 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.MOBILENETV2.OUTPUT_STRIDE = 8  # 8 (dilated, as CIRKD/SKD), 16 or 32
     cfg.MODEL.MOBILENETV2.NORM = "BN"  # "BN", "SyncBN" or "FrozenBN" (timm builds BatchNorm2d)
     cfg.MODEL.MOBILENETV2.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned
+    cfg.MODEL.MOBILENETV2.PAD_TYPE = ""  # "" PyTorch's symmetric padding; "same": TensorFlow's (timm pad_type)
 
     # Swin Transformer (timm SwinTransformer). Defaults: Swin-T; Swin-B: 128, [2,2,18,2], [4..32].
     cfg.MODEL.SWIN = CN()

@@ -32,7 +32,12 @@ the gain over their last quarter and the teacher's lead over the plain student.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +66,33 @@ from radkd_d2.analysis.sweep import (  # noqa: E402
 )
 from radkd_d2.evaluation.report import build_report, collect_runs, write_report  # noqa: E402
 from radkd_d2.evaluation.runs import read_run, read_scalars, seed_folder  # noqa: E402
+from radkd_d2.evaluation.summary import delta_se  # noqa: E402
 
 CFG = REPO / "configs/camvid"
+# the models of a scale: teacher and student configs, the distillation configs' pair name
+# ("<method>_res5_<pair>_camvid.yaml"), the lead the teacher must have over the plain student,
+# and for the pretrained scales the ../shared/data/pretrained file each model starts from
+_R18_FAMILY = dict(
+    pair="pspr101_pspr18",
+    teacher_config="pspnet_r101_camvid.yaml",
+    student_config="pspnet_r18_camvid.yaml",
+    lead=8,
+)
+_MV2_FAMILY = dict(
+    pair="mv2_pspmv2",
+    teacher_config="pspnet_mv2_teacher_camvid.yaml",
+    student_config="pspnet_mv2_camvid.yaml",
+    lead=5,
+    pretrained=dict(
+        student="mobilenet_v2_imagenet_torchvision.pth",
+        teacher="mobilenet_v2_cocovoc_seg_backbone_torchvision.pth",
+    ),
+    checkpoint_period=100,  # a killed study resumes its running run from here
+)
+# MobileNetV2 padding (MODEL.MOBILENETV2.PAD_TYPE) of a pretrained scale: "torch" (symmetric) or
+# "same" (TensorFlow's, as the weights were trained); "auto" trains the plain student with both
+# and keeps the better on val
+PAD_TYPES = {"torch": "", "same": "same"}
 SCALES = {
     "cpu": dict(
         teacher=[
@@ -89,6 +119,7 @@ SCALES = {
         iters=300,
         start_iters=600,
         teacher_iters=2400,
+        **_R18_FAMILY,
     ),
     "gpu": dict(
         teacher=[
@@ -115,6 +146,53 @@ SCALES = {
         iters=1000,
         start_iters=1000,
         teacher_iters=4000,
+        **_R18_FAMILY,
+    ),
+    # the paper's regime: ImageNet-pretrained PSPNet-MV2 students (no shared start: ImageNet is
+    # the start) under a PSPNet-MV2 teacher started from the COCO+VOC segmentation backbone
+    "pretrained": dict(
+        teacher=[],
+        student=[],
+        common=[
+            "INPUT.SEM_SEG.CROP_SIZE",
+            "(120, 160)",
+            "INPUT.MIN_SIZE_TEST",
+            180,
+            "INPUT.SEM_SEG.SCALE_RANGE",
+            "(0.375, 0.75)",
+            "SOLVER.IMS_PER_BATCH",
+            8,
+            "DATALOADER.NUM_WORKERS",
+            1,
+        ],
+        iters=200,
+        start_iters=0,
+        teacher_iters=1000,
+        eval_period=100,
+        **_MV2_FAMILY,
+    ),
+    "pretrained-gpu": dict(
+        teacher=[],
+        student=[],
+        common=[
+            "INPUT.SEM_SEG.CROP_SIZE",
+            "(360, 480)",
+            "INPUT.SEM_SEG.SCALE_RANGE",
+            "(0.5, 2.0)",
+            "SOLVER.IMS_PER_BATCH",
+            8,
+            "DATALOADER.NUM_WORKERS",
+            4,
+            "SOLVER.AMP.ENABLED",
+            True,
+            "SOLVER.AMP.PRECISION",
+            "bfloat16",
+        ],
+        iters=2000,
+        start_iters=0,
+        teacher_iters=8000,
+        eval_period=1000,
+        **_MV2_FAMILY,
     ),
 }
 # the teacher the students learn from: its best val evaluation (model_best.pth), not its last
@@ -122,15 +200,17 @@ BEST = ["TEST.BEST_CHECKPOINT_METRIC", "sem_seg/mIoU"]
 # the study's arms besides no KD: method -> (arm folder, config, overrides). Every feature arm
 # carries logit KD (λ_kd 10) beside its res5 term (λ 10); "kd" (KD alone) and "lad_nokd" (the LAD
 # term alone) tell the two terms apart
+# ({pair}: the scale's, e.g. "lad_res5_mv2_pspmv2_camvid.yaml")
 ARMS = {
-    "naive": ("naive_res5", "naive_res5_pspr101_pspr18_camvid.yaml", []),
-    "lad": ("lad_res5", "lad_res5_pspr101_pspr18_camvid.yaml", []),
-    "cad": ("cad_res5", "cad_res5_pspr101_pspr18_camvid.yaml", []),
-    "pad": ("pad_res5", "pad_res5_pspr101_pspr18_camvid.yaml", []),
-    "kd": ("kd_logits", "kd_logits_pspr101_pspr18_camvid.yaml", []),
-    "lad_nokd": ("lad_res5_nokd", "lad_res5_pspr101_pspr18_camvid.yaml", ["MODEL.DISTILL.KD_WEIGHT", 0.0]),
+    "naive": ("naive_res5", "naive_res5_{pair}_camvid.yaml", []),
+    "lad": ("lad_res5", "lad_res5_{pair}_camvid.yaml", []),
+    "cad": ("cad_res5", "cad_res5_{pair}_camvid.yaml", []),
+    "pad": ("pad_res5", "pad_res5_{pair}_camvid.yaml", []),
+    "kd": ("kd_logits", "kd_logits_{pair}_camvid.yaml", []),
+    "lad_nokd": ("lad_res5_nokd", "lad_res5_{pair}_camvid.yaml", ["MODEL.DISTILL.KD_WEIGHT", 0.0]),
 }
 MAIN_METHODS = ("naive", "lad", "cad", "kd", "lad_nokd")
+KD_ALONE = "kd_logits"  # the arm the report's second Δ is taken against
 ALL_METHODS = tuple(ARMS)
 SWEEP_METHODS = ("naive", "lad")
 MAIN_WEIGHT = 10.0  # λ of the main runs (their configs'): the sweep's λ = 10 points
@@ -156,6 +236,7 @@ class StudyPlan:
     common: list
     teacher_opts: list
     sweep_weight: dict  # out_dir of a sweep run -> its λ
+    pad: Optional[str] = None  # MobileNetV2 padding of a pretrained scale ("torch", "same")
 
     def main_runs(self) -> List[PlannedRun]:
         """The student runs outside the sweep (no KD and the λ = 10 methods), every seed."""
@@ -188,9 +269,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-period",
         type=int,
-        default=200,
         help="val evaluation period of the teacher, the start and the first no-KD seed, for the "
-        "schedule curves (default 200; each evaluation of the 101 val images costs 15-30 s on CPU)",
+        "schedule curves (default: the scale's, 200 for cpu/gpu; each evaluation of the 101 val "
+        "images costs 10-30 s on CPU)",
+    )
+    p.add_argument(
+        "--pad-type",
+        choices=["auto", *PAD_TYPES],
+        default="auto",
+        help="MobileNetV2 padding of the pretrained scales: torch (symmetric), same (TensorFlow's, "
+        "as the weights were trained) or auto (default: the plain student with both, every seed, "
+        "keeping the better val mean; the comparison is in the report)",
+    )
+    p.add_argument(
+        "--pretrained-root",
+        help="folder holding the MobileNetV2 files of the pretrained scales (default: "
+        "<data-root>/pretrained)",
+    )
+    p.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides for every run, after the scale's (e.g. a smaller crop to try the "
+        "study at a tiny size)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0,
+        help="seconds after which the study stops its running run (it resumes from its last "
+        "checkpoint) and exits with code 3: rerun the same command to go on (0: no limit; the "
+        "GPU preset runs in commands of at most 10 minutes)",
     )
     p.add_argument("--jobs", type=int, default=1, help="student runs trained in parallel")
     p.add_argument(
@@ -237,70 +347,102 @@ def last_quarter_gain(points: Sequence[Tuple[int, float]]) -> float:
     return points[-1][1] - before[-1]
 
 
-def _iters(n: int) -> list:
-    return ["SOLVER.MAX_ITER", n, "SOLVER.CHECKPOINT_PERIOD", n]
+def _iters(n: int, period: Optional[int] = None) -> list:
+    """MAX_ITER n, a checkpoint at the end (and every ``period`` iterations, for resuming)."""
+    return ["SOLVER.MAX_ITER", n, "SOLVER.CHECKPOINT_PERIOD", min(n, period or n)]
 
 
-def plan_runs(args: argparse.Namespace) -> StudyPlan:
+def pretrained_file(out: Path, model: str, scale: dict) -> Optional[Path]:
+    """Where the study writes the converted ``../shared/data/pretrained`` file that ``model``
+    ("student" or "teacher") starts from; None for a scale trained from random weights."""
+    name = scale.get("pretrained", {}).get(model)
+    return out / "pretrained" / name if name else None
+
+
+def padding_dir(out: Path, pad: str) -> Path:
+    """The plain-student arm of one padding ("torch" or "same"): the padding comparison, and
+    the study's no-KD arm for the padding it keeps."""
+    return out / "padding" / pad
+
+
+def plan_runs(args: argparse.Namespace, pad: Optional[str] = None) -> StudyPlan:
     """Every run of the study with its config overrides, OUTPUT_DIR and SEED, without training.
 
     Args:
         args: parsed :func:`build_parser` arguments.
+        pad: MobileNetV2 padding of a pretrained scale ("torch" or "same"); default the
+            ``--pad-type`` argument ("auto" plans the padding comparison's "torch" side).
     """
     s = SCALES[args.scale]
     iters = args.iters or s["iters"]
     start_iters = s["start_iters"] if args.start_iters is None else args.start_iters
     teacher_iters = args.teacher_iters or s["teacher_iters"]
+    eval_period = args.eval_period or s.get("eval_period", 200)
     out = (REPO / args.out).resolve()
+    pad = pad or (args.pad_type if args.pad_type != "auto" else "torch")
+    pretrained = "pretrained" in s
+    pad_opts = ["MODEL.MOBILENETV2.PAD_TYPE", PAD_TYPES[pad]] if pretrained else []
+    period = s.get("checkpoint_period")
     common = [
         "DATASETS.ROOT",
         args.data_root,
         *s["common"],
-        *_iters(iters),
+        *pad_opts,
+        *args.opts,
+        *_iters(iters, period),
         "TEST.EVAL_PERIOD",
         0,
         "MODEL.DISTILL.DIAGNOSTICS_PERIOD",
         20,
     ]
-    curve = ["TEST.EVAL_PERIOD", args.eval_period]
+    curve = ["TEST.EVAL_PERIOD", eval_period]
+    weights = {
+        m: (["MODEL.WEIGHTS", f] if (f := pretrained_file(out, m, s)) else [])
+        for m in ("student", "teacher")
+    }
     teacher_dir = out / "teacher"
     teacher_opts = [
         "MODEL.DISTILL.TEACHER.WEIGHTS",
         teacher_dir / "model_best.pth",
         "MODEL.DISTILL.TEACHER.OPTS",
-        repr([str(x) for x in s["teacher"]]),
+        repr([str(x) for x in [*s["teacher"], *pad_opts]]),
     ]
     teacher = plan_seeds(
         "teacher",
-        CFG / "pspnet_r101_camvid.yaml",
-        [*common, *s["teacher"], *_iters(teacher_iters), *curve, *BEST],
+        CFG / s["teacher_config"],
+        [*common, *s["teacher"], *weights["teacher"], *_iters(teacher_iters, period), *curve, *BEST],
         teacher_dir,
         1,
     )[0]
-    student_cfg = CFG / "pspnet_r18_camvid.yaml"
-    start, from_start = None, []
+    student_cfg = CFG / s["student_config"]
+    start, from_start = None, weights["student"]
     if start_iters:
         start = plan_seeds(
             "student_start",
             student_cfg,
-            [*common, *s["student"], *_iters(start_iters), *curve],
+            [*common, *s["student"], *from_start, *_iters(start_iters, period), *curve],
             out / "student_start",
             1,
         )[0]
         from_start = ["MODEL.WEIGHTS", start.out_dir / "model_final.pth"]
+    nokd_dir = padding_dir(out, pad) if pretrained else out / "student_nokd"
     students = plan_seeds(
-        "student_nokd", student_cfg, [*common, *s["student"], *from_start], out / "student_nokd", args.seeds
+        "student_nokd", student_cfg, [*common, *s["student"], *from_start], nokd_dir, args.seeds
     )
     students[0].opts.extend(curve)  # the plain student's val curve: has it flattened?
     for m in args.methods:
         arm, config, extra = ARMS[m]
         students += plan_seeds(
-            arm, CFG / config, [*common, *s["student"], *teacher_opts, *from_start, *extra], out / arm, args.seeds
+            arm,
+            CFG / config.format(pair=s["pair"]),
+            [*common, *s["student"], *teacher_opts, *from_start, *extra],
+            out / arm,
+            args.seeds,
         )
     sweep_dir = out / "sweep"
     sweep_weight = {}
     for m in SWEEP_METHODS:
-        cfg = CFG / f"{m}_res5_pspr101_pspr18_camvid.yaml"
+        cfg = CFG / f"{m}_res5_{s['pair']}_camvid.yaml"
         base = config_seed(cfg) if args.sweep_seeds > 1 else -1
         for pt in plan_sweep(sweep_dir, [m], args.sweep_weights, args.sweep_seeds, base_seed=base):
             opts = [*common, *s["student"], *teacher_opts, *from_start, *point_opts(pt, "res5")]
@@ -333,6 +475,7 @@ def plan_runs(args: argparse.Namespace) -> StudyPlan:
         common,
         teacher_opts,
         sweep_weight,
+        pad if pretrained else None,
     )
 
 
@@ -342,7 +485,71 @@ def teacher_best_dir(plan: StudyPlan) -> Path:
     return plan.out / "teacher_best"
 
 
-def schedule_section(plan: StudyPlan) -> str:
+def _arm_values(dirs: Sequence[Path]) -> List[float]:
+    return [v for v in (read_run(d).metrics.get("mIoU") for d in dirs) if v is not None]
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan)
+
+
+def _delta(values: Sequence[float], base: Sequence[float]) -> str:
+    """``Δ ± SE`` of two arms' means (``*`` where |Δ| > 2·SE), blank when either is empty."""
+    if not values or not base:
+        return ""
+    (m, s), (mb, sb) = _mean_std(values), _mean_std(base)
+    se = delta_se(s, len(values), sb, len(base))
+    mark = " *" if math.isfinite(se) and abs(m - mb) > 2 * se else ""
+    return f"{m - mb:+.2f} ± {se:.2f}{mark}" if math.isfinite(se) else f"{m - mb:+.2f}"
+
+
+def contrast_section(plan: StudyPlan) -> str:
+    """The report's main table: every arm's val mIoU (mean ± sample std over seeds, the seeds'
+    values), Δ against the plain student and Δ against logit KD alone, each ± the SE of the
+    difference (``*``: |Δ| > 2·SE). The second Δ is what a feature term adds over KD."""
+    arms = ["student_nokd"] + [ARMS[m][0] for m in plan.methods]
+    base = _arm_values(plan.arm_dirs("student_nokd"))
+    kd = _arm_values(plan.arm_dirs(KD_ALONE)) if KD_ALONE in arms else []
+    lines = [
+        "## Arms against no KD and against KD alone (val mIoU)", "",
+        "| arm | seeds | mean ± std (seed values) | Δ vs no KD ± SE | Δ vs KD alone ± SE |",
+        "|---|---:|---|---|---|",
+    ]  # fmt: skip
+    for arm in arms:
+        values = _arm_values(plan.arm_dirs(arm))
+        if not values:
+            lines.append(f"| {arm} | 0 | (not finished) | | |")
+            continue
+        m, sd = _mean_std(values)
+        text = f"{m:.2f} ± {sd:.2f}" if math.isfinite(sd) else f"{m:.2f}"
+        text += " (" + " / ".join(f"{v:.2f}" for v in values) + ")"
+        vs_base = _delta(values, base) if arm != "student_nokd" else ""
+        vs_kd = _delta(values, kd) if arm not in ("student_nokd", KD_ALONE) else ""
+        lines.append(f"| {arm} | {len(values)} | {text} | {vs_base} | {vs_kd} |")
+    return "\n".join(lines) + "\n"
+
+
+def padding_section(plan: StudyPlan) -> str:
+    """The padding comparison of a pretrained scale (``padding.json``): the plain student's
+    val mIoU with each padding and the one kept."""
+    record = plan.out / "padding.json"
+    if plan.pad is None:
+        return ""
+    if not record.is_file():
+        return f"## MobileNetV2 padding\n\n{plan.pad} padding (set with --pad-type; not compared)\n"
+    data = json.loads(record.read_text())
+    lines = ["## MobileNetV2 padding (plain student, val mIoU)", "", "| padding | mean ± std (seeds) |", "|---|---|"]
+    for pad, values in data["val_mIoU"].items():
+        m, sd = _mean_std(values)
+        lines.append(f"| {pad} | {m:.2f} ± {sd:.2f} ({' / '.join(f'{v:.2f}' for v in values)}) |")
+    (torch_v, same_v) = (data["val_mIoU"]["torch"], data["val_mIoU"]["same"])
+    lines += ["", f"same − torch: {_delta(same_v, torch_v)}; kept: {data['choice']} (the study's setting)."]
+    return "\n".join(lines) + "\n"
+
+
+def schedule_section(plan: StudyPlan, lead_needed: float = 8) -> str:
     """The report's "Schedule" section: val mIoU curves of the teacher, the start and the first
     no-KD seed, each curve's gain over its last quarter, and the teacher's lead over the plain
     student (mean over seeds)."""
@@ -365,33 +572,145 @@ def schedule_section(plan: StudyPlan) -> str:
     plain = [v for v in plain if v is not None]
     if teach is not None and plain:
         lead = teach - sum(plain) / len(plain)
-        verdict = "at least" if lead >= 8 else "LESS than"
+        verdict = "at least" if lead >= lead_needed else "LESS than"
         lines += ["", f"Teacher (model_best.pth, its best val evaluation) {teach:.1f} vs plain student {sum(plain) / len(plain):.1f} (mean of "
-                  f"{len(plain)}): lead {lead:+.1f} points, {verdict} the 8 the study asks for."]
+                  f"{len(plain)}): lead {lead:+.1f} points, {verdict} the {lead_needed:g} the study asks for."]
     return "\n".join(lines) + "\n"
+
+
+class TimeLimit(Exception):
+    """The study's ``--time-limit`` ran out: rerun the same command to go on."""
+
+
+class Deadline:
+    """``--time-limit``: no run starts after it, and the running one is interrupted at it (as
+    Ctrl-C: it exits cleanly, and ``--resume`` continues it from its last checkpoint)."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds if seconds > 0 else None
+        self.hit = False
+
+    def left(self) -> Optional[float]:
+        return None if self.end is None else self.end - time.monotonic()
+
+    def watch(self, proc) -> None:
+        """Interrupt ``proc`` when the time runs out (a daemon timer)."""
+        left = self.left()
+        if left is None:
+            return
+
+        def stop():
+            if proc.poll() is None:
+                self.hit = True
+                proc.send_signal(signal.SIGINT)
+
+        timer = threading.Timer(max(0.0, left), stop)
+        timer.daemon = True
+        timer.start()
+
+
+def convert_pretrained(args, s: dict, out: Path) -> None:
+    """Convert the ``../shared/data/pretrained`` files of a pretrained scale into the study's
+    ``pretrained/`` folder through ``tools/convert_weights.py`` (every backbone key checked
+    against the model of the config; nothing dropped silently). Converted files are kept."""
+    root = Path(args.pretrained_root or Path(args.data_root) / "pretrained")
+    for model, config in (("student", s["student_config"]), ("teacher", s["teacher_config"])):
+        dst = pretrained_file(out, model, s)
+        if dst is None or dst.is_file():
+            continue
+        src = root / s["pretrained"][model]
+        if not src.is_file():
+            sys.exit(
+                f"the {model}'s pretrained weights {src} are missing: the {args.scale} scale needs "
+                f"{sorted(s['pretrained'].values())} in {root} (see ../shared/data/pretrained/"
+                "README.md), or --pretrained-root"
+            )
+        tmp = dst.with_name(dst.stem + ".partial.pth")
+        cmd = [
+            sys.executable, str(REPO / "tools/convert_weights.py"), "--source",
+            "torchvision_mobilenetv2", "--input", str(src), "--output", str(tmp),
+            "--config-file", str(CFG / config), "MODEL.WEIGHTS", "",
+        ]  # fmt: skip
+        log = out / "pretrained" / f"convert_{model}.log"
+        if run_training(cmd, log, label=f"convert {src.name}", cwd=REPO):
+            print(log_tail(log))
+            sys.exit(f"converting {src} failed (log: {log})")
+        tmp.replace(dst)
+        print(f"pretrained {model} weights: {src} -> {dst}", flush=True)
+
+
+def choose_padding(args, train) -> str:
+    """``--pad-type auto``: the plain student with both paddings, every seed (seed-major), and
+    the padding of the better val mean, written to ``<out>/padding.json`` (read back on resume).
+    The kept padding's runs are the study's no-KD arm."""
+    plans = {pad: plan_runs(args, pad) for pad in PAD_TYPES}
+    record = next(iter(plans.values())).out / "padding.json"
+    runs = {pad: [r for r in p.students if r.arm == "student_nokd"] for pad, p in plans.items()}
+    print(f"[0/3] padding: the plain student with {' and '.join(PAD_TYPES)} padding", flush=True)
+    order = sorted(((r.index, pad, r) for pad, rs in runs.items() for r in rs), key=lambda t: t[:2])
+    failed = [r.name for _, _, r in order if train(r)[1]]
+    if failed:
+        sys.exit(f"padding comparison: runs failed: {failed}")
+    means = {}
+    for pad, rs in runs.items():
+        values = [read_run(r.out_dir).metrics.get("mIoU") for r in rs]
+        if None in values:
+            sys.exit(f"padding comparison: no val mIoU in {[str(r.out_dir) for r in rs]}")
+        means[pad] = values
+    choice = max(means, key=lambda pad: (sum(means[pad]) / len(means[pad]), pad == "torch"))
+    record.write_text(json.dumps({"choice": choice, "val_mIoU": means}, indent=1))
+    print(f"padding: {choice} kept (val mIoU {means})", flush=True)
+    return choice
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    plan = plan_runs(args)
-    s, out, iters, teacher_iters = SCALES[args.scale], plan.out, plan.iters, plan.teacher_iters
+    s = SCALES[args.scale]
+    pretrained = "pretrained" in s
+    deadline = Deadline(args.time_limit)
 
-    def train(run: PlannedRun, max_iter=iters):
+    def train(run: PlannedRun, max_iter=None):
+        max_iter = max_iter or iters
         if read_run(run.out_dir, max_iter=max_iter).status == "finished":
             print(f"{run.name}: finished earlier, skipped", flush=True)
             return run.name, 0
+        if deadline.left() is not None and deadline.left() <= 0:
+            raise TimeLimit(run.name)
         log = run.out_dir / "study.log"
-        rc = run_training(run.command(), log, label=run.label, max_iter=max_iter, cwd=REPO)
+        # --resume: a run interrupted earlier goes on from its last checkpoint
+        rc = run_training(
+            run.command(resume=True), log, label=run.label, max_iter=max_iter, cwd=REPO,
+            started=deadline.watch,
+        )  # fmt: skip
+        if deadline.hit:
+            raise TimeLimit(run.name)
         print(f"{run.name}: {'done' if rc == 0 else f'FAILED ({rc})'}", flush=True)
         if rc:
             print(log_tail(log))
         return run.name, rc
 
-    if args.report_only:
-        failed = []
-    else:
-        failed = _train_all(plan, train, args.jobs)
-    _report(plan, args, s, out, iters, teacher_iters)
+    plan = plan_runs(args)
+    iters = plan.iters
+    try:
+        if args.report_only:
+            failed = []
+            record = plan.out / "padding.json"
+            if pretrained and args.pad_type == "auto" and record.is_file():
+                plan = plan_runs(args, json.loads(record.read_text())["choice"])
+        else:
+            if pretrained:
+                convert_pretrained(args, s, plan.out)
+                if args.pad_type == "auto":
+                    plan = plan_runs(args, choose_padding(args, train))
+            failed = _train_all(plan, train, args.jobs)
+    except TimeLimit as e:
+        print(
+            f"time limit ({args.time_limit:g} s) reached at {e}: stopped; rerun the same command to "
+            "go on (finished runs are skipped, the interrupted one resumes from its checkpoint)",
+            flush=True,
+        )
+        sys.exit(3)
+    _report(plan, args, s, plan.out, iters, plan.teacher_iters)
     sys.exit(1 if failed else 0)
 
 
@@ -430,15 +749,20 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
     heatmaps, from the runs that finished (missing ones are listed in the report)."""
     print("[3/3] report and figures", flush=True)
     # the sweep's λ = 10 points are the main naive/LAD runs
-    main_runs = [teacher_best_dir(plan)] + [r.out_dir for r in plan.main_runs()]
+    # roles given, not guessed: the teacher and the plain student may share an architecture
+    nokd = plan.arm_dirs("student_nokd")
+    distilled = [r.out_dir for r in plan.main_runs() if r.out_dir not in nokd]
     start = f"start {plan.start_iters} + " if plan.start else ""
     title = (
         f"CamVid study ({args.scale} scale, students {start}{iters} iterations, teacher "
         f"{teacher_iters}, {plan.seeds} seeds per arm, val split)"
     )
-    write_report(build_report(collect_runs(main_runs)), out / "report", title=title)
+    infos = collect_runs(distilled, teachers=[teacher_best_dir(plan)], baselines=nokd)
+    write_report(build_report(infos), out / "report", title=title)
     with open(out / "report" / "report.md", "a") as f:
-        f.write("\n" + schedule_section(plan))
+        f.write("\n" + contrast_section(plan))
+        f.write("\n" + schedule_section(plan, s["lead"]))
+        f.write("\n" + padding_section(plan))
     collected = collect_sweep(plan.sweep_dir, list(SWEEP_METHODS), plan.sweep_weights, plan.sweep_seeds)
     for method in SWEEP_METHODS:
         main_pts = [(MAIN_WEIGHT, read_run(d)) for d in plan.arm_dirs(f"{method}_res5")]
@@ -471,7 +795,7 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
         for m in (m for m in ("lad", "cad", "pad") if m in plan.methods):
             arm, config, extra = ARMS[m]
             cfg = load_config(
-                str(CFG / config),
+                str(CFG / config.format(pair=s["pair"])),
                 [*plan.common, *s["student"], *plan.teacher_opts, *extra, "MODEL.DEVICE", "cpu"],
                 validate=False,
             )

@@ -139,6 +139,7 @@ def validate_config(cfg) -> None:
     )
     check_choice(cfg, "MODEL.DRN.DEPTH", (18, 34, 50, 101))
     check_choice(cfg, "MODEL.DRN.OUTPUT_STRIDE", (8, 16, 32))
+    check_choice(cfg, "MODEL.MOBILENETV2.PAD_TYPE", ("", "same"))
     check_range(cfg, "MODEL.DRN.WIDTH_MULT", low=0, low_inclusive=False)
     check_range(cfg, "SOLVER.MAX_ITER", low=1)
     check_range(cfg, "SOLVER.IMS_PER_BATCH", low=1)

@@ -44,6 +44,8 @@ _TIMM_VARIANTS = {
     1.0: "mobilenetv2_100",
     1.4: "mobilenetv2_140",
 }
+# padding of the convolutions: PyTorch's symmetric padding, or TensorFlow's "SAME" (timm)
+_PAD_TYPES = ("", "same")
 # stage name -> index into timm's feature_info (0 is blocks.0 at stride 2, not exposed)
 _STAGE_INDEX = {"res2": 1, "res3": 2, "res4": 3, "res5": 4}
 
@@ -63,6 +65,7 @@ class MobileNetV2(Backbone):
         norm: str = "BN",
         out_features: Sequence[str] = ("res5",),
         in_channels: int = 3,
+        pad_type: str = "",
     ):
         """
         Args:
@@ -72,6 +75,10 @@ class MobileNetV2(Backbone):
                 parameters fixed); ReLU6 stays fused in timm's norm layers.
             out_features: names among "res2".."res5" returned by ``forward``.
             in_channels: channels of the input image.
+            pad_type: "" (PyTorch's symmetric padding) or "same" (TensorFlow's "SAME": a strided
+                conv pads 0 before and 1 after on even sizes, as the TensorFlow-trained weights
+                in ``../shared/data/pretrained`` expect); timm's ``pad_type``. Parameter names
+                are the same for both.
         """
         super().__init__()
         variant = _TIMM_VARIANTS.get(float(width_mult))
@@ -86,6 +93,8 @@ class MobileNetV2(Backbone):
             raise ValueError(
                 f"MobileNetV2 out_features must be among {list(_STAGE_INDEX)}, got {out_features}"
             )
+        if pad_type not in _PAD_TYPES:
+            raise ValueError(f"MobileNetV2 pad_type must be one of {_PAD_TYPES}, got {pad_type!r}")
         # timm returns the features in network order; keep the names in that order too.
         names = sorted(set(out_features), key=_STAGE_INDEX.__getitem__)
         self.body = timm.create_model(
@@ -95,6 +104,7 @@ class MobileNetV2(Backbone):
             output_stride=output_stride,
             out_indices=[_STAGE_INDEX[name] for name in names],
             in_chans=in_channels,
+            pad_type=pad_type,
         )
         if norm == "SyncBN":
             self.body = convert_sync_batchnorm(self.body)
@@ -109,6 +119,7 @@ class MobileNetV2(Backbone):
         self._out_feature_strides = dict(zip(names, info.reduction()))
         self.width_mult = float(width_mult)
         self.output_stride = output_stride
+        self.pad_type = pad_type
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
@@ -145,4 +156,5 @@ def build_mobilenetv2_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> 
         norm=mcfg.NORM,
         out_features=mcfg.OUT_FEATURES,
         in_channels=input_shape.channels if input_shape is not None else 3,
+        pad_type=mcfg.PAD_TYPE,
     )
