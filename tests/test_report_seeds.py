@@ -356,23 +356,33 @@ def test_demo_plans_seeds_per_student_arm_and_one_teacher(tmp_path):
         parser.parse_args(["--output", str(tmp_path), "--seeds", "3", "--iters", "7", "--teacher-iters", "9"])
     )
     plan = [r for r, _ in planned]
-    assert [n for _, n in planned] == [9, 150] + [7] * 6
-    assert [r.arm for r in plan] == ["teacher", "student_start"] + ["student_nokd", "student_lad"] * 3
+    assert [n for _, n in planned] == [9, 150] + [7] * 9
+    assert [r.arm for r in plan] == ["teacher", "student_start"] + ["student_nokd", "student_lad", "student_kd"] * 3
     teacher = _opts(plan[0].opts)
     assert "SEED" not in teacher and teacher["OUTPUT_DIR"] == str(tmp_path / "teacher")
     start = str(tmp_path / "student_start" / "model_final.pth")
-    for arm in ("student_nokd", "student_lad"):
+    for arm in ("student_nokd", "student_lad", "student_kd"):
         runs = [_opts(r.opts) for r in plan if r.arm == arm]
         assert [o["SEED"] for o in runs] == ["42", "43", "44"]
         assert [o["OUTPUT_DIR"] for o in runs] == [
             str(tmp_path / arm / f"seed{k}") for k in range(3)
         ]
         assert all(o["SOLVER.MAX_ITER"] == "7" for o in runs)
-        assert all(o["MODEL.WEIGHTS"] == start for o in runs)  # both arms continue one start
-    lad = [_opts(r.opts) for r in plan if r.arm == "student_lad"]
-    assert {o["MODEL.DISTILL.TEACHER.WEIGHTS"] for o in lad} == {
-        str(tmp_path / "teacher" / "model_final.pth")
-    }
+        assert all(o["MODEL.WEIGHTS"] == start for o in runs)  # every arm continues one start
+    for arm in ("student_lad", "student_kd"):
+        distilled = [_opts(r.opts) for r in plan if r.arm == arm]
+        assert {o["MODEL.DISTILL.TEACHER.WEIGHTS"] for o in distilled} == {
+            str(tmp_path / "teacher" / "model_final.pth")
+        }
+    # the control arm is the LAD arm without its feature term: same KD, same warm-up
+    lad_cfg, kd_cfg = (
+        load_config(str(next(r for r in plan if r.arm == arm).config), [], validate=False)
+        for arm in ("student_lad", "student_kd")
+    )
+    assert [list(t) for t in lad_cfg.MODEL.DISTILL.TAPS] == [["res5", "res5", "lad", 10.0]]
+    assert list(kd_cfg.MODEL.DISTILL.TAPS) == []
+    for key in ("KD_WEIGHT", "KD_REDUCTION", "WARMUP_ITERS", "TEACHER"):
+        assert getattr(kd_cfg.MODEL.DISTILL, key) == getattr(lad_cfg.MODEL.DISTILL, key), key
     # the overrides are real config keys, and seed 0 keeps the config's own SEED
     first, second = (r for r in plan if r.arm == "student_lad" and r.index < 2)
     assert load_config(str(first.config), [], validate=False).SEED == 42
@@ -383,7 +393,7 @@ def test_demo_plans_seeds_per_student_arm_and_one_teacher(tmp_path):
     # one seed: the folders and SEED of before seeds existed
     single = [r for r, _ in demo.plan_runs(parser.parse_args(["--output", str(tmp_path), "--seeds", "1"]))]
     assert [_opts(r.opts)["OUTPUT_DIR"] for r in single] == [
-        str(tmp_path / a) for a in ("teacher", "student_start", "student_nokd", "student_lad")
+        str(tmp_path / a) for a in ("teacher", "student_start", "student_nokd", "student_lad", "student_kd")
     ]
     assert all("SEED" not in _opts(r.opts) for r in single)
 
@@ -395,7 +405,7 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
     from radkd_d2.engine.setup import load_config
 
     demo = _tool("demo")
-    miou = {"teacher": 70.0, "student_start": 50.0, "student_nokd": 60.0, "student_lad": 64.0}
+    miou = {"teacher": 70.0, "student_start": 50.0, "student_nokd": 60.0, "student_lad": 64.0, "student_kd": 61.0}
     commands = []
 
     def fake_training(cmd, log, **kwargs):
@@ -416,9 +426,9 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr("radkd_d2.analysis.launch.run_training", fake_training)
     demo.main(["--output", str(tmp_path / "demo"), "--seeds", "2", "--iters", "20"])
-    assert len(commands) == 6  # the teacher and the start once, two student arms twice
+    assert len(commands) == 8  # the teacher and the start once, three student arms twice
     seg = {r["run"]: r for r in _csv(tmp_path / "demo" / "report" / "segmentation.csv")}
-    assert set(seg) == {"teacher", "student_nokd", "student_lad"}
+    assert set(seg) == {"teacher", "student_nokd", "student_lad", "student_kd"}
     assert (seg["student_lad"]["seeds"], seg["student_lad"]["seed_values"]) == ("2", "42;43")
     assert float(seg["student_lad"]["mIoU"]) == pytest.approx(64.5)
     assert float(seg["student_lad"]["delta_mIoU"]) == pytest.approx(4.0)
@@ -429,6 +439,10 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
     assert "**64.50** ± 0.71 (2), Δ +4.00 ± 0.71*" in text and "60.50 ± 0.71 (2)" in text
     assert "(student_lad/seed1) | 65.00 | 90.00 |" in text  # mIoU, pixel accuracy, time per run
     assert "(student_start) | 50.00 | 90.00 |" in text
+    # what each term adds: KD alone vs no KD, LAD + KD vs KD alone (61, 62 vs 60, 61; 64, 65)
+    se = expected_se([64, 65], [61, 62])
+    assert f"- LAD + KD vs logit KD alone (the angular term): +3.00 ± {se:.2f} *" in text
+    assert f"- logit KD alone vs no KD: +1.00 ± {expected_se([61, 62], [60, 61]):.2f}\n" in text
     # --resume reuses the finished runs: nothing is trained again, the report is the same
     commands.clear()
     demo.main(["--output", str(tmp_path / "demo"), "--seeds", "2", "--iters", "20", "--resume"])
@@ -436,7 +450,7 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
     assert "**64.50** ± 0.71 (2), Δ +4.00 ± 0.71*" in (tmp_path / "demo" / "report.md").read_text()
     # a run with other iterations is not reused
     demo.main(["--output", str(tmp_path / "demo"), "--seeds", "2", "--iters", "30", "--resume"])
-    assert len(commands) == 4 and all("30" in c for c in commands)
+    assert len(commands) == 6 and all("30" in c for c in commands)
 
 
 def test_eval_period_does_not_split_a_setting():

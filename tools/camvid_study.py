@@ -66,7 +66,7 @@ from radkd_d2.analysis.sweep import (  # noqa: E402
 )
 from radkd_d2.evaluation.report import build_report, collect_runs, write_report  # noqa: E402
 from radkd_d2.evaluation.runs import read_run, read_scalars, seed_folder  # noqa: E402
-from radkd_d2.evaluation.summary import delta_se  # noqa: E402
+from radkd_d2.evaluation.summary import contrast_text, mean_std  # noqa: E402
 
 CFG = REPO / "configs/camvid"
 # the models of a scale: teacher and student configs, the distillation configs' pair name
@@ -489,22 +489,6 @@ def _arm_values(dirs: Sequence[Path]) -> List[float]:
     return [v for v in (read_run(d).metrics.get("mIoU") for d in dirs) if v is not None]
 
 
-def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan)
-
-
-def _delta(values: Sequence[float], base: Sequence[float]) -> str:
-    """``Δ ± SE`` of two arms' means (``*`` where |Δ| > 2·SE), blank when either is empty."""
-    if not values or not base:
-        return ""
-    (m, s), (mb, sb) = _mean_std(values), _mean_std(base)
-    se = delta_se(s, len(values), sb, len(base))
-    mark = " *" if math.isfinite(se) and abs(m - mb) > 2 * se else ""
-    return f"{m - mb:+.2f} ± {se:.2f}{mark}" if math.isfinite(se) else f"{m - mb:+.2f}"
-
-
 def contrast_section(plan: StudyPlan) -> str:
     """The report's main table: every arm's val mIoU (mean ± sample std over seeds, the seeds'
     values), Δ against the plain student and Δ against logit KD alone, each ± the SE of the
@@ -522,11 +506,11 @@ def contrast_section(plan: StudyPlan) -> str:
         if not values:
             lines.append(f"| {arm} | 0 | (not finished) | | |")
             continue
-        m, sd = _mean_std(values)
+        m, sd, _ = mean_std(values)
         text = f"{m:.2f} ± {sd:.2f}" if math.isfinite(sd) else f"{m:.2f}"
         text += " (" + " / ".join(f"{v:.2f}" for v in values) + ")"
-        vs_base = _delta(values, base) if arm != "student_nokd" else ""
-        vs_kd = _delta(values, kd) if arm not in ("student_nokd", KD_ALONE) else ""
+        vs_base = contrast_text(values, base) if arm != "student_nokd" else ""
+        vs_kd = contrast_text(values, kd) if arm not in ("student_nokd", KD_ALONE) else ""
         lines.append(f"| {arm} | {len(values)} | {text} | {vs_base} | {vs_kd} |")
     return "\n".join(lines) + "\n"
 
@@ -542,10 +526,10 @@ def padding_section(plan: StudyPlan) -> str:
     data = json.loads(record.read_text())
     lines = ["## MobileNetV2 padding (plain student, val mIoU)", "", "| padding | mean ± std (seeds) |", "|---|---|"]
     for pad, values in data["val_mIoU"].items():
-        m, sd = _mean_std(values)
+        m, sd, _ = mean_std(values)
         lines.append(f"| {pad} | {m:.2f} ± {sd:.2f} ({' / '.join(f'{v:.2f}' for v in values)}) |")
     (torch_v, same_v) = (data["val_mIoU"]["torch"], data["val_mIoU"]["same"])
-    lines += ["", f"same − torch: {_delta(same_v, torch_v)}; kept: {data['choice']} (the study's setting)."]
+    lines += ["", f"same − torch: {contrast_text(same_v, torch_v)}; kept: {data['choice']} (the study's setting)."]
     return "\n".join(lines) + "\n"
 
 

@@ -150,6 +150,27 @@ def delta_se(std: float, n: int, std_b: float, n_b: int) -> float:
     return math.sqrt(std**2 / n + std_b**2 / n_b)
 
 
+def contrast(values: Sequence[float], base: Sequence[float]) -> Tuple[float, float]:
+    """``(Δ, SE)`` of two arms given by their per-seed values: the difference of their means and
+    :func:`delta_se` with their sample standard deviations (SE NaN when either has one seed)."""
+    if not values or not base:
+        raise ValueError("contrast needs at least one value on each side")
+    (m, s, n), (mb, sb, nb) = mean_std(values), mean_std(base)
+    return m - mb, delta_se(s, n, sb, nb)
+
+
+def contrast_text(values: Sequence[float], base: Sequence[float]) -> str:
+    """``"+1.23 ± 0.45"`` (Δ ± SE of :func:`contrast`), ``" *"`` appended when |Δ| > 2·SE (a
+    significant gain or loss); just ``"+1.23"`` when the SE is undefined; "" when a side is
+    empty."""
+    if not values or not base:
+        return ""
+    delta, se = contrast(values, base)
+    if not math.isfinite(se):
+        return f"{delta:+.2f}"
+    return f"{delta:+.2f} ± {se:.2f}" + (" *" if abs(delta) > 2 * se else "")
+
+
 def significant(delta: Optional[float], se: Optional[float]) -> bool:
     """Whether an improvement Δ is more than twice its standard error (never when the SE is
     undefined)."""
