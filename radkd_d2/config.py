@@ -30,6 +30,7 @@ def add_radkd_config(cfg: CN) -> None:
 
 
 def _add_model_config(cfg: CN) -> None:
+    cfg.MODEL.WEIGHTS_PARTIAL = False  # True: MODEL.WEIGHTS may fill only part of the model (every missing/unexpected key still listed); False: it must fill its scope
     cfg.MODEL.CPU_KEEP_FREED_MEMORY = True  # CPU training (train_net): glibc keeps freed memory (no page faults each step); False: its defaults
     # Deep-stem dilated ResNet (PSPNet/CIRKD style) used as segmentation backbone.
     cfg.MODEL.DRN = CN()

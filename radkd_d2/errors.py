@@ -37,3 +37,13 @@ class CorruptCheckpointError(RuntimeError):
 class ExportError(RuntimeError):
     """A student could not be exported (TorchScript/ONNX) or an exported model does not match
     its PyTorch original; the message names the module and operator where it is known."""
+
+
+class WeightsLoadError(RuntimeError):
+    """MODEL.WEIGHTS (or a checkpoint to resume from) is missing, unreadable, or does not fill
+    the model; the message lists every missing, unexpected and shape-mismatched key."""
+
+
+class RunFolderError(RuntimeError):
+    """OUTPUT_DIR belongs to another run: held by a running process, or holding a run whose
+    config differs from this one."""

@@ -11,58 +11,98 @@ installed radkd-d2 trains without the repository (relative paths in configs reso
 working directory).
 """
 import logging
+import sys
 
 import torch.distributed as dist
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import radkd_d2  # noqa: F401  (registers models, losses and data sets)
 from radkd_d2.engine import Trainer, setup_cfg
+from radkd_d2.engine.setup import preflight, start_run
+from radkd_d2.engine.train_loop import AtomicCheckpointer
+from radkd_d2.errors import (
+    ConfigError,
+    CorruptCheckpointError,
+    RunFolderError,
+    TeacherLoadError,
+    UnknownDistillLossError,
+    WeightsLoadError,
+)
+
+# errors that name a bad input and its fix: printed as one message (exit status 2)
+USER_ERRORS = (ConfigError, RunFolderError, WeightsLoadError, TeacherLoadError, CorruptCheckpointError,
+               UnknownDistillLossError, FileNotFoundError)  # fmt: skip
 
 
 def main(args):
     """One process of a run (``launch`` starts one per GPU). With several processes, the process
     group is destroyed at the end: left to the interpreter's exit, gloo's threads were
     sometimes torn down while running, aborting a finished run ("terminate called without an
-    active exception", SIGABRT)."""
-    try:
-        return _run(args)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            comm.synchronize()
-            dist.destroy_process_group()
+    active exception", SIGABRT). A process that fails does not wait at a barrier for the others
+    (they may be inside a collective that never completes): it exits with its error at once, and
+    ``launch`` (torch.multiprocessing) then ends the other processes and shows that error."""
+    result = _run(args)
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+    return result
 
 
 def _run(args):
+    # every start-up check (config, run folder, model, teacher, data, weights) runs before the
+    # first write to OUTPUT_DIR; start_run then takes the folder and writes config.yaml and logs
     cfg = setup_cfg(args)
+    with preflight(cfg) as early:
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+            checkpointer.partial = cfg.MODEL.WEIGHTS_PARTIAL
+            early.check_weights(model, checkpointer, resume=args.resume, eval_only=True)
+        else:
+            trainer = Trainer(cfg)
+            early.check_weights(trainer.model, trainer.checkpointer, resume=args.resume)
+    start_run(cfg, args, early)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
-    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
+def build_parser():
+    """Detectron2's parser with this project's flags (before the KEY VALUE overrides)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="relaunch into an OUTPUT_DIR whose config.yaml holds another config (refused "
+        "otherwise: a run folder belongs to one run)",
+    )
+    return parser
+
+
 def cli(argv=None):
     """The command line: Detectron2's argument parser, then ``launch`` over the processes."""
-    args = default_argument_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.getLogger(__name__).info("Command line arguments: %s", args)
-    return launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        return launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except USER_ERRORS as e:
+        # a bad input of the user's: its one message, no traceback (nothing has been written)
+        print(f"train_net: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -163,8 +163,9 @@ def test_nan_loss_stops_with_term_and_iteration(data_root, teacher_weights, tmp_
                          check=False)
     assert proc.returncode != 0
     # caught when the teacher is loaded, naming it, before any loss is computed
-    assert "TeacherLoadError" in proc.stderr and "holds NaN or Inf values" in proc.stderr
-    assert "nan_teacher.pth" in proc.stderr and not (tmp_path / "out" / "metrics.json").exists()
+    assert "train_net: error: teacher checkpoint" in proc.stderr and "holds NaN or Inf values" in proc.stderr
+    assert "nan_teacher.pth" in proc.stderr and not (tmp_path / "out").exists()  # nothing written
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # one message, no traceback
 
 
 @pytest.mark.slow

@@ -1,10 +1,12 @@
 """Config loading shared by tools/train_net.py and the other tools."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -15,6 +17,8 @@ from detectron2.utils.logger import setup_logger
 
 from radkd_d2.config import add_radkd_config
 from radkd_d2.data import register_all
+
+from radkd_d2.errors import ConfigError
 
 from .checks import validate_config
 
@@ -68,10 +72,129 @@ def load_config(config_file: str, opts=(), *, validate: bool = True):
 
 
 def setup_cfg(args):
-    """``load_config`` from parsed ``default_argument_parser`` args, frozen, then Detectron2's
-    ``default_setup`` (output dir, logging, config dump). Checks run before anything is written."""
+    """``load_config`` from parsed ``default_argument_parser`` args (checked), frozen, and the
+    run folder's checks: not held by another running process, and holding no run of another
+    config (:mod:`radkd_d2.engine.guard`). Writes nothing: :func:`preflight` builds the run and
+    :func:`start_run` then takes the folder and writes to it."""
+    from .guard import RunLock, check_config_unchanged, check_eval_only
+
+    _explain_misplaced_flags(getattr(args, "opts", []))
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
+    if getattr(args, "eval_only", False):
+        check_eval_only(cfg)
+    if comm.is_main_process():
+        RunLock(cfg.OUTPUT_DIR).check_free()
+    args._keep_config = check_config_unchanged(
+        cfg, eval_only=getattr(args, "eval_only", False), allow_change=getattr(args, "allow_config_change", False)
+    )
+    return cfg
+
+
+_FLAGS = ("--resume", "--eval-only", "--num-gpus", "--num-machines", "--machine-rank", "--dist-url",
+          "--config-file", "--allow-config-change")  # fmt: skip
+
+
+def _explain_misplaced_flags(opts) -> None:
+    """Detectron2's parser takes everything after the first KEY VALUE override as overrides, so
+    a flag written after them would be read as a config key: say so."""
+    flags = [o for o in map(str, opts) if o.split("=")[0] in _FLAGS]
+    if flags:
+        raise ConfigError(
+            f"{' '.join(flags)} came after the config overrides (KEY VALUE ...), where it is read as "
+            f"a config key: put the flags first, e.g. train_net.py --config-file CFG {flags[0]} "
+            "MODEL.WEIGHTS ..."
+        )
+
+
+class _Preflight:
+    """What :func:`preflight` collected: the log records of the build (replayed into the log
+    files once they exist) and the weights checks."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.records = []
+
+    def check_weights(self, model, checkpointer, *, resume: bool, eval_only: bool = False) -> None:
+        """The checkpoint that will be loaded (``--resume``: the run's newest readable one, else
+        MODEL.WEIGHTS) reads back and fills ``model`` (strictly unless MODEL.WEIGHTS_PARTIAL),
+        and the test sets that will be evaluated can be read."""
+        from detectron2.data import DatasetCatalog
+        from torch.nn.parallel import DistributedDataParallel
+
+        from .guard import check_model_weights
+
+        checkpointer.partial = self.cfg.MODEL.WEIGHTS_PARTIAL
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        path, key = self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"
+        if resume and checkpointer.has_checkpoint():
+            path, key = checkpointer.get_checkpoint_file(), "the checkpoint to resume from"
+        if path and "://" not in path:
+            check_model_weights(model, checkpointer, path, partial=self.cfg.MODEL.WEIGHTS_PARTIAL, key=key)
+        if eval_only or self.cfg.TEST.EVAL_PERIOD > 0:
+            for name in self.cfg.DATASETS.TEST:
+                DatasetCatalog.get(name)
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, records):
+        super().__init__(logging.DEBUG)
+        self.records = records
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+_LOGGERS = ("detectron2", "radkd_d2", "fvcore")
+
+
+@contextlib.contextmanager
+def preflight(cfg):
+    """Build the run (model, teacher, data loaders, weights checks) before anything is written.
+
+    The RNG is seeded as Detectron2's ``default_setup`` seeds it (SEED + rank), so models are
+    initialised as before. Log records are kept and replayed by :func:`start_run` into the
+    console and ``log.txt``; when a check fails they are printed to stderr with the error, and
+    nothing has been written."""
+    from detectron2.utils.env import seed_all_rng
+
+    state = _Preflight(cfg)
+    handler = _ListHandler(state.records)
+    loggers = [logging.getLogger(n) for n in _LOGGERS]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = False
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
+    try:
+        yield state
+    except BaseException:
+        fmt = logging.Formatter("[%(asctime)s %(name)s]: %(message)s", datefmt="%m/%d %H:%M:%S")
+        for rec in state.records:
+            if rec.levelno >= logging.WARNING:
+                print(fmt.format(rec), file=sys.stderr)
+        raise
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
+def start_run(cfg, args, early: _Preflight) -> None:
+    """Take the run folder (:class:`~radkd_d2.engine.guard.RunLock`, main process), then
+    Detectron2's ``default_setup`` (output dir, logging, config dump, seeding) and the records
+    of the build replayed into the logs. An ``--eval-only`` run into a run's folder keeps that
+    run's ``config.yaml`` and writes its own as ``config_eval.yaml``."""
+    from .guard import RunLock
+
+    keep = getattr(args, "_keep_config", None)
+    if comm.is_main_process():
+        lock = RunLock(cfg.OUTPUT_DIR)
+        lock.acquire()
+        _HELD_LOCKS.append(lock)  # held until the process exits
     if cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.CPU_KEEP_FREED_MEMORY and not keep_freed_memory():
         # a training process only: a long-lived one that builds many models of varying sizes
         # (a test session) is better served by the allocator's defaults
@@ -82,4 +205,14 @@ def setup_cfg(args):
         # (busy-waiting OpenMP threads of oversubscribed processes slow training down ~10x)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="radkd_d2", abbrev_name="radkd")
-    return cfg
+    for rec in early.records:
+        logging.getLogger(rec.name).handle(rec)
+    if keep is not None and comm.is_main_process():
+        folder = Path(cfg.OUTPUT_DIR)
+        os.replace(folder / "config.yaml", folder / "config_eval.yaml")
+        (folder / "config.yaml.tmp").write_text(keep)
+        os.replace(folder / "config.yaml.tmp", folder / "config.yaml")
+        logger.info("--eval-only: the run's config.yaml kept; this evaluation's config is config_eval.yaml")
+
+
+_HELD_LOCKS: list = []

@@ -138,7 +138,26 @@ def checkpoint_readable(path: str) -> bool:
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose files are written to a temporary name and renamed, so a kill
-    mid-write never leaves a truncated checkpoint or ``last_checkpoint`` behind."""
+    mid-write never leaves a truncated checkpoint or ``last_checkpoint`` behind; and which loads
+    strictly: a file that does not fill the model (:func:`radkd_d2.engine.guard.weights_problems`)
+    raises :class:`WeightsLoadError` listing every key before anything is loaded, unless
+    ``partial`` (MODEL.WEIGHTS_PARTIAL)."""
+
+    partial = False
+    _loading = ""
+
+    def load(self, path: str, checkpointables=None):
+        self._loading = path
+        return super().load(path, checkpointables=checkpointables)
+
+    def _load_model(self, checkpoint):
+        if not self.partial and not checkpoint.get("matching_heuristics"):
+            from .guard import mismatch_error, mismatch_report
+
+            report, scope = mismatch_report(self.model, checkpoint)
+            if report:
+                raise mismatch_error("the checkpoint", self._loading, report, scope)
+        return super()._load_model(checkpoint)
 
     def save(self, name: str, **kwargs) -> None:
         # fvcore's Checkpointer.save (fvcore 0.1.5) writes <name>.pth in place, then tags it in

@@ -16,6 +16,7 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer, create_ddp_model
 from detectron2.engine import hooks as d2_hooks
 from detectron2.utils import comm
+from detectron2.utils.events import JSONWriter
 from detectron2.utils.logger import setup_logger
 
 from radkd_d2.data import ReadableDatasetMapper, SemSegDatasetMapper
@@ -58,6 +59,27 @@ def primary_score(results: dict):
 
 def _is_sem_seg(dataset_name: str) -> bool:
     return getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None) == "sem_seg"
+
+
+class LazyJSONWriter(JSONWriter):
+    """Detectron2's JSONWriter whose file is opened (for appending) at the first write."""
+
+    def __init__(self, json_file: str, window_size: int = 20):
+        self._json_file = json_file
+        self._handle = None
+        self._window_size = window_size
+        self._last_write = -1
+
+    @property
+    def _file_handle(self):
+        if self._handle is None:
+            os.makedirs(os.path.dirname(self._json_file) or ".", exist_ok=True)
+            self._handle = open(self._json_file, "a")
+        return self._handle
+
+    def close(self):
+        if self._handle is not None:
+            self._handle.close()
 
 
 class Trainer(DefaultTrainer):
@@ -183,6 +205,17 @@ class Trainer(DefaultTrainer):
             )
             hooks.insert(at, best)
         return hooks
+
+    def build_writers(self):
+        """Detectron2's writers (console, metrics.json, TensorBoard), the file ones opened at
+        their first write: building the trainer writes nothing to OUTPUT_DIR."""
+        from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
+
+        return [
+            CommonMetricPrinter(self.max_iter),
+            LazyJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),  # its SummaryWriter is made on first write
+        ]
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume)
