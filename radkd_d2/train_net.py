@@ -78,10 +78,11 @@ def build_parser():
     """Detectron2's parser with this project's flags (before the KEY VALUE overrides)."""
     parser = default_argument_parser()
     parser.add_argument(
-        "--allow-config-change",
+        "--replace-run",
         action="store_true",
-        help="relaunch into an OUTPUT_DIR whose config.yaml holds another config (refused "
-        "otherwise: a run folder belongs to one run)",
+        help="let this run replace the run already in OUTPUT_DIR (refused otherwise: a run folder "
+        "belongs to one run): with --resume, continue it under a changed config; without, start "
+        "afresh, the old run's files moved into OUTPUT_DIR/replaced-<time>/",
     )
     return parser
 

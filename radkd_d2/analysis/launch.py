@@ -31,7 +31,12 @@ _ITER_RE = re.compile(r"eta: \S+\s+iter: (\d+)")
 
 
 def train_command(
-    config: str | Path, opts: Sequence[str] = (), *, resume: bool = False, eval_only: bool = False
+    config: str | Path,
+    opts: Sequence[str] = (),
+    *,
+    resume: bool = False,
+    eval_only: bool = False,
+    replace: bool = False,
 ) -> list[str]:
     """``python -m radkd_d2.train_net --config-file CONFIG [--resume] [--eval-only] KEY VALUE ...``
     (the same command as the repository's ``tools/train_net.py``). The flags come before the
@@ -41,6 +46,8 @@ def train_command(
         cmd.append("--resume")
     if eval_only:
         cmd.append("--eval-only")
+    if replace:  # the tool owns the folder: a run it trains again replaces what is there
+        cmd.append("--replace-run")
     return cmd + [os.fspath(x) if isinstance(x, os.PathLike) else str(x) for x in opts]
 
 
@@ -97,9 +104,10 @@ class PlannedRun:
     index: int = 0
     label: str = ""
 
-    def command(self, resume: bool = False) -> list[str]:
-        """The train_net command line of this run."""
-        return train_command(self.config, self.opts, resume=resume)
+    def command(self, resume: bool = False, replace: bool = False) -> list[str]:
+        """The train_net command line of this run (``replace``: it may replace a run already in
+        its folder, see ``--replace-run``)."""
+        return train_command(self.config, self.opts, resume=resume, replace=replace)
 
 
 def plan_seeds(
@@ -298,7 +306,7 @@ def run_jobs(
 
             env = {"OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share)}
             rc = run_training(
-                job.run.command(),
+                job.run.command(replace=True),
                 job.run.out_dir / log_name,
                 max_iter=job.max_iter,
                 cwd=cwd,

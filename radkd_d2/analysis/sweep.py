@@ -133,7 +133,8 @@ def launch_sweep(
             if not resume and metrics.is_file():
                 # Detectron2 appends to metrics.json: keep an old run's rows out of the new one
                 metrics.replace(p.path / "metrics.json.prev")
-            cmd = train_command(config, [*opts, *point_opts(p, tap)], resume=resume)
+            # a point trained again replaces what its folder holds (--replace-run moves it aside)
+            cmd = train_command(config, [*opts, *point_opts(p, tap)], resume=resume, replace=not resume)
             log = p.path / "sweep_stdout.log"
             rc = run_training(
                 cmd,

@@ -5,8 +5,10 @@
   killed run never blocks a later ``--resume``); a second run into the same folder refuses,
   naming the folder and the holder.
 - :func:`check_config_unchanged`: a relaunch into a folder whose ``config.yaml`` holds another
-  config refuses (listing every changed key) unless ``--allow-config-change``; ``--eval-only``
-  may change only the evaluation keys, and keeps the run's ``config.yaml``.
+  config refuses (listing every changed key) unless ``--replace-run``; ``--eval-only``
+  may change only the evaluation keys, and keeps the run's ``config.yaml``;
+  :func:`check_fresh_start`: a training without ``--resume`` into a folder that holds a run
+  refuses too, unless ``--replace-run`` (the old run's files are then moved aside).
 - :func:`weights_problems` / :func:`check_model_weights`: MODEL.WEIGHTS (or the checkpoint a
   ``--resume`` continues) must exist, read back, and fill the model: every missing, unexpected
   and shape-mismatched key is listed, and only ``MODEL.WEIGHTS_PARTIAL True`` loads a part.
@@ -164,10 +166,49 @@ def check_config_unchanged(cfg, *, eval_only: bool, allow_change: bool) -> Optio
         raise RunFolderError(
             f"OUTPUT_DIR {cfg.OUTPUT_DIR} holds a run with another config ({len(changes)} keys differ "
             "from its config.yaml):\n" + "\n".join(lines + more) + "\nGive this run another "
-            "OUTPUT_DIR, or pass --allow-config-change to replace that run's config (its "
-            "checkpoints and metrics stay and would no longer match it)."
+            "OUTPUT_DIR, or pass --replace-run (with --resume: continue that run under this "
+            "config; without: start afresh, that run's files moved into OUTPUT_DIR/replaced-<time>/)."
         )
     return text if eval_only else None
+
+
+RUN_FILES = ("last_checkpoint", "metrics.json")
+
+
+def check_fresh_start(cfg, *, replace: bool) -> List[str]:
+    """A training without --resume into an OUTPUT_DIR that already holds a run (checkpoints or
+    metrics) would mix the two runs' metrics and overwrite checkpoints: refuse, unless
+    ``replace`` (``--replace-run``). Returns the names of the old run's files to move aside."""
+    folder = Path(cfg.OUTPUT_DIR)
+    if not folder.is_dir():
+        return []
+    found = [p.name for p in folder.iterdir() if p.name in RUN_FILES or p.suffix == ".pth"
+             or p.name.startswith("events.out.tfevents")]  # fmt: skip
+    metrics = folder / "metrics.json"
+    if found == ["metrics.json"] and not metrics.read_text().strip():
+        found = []  # an empty metrics.json of a run stopped before its first iteration
+    if found and not replace:
+        raise RunFolderError(
+            f"OUTPUT_DIR {folder} already holds a run ({', '.join(sorted(found)[:4])}"
+            f"{', ...' if len(found) > 4 else ''}): --resume continues it (a finished run is left as "
+            "it is); to train a new run give another OUTPUT_DIR, or pass --replace-run to start "
+            "afresh (the old run's files are moved into OUTPUT_DIR/replaced-<time>/)"
+        )
+    if found:
+        found += [n for n in ("config.yaml", "log.txt", "inference") if (folder / n).exists()]
+        found += [p.name for p in folder.glob("log.txt.rank*")]
+    return sorted(set(found))
+
+
+def move_run_aside(folder: str | Path, names: Sequence[str]) -> Path:
+    """Move a replaced run's files into ``folder/replaced-<time>/`` (nothing is deleted)."""
+    folder = Path(folder)
+    dest = folder / time.strftime("replaced-%Y%m%d-%H%M%S")
+    dest.mkdir()
+    for name in names:
+        if (folder / name).exists():
+            os.replace(folder / name, dest / name)
+    return dest
 
 
 # ---------------------------------------------------------------------------------- weights

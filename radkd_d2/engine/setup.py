@@ -45,6 +45,102 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def _all_keys(cfg, prefix: str = "") -> list:
+    out = []
+    for k, v in cfg.items():
+        out += _all_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def _unknown_key(cfg, key: str, where: str) -> ConfigError:
+    import difflib
+
+    keys = _all_keys(cfg)
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.85)
+    if not close:  # a misspelt last part under the right section
+        section, _, last = key.rpartition(".")
+        close = [f"{section}.{m}" for m in difflib.get_close_matches(
+            last, [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section], n=3)]
+    hint = f"; did you mean {' or '.join(close)}?" if close else " (tools/list_configs.py and radkd_d2/config.py list the keys)"
+    return ConfigError(f"{key} is not a config key ({where}){hint}")
+
+
+def _check_yaml_chain(path: Path, asked_by: str = "") -> None:
+    """Read a config file and its _BASE_ chain as YAML, naming the file and line of a syntax
+    error and the file that asks for a missing base."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{asked_by} asks for _BASE_ {str(path)!r}, which does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path}: YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} holds no KEY: VALUE mapping")
+    base = data.get("_BASE_")
+    if base:
+        base_path = Path(os.path.expanduser(base))
+        if not base_path.is_absolute():
+            base_path = path.parent / base_path
+        _check_yaml_chain(base_path, asked_by=f"config file {path}")
+
+
+def merge_checked(cfg, config_file: str, opts: list) -> None:
+    """``merge_from_file`` then ``merge_from_list``, with each mistake turned into one
+    :class:`ConfigError` naming the key (or file and line) and the fix: YAML syntax errors, a
+    missing _BASE_, unknown keys (with "did you mean"), an odd-length override list, and values
+    of the wrong type. An integer given for a float key is taken as that float."""
+    import ast
+
+    _check_yaml_chain(Path(config_file))
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, AssertionError) as e:
+        text = str(e.args[0] if e.args else e)
+        if "Non-existent config key: " in text:
+            raise _unknown_key(cfg, text.split("Non-existent config key: ")[1].strip("'"), f"in {config_file}") from None
+        raise
+    if len(opts) % 2:
+        raise ConfigError(
+            f"the KEY VALUE overrides have an odd number of items ({len(opts)}): every key needs a "
+            f"value; the overrides were {' '.join(map(str, opts))}"
+        )
+    fixed = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        key = str(key)
+        node, parts = cfg, key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise _unknown_key(cfg, key, "command-line override")
+        default = node[parts[-1]]
+        try:
+            parsed = ast.literal_eval(value) if isinstance(value, str) else value
+        except (ValueError, SyntaxError):
+            parsed = value
+        if isinstance(default, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
+            value = repr(float(parsed))
+        elif isinstance(default, (tuple, list)) and isinstance(parsed, str):
+            raise ConfigError(
+                f"{key} takes a {type(default).__name__}, e.g. {default!r}; {value!r} is a single "
+                f"string: write \"('{value}',)\""
+            )
+        elif default is not None and type(parsed) is not type(default) and not (
+            isinstance(parsed, (tuple, list)) and isinstance(default, (tuple, list))
+        ) and not (isinstance(default, str) and isinstance(value, str)):
+            raise ConfigError(
+                f"{key} takes a {type(default).__name__} (default {default!r}); got {value!r}"
+            )
+        fixed += [key, value]
+    try:
+        cfg.merge_from_list(fixed)
+    except ValueError as e:  # yacs's type check, for what the checks above let through
+        raise ConfigError(f"{e}: give the value in the key's type") from None
+
+
 def load_config(config_file: str, opts=(), *, validate: bool = True):
     """Detectron2 config with radkd-d2 keys, merged from ``config_file`` and ``opts``
     (KEY VALUE pairs), data sets registered for its ``DATASETS.ROOT``, and checked.
@@ -56,8 +152,7 @@ def load_config(config_file: str, opts=(), *, validate: bool = True):
         raise FileNotFoundError(f"config file {config_file!r} does not exist (--config-file)")
     cfg = get_cfg()
     add_radkd_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list([os.fspath(x) if isinstance(x, os.PathLike) else x for x in opts])
+    merge_checked(cfg, config_file, [os.fspath(x) if isinstance(x, os.PathLike) else x for x in opts])
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but no GPU is available: using cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
@@ -76,7 +171,7 @@ def setup_cfg(args):
     run folder's checks: not held by another running process, and holding no run of another
     config (:mod:`radkd_d2.engine.guard`). Writes nothing: :func:`preflight` builds the run and
     :func:`start_run` then takes the folder and writes to it."""
-    from .guard import RunLock, check_config_unchanged, check_eval_only
+    from .guard import RunLock, check_config_unchanged, check_eval_only, check_fresh_start
 
     _explain_misplaced_flags(getattr(args, "opts", []))
     cfg = load_config(args.config_file, args.opts)
@@ -85,14 +180,15 @@ def setup_cfg(args):
         check_eval_only(cfg)
     if comm.is_main_process():
         RunLock(cfg.OUTPUT_DIR).check_free()
-    args._keep_config = check_config_unchanged(
-        cfg, eval_only=getattr(args, "eval_only", False), allow_change=getattr(args, "allow_config_change", False)
-    )
+    replace = getattr(args, "replace_run", False)
+    args._keep_config = check_config_unchanged(cfg, eval_only=getattr(args, "eval_only", False), allow_change=replace)
+    if not getattr(args, "eval_only", False) and not getattr(args, "resume", False):
+        args._old_run = check_fresh_start(cfg, replace=replace)
     return cfg
 
 
 _FLAGS = ("--resume", "--eval-only", "--num-gpus", "--num-machines", "--machine-rank", "--dist-url",
-          "--config-file", "--allow-config-change")  # fmt: skip
+          "--config-file", "--replace-run")  # fmt: skip
 
 
 def _explain_misplaced_flags(opts) -> None:
@@ -188,13 +284,17 @@ def start_run(cfg, args, early: _Preflight) -> None:
     Detectron2's ``default_setup`` (output dir, logging, config dump, seeding) and the records
     of the build replayed into the logs. An ``--eval-only`` run into a run's folder keeps that
     run's ``config.yaml`` and writes its own as ``config_eval.yaml``."""
-    from .guard import RunLock
+    from .guard import RunLock, move_run_aside
 
     keep = getattr(args, "_keep_config", None)
     if comm.is_main_process():
         lock = RunLock(cfg.OUTPUT_DIR)
         lock.acquire()
         _HELD_LOCKS.append(lock)  # held until the process exits
+        old = getattr(args, "_old_run", None)
+        if old:  # --replace-run without --resume: the replaced run's files kept aside, not mixed
+            moved = move_run_aside(cfg.OUTPUT_DIR, old)
+            print(f"--replace-run: the run in {cfg.OUTPUT_DIR} moved to {moved}", file=sys.stderr)
     if cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.CPU_KEEP_FREED_MEMORY and not keep_freed_memory():
         # a training process only: a long-lived one that builds many models of varying sizes
         # (a test session) is better served by the allocator's defaults
