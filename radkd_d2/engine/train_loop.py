@@ -148,7 +148,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, checkpointables=None):
         self._loading = path
-        return super().load(path, checkpointables=checkpointables)
+        try:
+            return super().load(path, checkpointables=checkpointables)
+        finally:  # Detectron2 resets it only after a load that succeeded
+            self._parsed_url_during_load = None
 
     def _load_model(self, checkpoint):
         if not self.partial and not checkpoint.get("matching_heuristics"):
