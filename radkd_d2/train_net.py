@@ -22,18 +22,7 @@ import radkd_d2  # noqa: F401  (registers models, losses and data sets)
 from radkd_d2.engine import Trainer, setup_cfg
 from radkd_d2.engine.setup import preflight, start_run
 from radkd_d2.engine.train_loop import AtomicCheckpointer
-from radkd_d2.errors import (
-    ConfigError,
-    CorruptCheckpointError,
-    RunFolderError,
-    TeacherLoadError,
-    UnknownDistillLossError,
-    WeightsLoadError,
-)
-
-# errors that name a bad input and its fix: printed as one message (exit status 2)
-USER_ERRORS = (ConfigError, RunFolderError, WeightsLoadError, TeacherLoadError, CorruptCheckpointError,
-               UnknownDistillLossError, FileNotFoundError)  # fmt: skip
+from radkd_d2.engine.inputs import USER_ERRORS
 
 
 def main(args):

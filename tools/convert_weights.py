@@ -25,6 +25,7 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 import radkd_d2  # noqa: F401  (registers the models)
+from radkd_d2.engine.inputs import existing_file, run_tool, writable_output
 from radkd_d2.checkpoint import (
     CONVERTERS,
     WeightConversionError,
@@ -91,6 +92,10 @@ def main(argv=None) -> int:
     setup_logger(name="radkd_d2")
     setup_logger(name="detectron2")
 
+    existing_file(args.input, "--input", "checkpoint")
+    writable_output(args.output, "--output", folder=False)
+    if args.config_file:
+        existing_file(args.config_file, "--config-file", "config file")
     model = cfg = None
     if args.config_file:
         model, cfg = build_target_model(args.config_file, args.opts)
@@ -126,4 +131,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

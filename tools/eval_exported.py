@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 
 import radkd_d2  # noqa: F401
 from radkd_d2.engine.exported import evaluate_exported
+from radkd_d2.engine.inputs import existing_file, run_tool, writable_output
 
 
 def main(argv=None):
@@ -24,6 +25,9 @@ def main(argv=None):
     parser.add_argument("--output", help="write the metrics here as JSON")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides of the student config, KEY VALUE ...")
     args = parser.parse_args(argv)
+    existing_file(args.model, "--model", "exported model")
+    if args.output:
+        writable_output(args.output, "--output", folder=False)  # before the evaluation, not after
     setup_logger(name="radkd_d2")
     setup_logger(name="detectron2")
     results, _ = evaluate_exported(args.model, args.dataset, args.opts)
@@ -34,4 +38,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -14,6 +14,8 @@ from detectron2.utils.logger import setup_logger
 
 import radkd_d2  # noqa: F401
 from radkd_d2.engine.exported import export_parity
+from radkd_d2.engine.exported import check_dataset_name
+from radkd_d2.engine.inputs import existing_file, readable_checkpoint, run_tool, writable_output
 from radkd_d2.engine.setup import load_config
 
 
@@ -37,7 +39,12 @@ def main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     setup_logger(name="radkd_d2")
+    existing_file(args.config_file, "--config-file", "config file")
+    readable_checkpoint(args.weights, "--weights")
+    writable_output(args.output, "--output", folder=True)
     cfg = load_config(args.config_file, args.opts, validate=False)
+    if args.dataset:
+        check_dataset_name(args.dataset, "--dataset")
     rows = export_parity(cfg, args.weights, args.output, args.formats, args.dataset, args.size, args.batch)
     name, ref = headline(rows[0]["metrics"])
     dataset = args.dataset or cfg.DATASETS.TEST[0]
@@ -51,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -20,6 +20,7 @@ from detectron2.utils.logger import setup_logger
 
 import radkd_d2  # noqa: F401
 from radkd_d2.engine.exported import example_images
+from radkd_d2.engine.inputs import existing_file, readable_checkpoint, run_tool, writable_output
 from radkd_d2.engine.setup import load_config
 from radkd_d2.export import FORMATS, export_deployable, export_student
 
@@ -37,6 +38,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error(f"--batch must be >= 1, got {args.batch}")
+    existing_file(args.config_file, "--config-file", "config file")
+    readable_checkpoint(args.weights, "--weights")
+    writable_output(args.output, "--output", folder=True)
     setup_logger(name="radkd_d2")
     setup_logger(name="detectron2")
     cfg = load_config(args.config_file, args.opts, validate=False)
@@ -53,4 +57,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import radkd_d2  # noqa: E402,F401  (registers models, losses, data sets)
 from radkd_d2.analysis.heatmaps import heatmaps_from_config  # noqa: E402
+from radkd_d2.engine.inputs import existing_file, readable_checkpoint, run_tool, writable_output  # noqa: E402
 from radkd_d2.engine.setup import load_config  # noqa: E402
 
 
@@ -58,6 +59,12 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    existing_file(args.config, "--config", "config file")
+    if args.weights:
+        readable_checkpoint(args.weights, "--weights")
+    for image in args.images or []:
+        existing_file(image, "--images", "image")
+    writable_output(args.out, "--out", folder=False)
     cfg = load_config(args.config, args.opts, validate=False)
     out = heatmaps_from_config(
         cfg,
@@ -75,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -18,6 +18,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore", category=FutureWarning)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from radkd_d2.analysis.plots import plot_adversarial  # noqa: E402
+from radkd_d2.engine.inputs import run_tool, writable_output  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,9 +31,10 @@ def main(argv=None) -> int:
     for run in args.runs:
         if not (Path(run) / "metrics.json").is_file():
             parser.error(f"{run}: no metrics.json (not a run folder?)")
+    writable_output(args.out, "--out", folder=False)
     print(plot_adversarial(args.runs, args.out, args.labels, args.title))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -20,6 +20,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore", category=FutureWarning)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from radkd_d2.analysis.plots import plot_magnitudes  # noqa: E402
+from radkd_d2.engine.inputs import ToolInputError, run_tool, writable_output  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -43,6 +44,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--dpi", type=int, default=100)
     args = parser.parse_args(argv)
+    for run in args.runs:
+        if not (Path(run) / "metrics.json").is_file():
+            raise ToolInputError(f"run folder {run}: no metrics.json (not a run folder?)")
+    writable_output(args.out, "--out", folder=False)
     labels = args.labels or [Path(r).resolve().name for r in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"{len(args.runs)} runs but {len(labels)} --labels")
@@ -63,4 +68,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

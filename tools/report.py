@@ -42,6 +42,7 @@ from radkd_d2.evaluation.report import (
     write_report,
 )  # noqa: E402
 from radkd_d2.evaluation.runs import SEM_SEG_METRICS  # noqa: E402
+from radkd_d2.engine.inputs import ToolInputError, existing_file, run_tool, writable_output  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -74,11 +75,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not (args.runs or args.teacher or args.baseline):
         parser.error("give at least one run folder")
+    for run in [*args.runs, *args.teacher, *args.baseline]:
+        if not Path(run).is_dir():
+            raise ToolInputError(f"run folder {run}: no such folder")
+    if args.speed:
+        existing_file(args.speed, "--speed", "JSON file")
+    writable_output(args.out, "--out", folder=True)
     infos = collect_runs(args.runs, args.teacher, args.baseline)
     report = build_report(infos, seg_metric=args.metric)
     if args.speed:
-        if not Path(args.speed).is_file():
-            parser.error(f"--speed {args.speed!r} does not exist")
         report.speed_rows = json.loads(Path(args.speed).read_text())["rows"]
     paths = write_report(report, args.out, args.title)
     print(report_markdown(report, args.title), end="")
@@ -87,4 +92,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -168,15 +168,29 @@ def load_source_state_dict(path: str, *, trust_pickle: bool = False) -> StateDic
         from safetensors.torch import load_file
 
         return _unwrap(load_file(str(path), device="cpu"))
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(1)
+    if not zipfile.is_zipfile(path) and head != b"\x80":
+        raise WeightConversionError(
+            f"{path!r} is not a PyTorch checkpoint: neither torch.save's zip archive nor a pickle "
+            "(truncated, or another kind of file); --trust-pickle would not help"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors differ by the object that cannot be loaded
+        if isinstance(e, (EOFError, RuntimeError)) and "zip" in str(e).lower() or isinstance(e, EOFError):
+            raise WeightConversionError(f"{path!r} cannot be read (truncated or damaged): {e}") from e
         if not trust_pickle:
             raise WeightConversionError(
                 f"{path!r} holds objects beyond tensors ({type(e).__name__}: {e}); if the file "
                 "comes from a trusted source, retry with trust_pickle=True (--trust-pickle)"
             ) from e
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise WeightConversionError(f"{path!r} cannot be unpickled: {type(e2).__name__}: {e2}") from e2
     return _unwrap(obj)
 
 

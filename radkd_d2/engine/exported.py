@@ -43,6 +43,19 @@ def example_images(cfg: CfgNode, count: int, size: Optional[Sequence[int]] = Non
     return images
 
 
+def check_dataset_name(name: str, flag: str) -> None:
+    """A registered data set, or an ExportError naming the closest registered names."""
+    import difflib
+
+    from detectron2.data import DatasetCatalog
+
+    names = DatasetCatalog.list()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(names)} are registered)"
+        raise ExportError(f"{flag} {name!r} is not a registered data set{hint}")
+
+
 def evaluate_exported(
     model_path: str, dataset: Optional[str] = None, opts: Sequence[str] = (), output_dir: Optional[str] = None
 ) -> Tuple[dict, CfgNode]:
@@ -54,6 +67,7 @@ def evaluate_exported(
     name = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if not name:
         raise ExportError("no test set: give --dataset or set DATASETS.TEST")
+    check_dataset_name(name, "--dataset" if dataset else "DATASETS.TEST[0]")
     loader = Trainer.build_test_loader(cfg, name)
     evaluator = Trainer.build_evaluator(cfg, name, output_dir or str(model.path.parent / "inference" / name))
     logger.info("Evaluating %s (%s) on %s", model_path, model.info.format, name)

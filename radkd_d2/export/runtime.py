@@ -105,8 +105,16 @@ class ExportedModel(nn.Module):
     def __init__(self, path: str, device: str = "cpu"):
         super().__init__()
         self.path = Path(path)
+        if not self.path.is_file():
+            raise ExportError(f"exported model {self.path} does not exist")
         self.info = ExportInfo.load(self.path.with_name(self.path.name + ".json"))
-        self.backend = Backend(self.info.format, str(self.path), self.info.input_names, device)
+        try:
+            self.backend = Backend(self.info.format, str(self.path), self.info.input_names, device)
+        except Exception as e:  # onnxruntime / torch.jit errors differ by the kind of damage
+            raise ExportError(
+                f"exported model {self.path} cannot be loaded as {self.info.format} (damaged, or "
+                f"not the file its .json describes): {type(e).__name__}: {str(e)[:300]}"
+            ) from e
 
     @property
     def config_path(self) -> Path:
