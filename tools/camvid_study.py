@@ -102,6 +102,16 @@ _MV2_FAMILY = dict(
     ),
     checkpoint_period=100,  # a killed study resumes its running run from here
 )
+
+
+def _gpu_common(workers: int, extra: Sequence = ()) -> list:
+    """The GPU scales' data and precision: crop 360x480, batch 8, bf16 AMP."""
+    return [
+        "INPUT.SEM_SEG.CROP_SIZE", "(360, 480)", *extra, "SOLVER.IMS_PER_BATCH", 8,
+        "DATALOADER.NUM_WORKERS", workers, "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16",
+    ]  # fmt: skip
+
+
 # MobileNetV2 padding (MODEL.MOBILENETV2.PAD_TYPE) of a pretrained scale: "torch" (symmetric) or
 # "same" (TensorFlow's, as the weights were trained); "auto" trains the plain student with both
 # and keeps the better on val
@@ -144,18 +154,7 @@ SCALES = {
             512,
         ],
         student=["MODEL.DRN.WIDTH_MULT", 1.0, "MODEL.SEM_SEG_HEAD.CONVS_DIM", 512],
-        common=[
-            "INPUT.SEM_SEG.CROP_SIZE",
-            "(360, 480)",
-            "SOLVER.IMS_PER_BATCH",
-            8,
-            "DATALOADER.NUM_WORKERS",
-            2,
-            "SOLVER.AMP.ENABLED",
-            True,
-            "SOLVER.AMP.PRECISION",
-            "bfloat16",
-        ],
+        common=_gpu_common(workers=2),
         iters=1000,
         start_iters=1000,
         teacher_iters=4000,
@@ -187,20 +186,7 @@ SCALES = {
     "pretrained-gpu": dict(
         teacher=[],
         student=[],
-        common=[
-            "INPUT.SEM_SEG.CROP_SIZE",
-            "(360, 480)",
-            "INPUT.SEM_SEG.SCALE_RANGE",
-            "(0.5, 2.0)",
-            "SOLVER.IMS_PER_BATCH",
-            8,
-            "DATALOADER.NUM_WORKERS",
-            4,
-            "SOLVER.AMP.ENABLED",
-            True,
-            "SOLVER.AMP.PRECISION",
-            "bfloat16",
-        ],
+        common=_gpu_common(workers=4, extra=["INPUT.SEM_SEG.SCALE_RANGE", "(0.5, 2.0)"]),
         iters=1000,
         start_iters=0,
         teacher_iters=4000,
