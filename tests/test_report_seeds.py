@@ -411,7 +411,7 @@ def test_demo_main_reports_its_seeds(tmp_path, monkeypatch, capsys):
     def fake_training(cmd, log, **kwargs):
         commands.append(cmd)
         at = cmd.index("--config-file")
-        cfg = load_config(cmd[at + 1], cmd[at + 2 :], validate=False)
+        cfg = load_config(cmd[at + 1], [a for a in cmd[at + 2 :] if not a.startswith("--")], validate=False)
         run = Path(cfg.OUTPUT_DIR)
         arm = run.name if run.name in ("teacher", "student_start") else run.parent.name
         fake_run(
