@@ -76,8 +76,8 @@ print(default, sorted(faults_of_step() for _ in range(5))[2])
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_training_setup_keeps_freed_memory_only_when_asked(monkeypatch, tmp_path, keep):
-    """setup_cfg (what train_net runs) applies MODEL.CPU_KEEP_FREED_MEMORY on CPU; loading a
-    config elsewhere does not touch the allocator."""
+    """start_run (what train_net runs once its checks passed) applies MODEL.CPU_KEEP_FREED_MEMORY
+    on CPU; loading a config elsewhere, or checking it, does not touch the allocator."""
     from argparse import Namespace
 
     from conftest import REPO
@@ -93,6 +93,9 @@ def test_training_setup_keeps_freed_memory_only_when_asked(monkeypatch, tmp_path
     assert calls == []
     load = setup.load_config
     monkeypatch.setattr(setup, "load_config", lambda f, o: load(f, o, validate=False))
-    setup.setup_cfg(Namespace(config_file=config, opts=opts))
+    args = Namespace(config_file=config, opts=opts)
+    cfg = setup.setup_cfg(args)
+    assert calls == []
+    setup.start_run(cfg, args, setup._Preflight(cfg))
     assert calls == ([1] if keep else [])
 

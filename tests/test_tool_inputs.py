@@ -121,8 +121,10 @@ def test_convert_weights_text_file_is_not_a_pickle_problem(files, tmp_path):
 
 
 def test_report_heatmaps_and_plots_name_missing_inputs(files, tmp_path):
-    with pytest.raises(ToolInputError, match=rf"run folder {tmp_path / 'none'}: no such folder"):
-        _tool("report").main([str(tmp_path / "none")])
+    with pytest.raises(ToolInputError, match=r"--speed .*none.json: no such JSON file"):
+        _tool("report").main([str(tmp_path), "--speed", str(tmp_path / "none.json")])
+    with pytest.raises(ToolInputError, match="a_file: is a file, not a folder"):
+        _tool("report").main([str(tmp_path), "--out", str(files["blocker"])])
     with pytest.raises(ToolInputError, match="no metrics.json"):
         _tool("plot_magnitudes").main([str(tmp_path)])
     with pytest.raises(ToolInputError, match=rf"--weights {files['text']}: not a checkpoint"):

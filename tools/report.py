@@ -42,7 +42,7 @@ from radkd_d2.evaluation.report import (
     write_report,
 )  # noqa: E402
 from radkd_d2.evaluation.runs import SEM_SEG_METRICS  # noqa: E402
-from radkd_d2.engine.inputs import ToolInputError, existing_file, run_tool, writable_output  # noqa: E402
+from radkd_d2.engine.inputs import existing_file, run_tool, writable_output  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -75,9 +75,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not (args.runs or args.teacher or args.baseline):
         parser.error("give at least one run folder")
-    for run in [*args.runs, *args.teacher, *args.baseline]:
-        if not Path(run).is_dir():
-            raise ToolInputError(f"run folder {run}: no such folder")
+    # a missing or unfinished run folder is no error: the report lists it (--strict: exit 1)
     if args.speed:
         existing_file(args.speed, "--speed", "JSON file")
     writable_output(args.out, "--out", folder=True)
