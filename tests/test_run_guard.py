@@ -215,6 +215,26 @@ def test_eval_only_in_the_run_folder_keeps_its_config(data_root, trained):
     assert "model_final.pth" in (trained / "config_eval.yaml").read_text()
 
 
+@pytest.mark.slow
+def test_empty_training_set_and_uneven_batch_are_named(tmp_path, data_root):
+    out = tmp_path / "out"
+    proc = run_train_net("--config-file", SEG, *_small(data_root, out, 3, "DATASETS.TRAIN", "()"), check=False,
+                         timeout=300)  # fmt: skip
+    _refused(proc, "DATASETS.TRAIN is empty: name a training set")
+    proc = run_train_net("--config-file", SEG, "--num-gpus", 2, "--dist-url", f"tcp://127.0.0.1:{free_port()}",
+                         *_small(data_root, out, 3, "SOLVER.IMS_PER_BATCH", 3), check=False, timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and "SOLVER.IMS_PER_BATCH = 3 is not divisible by the 2 processes" in proc.stderr
+    assert not out.exists()
+
+
+def test_weights_folder_is_named(tmp_path):
+    from radkd_d2.engine.guard import read_checkpoint
+    from radkd_d2.errors import WeightsLoadError
+
+    with pytest.raises(WeightsLoadError, match="is a folder: name the .pth file in it"):
+        read_checkpoint(None, str(tmp_path))
+
+
 # ------------------------------------------------------------------------------------ weights
 
 

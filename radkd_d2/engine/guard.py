@@ -262,6 +262,8 @@ def weights_problems(
 def read_checkpoint(checkpointer, path: str) -> dict:
     """The checkpoint file as Detectron2's checkpointer reads it (.pth, or a Detectron2/Caffe2
     .pkl), or :class:`WeightsLoadError` naming the file and why it cannot be used."""
+    if os.path.isdir(path):
+        raise WeightsLoadError(f"checkpoint {path!r} is a folder: name the .pth file in it (model_final.pth)")
     if not os.path.isfile(path):
         raise WeightsLoadError(f"checkpoint {path!r} does not exist")
     from urllib.parse import urlparse

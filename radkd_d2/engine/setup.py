@@ -178,6 +178,14 @@ def setup_cfg(args):
     cfg.freeze()
     if getattr(args, "eval_only", False):
         check_eval_only(cfg)
+    elif not cfg.DATASETS.TRAIN:
+        raise ConfigError("DATASETS.TRAIN is empty: name a training set, e.g. \"('camvid_train',)\"")
+    world = comm.get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the {world} "
+            f"processes (--num-gpus x --num-machines): each takes an equal share of the batch"
+        )
     if comm.is_main_process():
         RunLock(cfg.OUTPUT_DIR).check_free()
     replace = getattr(args, "replace_run", False)
