@@ -136,6 +136,10 @@ def test_config_changes_ignore_where_a_run_runs():
     old = {"MODEL": {"DEVICE": "cpu", "WEIGHTS": ""}, "SOLVER": {"STEPS": [1, 2]}, "DATALOADER": {"NUM_WORKERS": 2}}
     new = {"MODEL": {"DEVICE": "cuda", "WEIGHTS": "a.pth"}, "SOLVER": {"STEPS": (1, 2)}, "DATALOADER": {"NUM_WORKERS": 0}}
     assert config_changes(old, new) == [("MODEL.WEIGHTS", "", "a.pth")]
+    # a key added by a later version of the code, at its default, is no change; otherwise it is
+    newer = {**new, "SOLVER": {"STEPS": [1, 2], "NEW_KEY": 0.5}}
+    assert config_changes(new, newer, defaults={"SOLVER": {"NEW_KEY": 0.5}}) == []
+    assert config_changes(new, newer, defaults={"SOLVER": {"NEW_KEY": 1.0}}) == [("SOLVER.NEW_KEY", "<absent>", 0.5)]
 
 
 # ------------------------------------------------------------------------ a failing process

@@ -119,15 +119,22 @@ def _flatten(d: Mapping, prefix: str = "") -> Dict[str, object]:
     return out
 
 
-def config_changes(old: Mapping, new: Mapping, ignore: Sequence[str] = IGNORED_KEYS) -> List[Tuple[str, object, object]]:
+def config_changes(
+    old: Mapping, new: Mapping, ignore: Sequence[str] = IGNORED_KEYS, defaults: Optional[Mapping] = None
+) -> List[Tuple[str, object, object]]:
     """``[(key, old value, new value)]`` for every key that differs between two config dicts
-    (keys starting with one of ``ignore`` left out)."""
+    (keys starting with one of ``ignore`` left out). A key the old config lacks but the new one
+    holds at its default (in ``defaults``, a config dict) is no change: a later version of the
+    code added it."""
     a, b = _flatten(old), _flatten(new)
+    d = _flatten(defaults or {})
     out = []
     for key in sorted(set(a) | set(b)):
         if key.startswith(tuple(ignore)):
             continue
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if key not in a and key in d and _norm(vb) == _norm(d[key]):
+            continue
         if _norm(va) != _norm(vb):
             out.append((key, va, vb))
     return out
@@ -137,6 +144,16 @@ def _norm(v):
     if isinstance(v, (list, tuple)):
         return [_norm(x) for x in v]
     return v
+
+
+def _default_config():
+    from detectron2.config import get_cfg
+
+    from radkd_d2.config import add_radkd_config
+
+    cfg = get_cfg()
+    add_radkd_config(cfg)
+    return cfg
 
 
 def check_config_unchanged(cfg, *, eval_only: bool, allow_change: bool) -> Optional[str]:
@@ -159,7 +176,7 @@ def check_config_unchanged(cfg, *, eval_only: bool, allow_change: bool) -> Optio
         raise RunFolderError(f"{path} cannot be read as YAML ({e}); give this run another OUTPUT_DIR") from e
     new = yaml.safe_load(cfg.dump())
     ignore = IGNORED_KEYS + (EVAL_KEYS if eval_only else ())
-    changes = config_changes(old, new, ignore)
+    changes = config_changes(old, new, ignore, defaults=yaml.safe_load(_default_config().dump()))
     if changes and not allow_change:
         lines = [f"  {k}: {a!r} -> {b!r}" for k, a, b in changes[:40]]
         more = [f"  ... and {len(changes) - 40} more"] if len(changes) > 40 else []
