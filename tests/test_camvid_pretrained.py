@@ -32,6 +32,8 @@ def test_pretrained_plan_starts_from_the_pretrained_files(tmp_path):
     from radkd_d2.engine.setup import load_config
 
     study = _tool("camvid_study")
+    assert _plan(study, tmp_path).pad == "same"  # the measured setting is the default
+    assert _plan(study, tmp_path, "--pad-type", "torch").pad == "torch"
     plan = _plan(study, tmp_path, pad="same")
     assert plan.start is None and plan.pad == "same"
     assert (plan.iters, plan.teacher_iters) == (200, 1000)

@@ -76,7 +76,7 @@ case "$mode" in
     # the run step's study at a tiny size on CPU (the project venv; no wheels needed here)
     PY="$ROOT/.venv/bin/python"
     study "$SHARED" "${TINY_OUT:-$ROOT/output/camvid_gpu_tiny}" --scale pretrained-gpu --iters 2 \
-      --teacher-iters 2 --eval-period 1 --seeds 2 --sweep-seeds 1 --sweep-weights 1 \
+      --teacher-iters 2 --eval-period 1 --seeds 2 --sweep-seeds 1 --sweep-weights 1 --pad-type auto \
       --methods kd lad --opts INPUT.SEM_SEG.CROP_SIZE "(32, 48)" INPUT.MIN_SIZE_TEST 32 \
       SOLVER.IMS_PER_BATCH 2 DATALOADER.NUM_WORKERS 0 SOLVER.AMP.ENABLED False
     ;;
