@@ -275,6 +275,18 @@ def test_detection_seeds_ap_std_and_delta_se(tmp_path):
     assert "|  | RetinaNet-R50 | w/o KD |  |  | 37.4 ± 0.4 (3) |" in md
 
 
+def test_no_delta_against_an_undefined_baseline(tmp_path):
+    """COCOEvaluator gives NaN AP to a model without detections: no Δ is printed against it."""
+    nan = {k: float("nan") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    base = fake_run(tmp_path / "nokd", det_config(18), seed=SEED0, det=nan)
+    lad = fake_run(tmp_path / "lad", det_config(18, taps=[["p3", "p3", "lad", 10.0]]), seed=SEED0,
+                   det={k: 0.5 for k in nan})  # fmt: skip
+    paths = write_report(build_report(collect_runs([base, lad])), tmp_path / "report")
+    md = paths["markdown"].read_text()
+    (row,) = [line for line in md.splitlines() if "| LAD | p3 | 10 |" in line]
+    assert "Δ" not in row and "nan" not in row and "| **0.5** (1) |" in row
+
+
 def test_loss_balance_median_over_periods_and_seeds(tmp_path):
     lad_key, kd_key = "loss_distill_lad_res5", "loss_distill_kd_logits"
     ratios = [  # per seed, per logged period

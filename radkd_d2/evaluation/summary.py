@@ -361,9 +361,14 @@ def _add_summary(row: dict, group: RunGroup, metric: str) -> None:
     row[metric], row[f"{metric}_std"], row[f"{metric}_n"] = mean_std(group.values(metric))
 
 
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
 def _add_delta(row: dict, base: Optional[dict], metric: str, key: str, se_key: str) -> None:
     """``row[key]`` = row mean − baseline mean of ``metric``, ``row[se_key]`` its SE."""
-    if base is None or row.get(metric) is None or base.get(metric) is None:
+    if base is None or not _finite(row.get(metric)) or not _finite(base.get(metric)):
+        # no Δ against a missing or undefined (NaN: COCOEvaluator without detections) mean
         row[key] = row[se_key] = None
         return
     row[key] = row[metric] - base[metric]
