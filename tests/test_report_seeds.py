@@ -284,7 +284,7 @@ def test_no_delta_against_an_undefined_baseline(tmp_path):
     paths = write_report(build_report(collect_runs([base, lad])), tmp_path / "report")
     md = paths["markdown"].read_text()
     row = next(line for line in md.splitlines() if "| LAD | p3 | 10 |" in line)  # the AP table
-    assert "Δ" not in row and "nan" not in row and "| **0.5** (1) |" in row
+    assert "Δ" not in row and "+nan" not in row and "| **0.5** (1) |" in row
 
 
 def test_loss_balance_median_over_periods_and_seeds(tmp_path):
