@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
+from detectron2.config import get_cfg
 
 from radkd_d2.checkpoint.report import format_incompatible_keys
+from radkd_d2.config import add_radkd_config
 from radkd_d2.errors import ConfigError, RunFolderError, WeightsLoadError
 
 logger = logging.getLogger(__name__)
@@ -147,10 +149,6 @@ def _norm(v):
 
 
 def _default_config():
-    from detectron2.config import get_cfg
-
-    from radkd_d2.config import add_radkd_config
-
     cfg = get_cfg()
     add_radkd_config(cfg)
     return cfg
