@@ -328,12 +328,14 @@ def test_loss_balance_median_over_periods_and_seeds(tmp_path):
     assert rows["lad_res5"]["seeds"] == 3 and rows["cad_res5"][f"grad_ratio/{lad_key}"] is None
     paths = write_report(report, tmp_path / "report")
     md = paths["markdown"].read_text()
-    assert "## Loss balance (median gradient ratio to the task loss)" in md
+    assert "## Loss balance (median gradient ratio to the task loss, per distilled position)" in md
+    # one column per position (res5, then the logits), each term in its position's column
+    assert "| run | data set | model | method | λ | λ_kd | seeds | res5 | logits |" in md
     assert (
-        f"| lad_res5 | CamVid | PSPNet-R18/4 | LAD | res5 | 10 | 10 | 3 | – "
-        f"| {statistics.median(kd_vals):.3g} | {statistics.median(lad_vals):.3g} |" in md
+        f"| lad_res5 | CamVid | PSPNet-R18/4 | LAD | 10 | 10 | 3 "
+        f"| {statistics.median(lad_vals):.3g} | {statistics.median(kd_vals):.3g} |" in md
     )
-    cad_line = "| cad_res5 | CamVid | PSPNet-R18/4 | CAD | res5 | 10 | 10 | 1 | 0.02 | – | – |"
+    cad_line = "| cad_res5 | CamVid | PSPNet-R18/4 | CAD | 10 | 10 | 1 | 0.02 | – |"
     assert cad_line in md
     csv_rows = {r["run"]: r for r in _csv(paths["loss_balance"])}
     assert float(csv_rows["lad_res5"][f"grad_ratio/{lad_key}"]) == pytest.approx(
@@ -360,12 +362,12 @@ def test_demo_plans_seeds_per_student_arm_and_one_teacher(tmp_path):
     from radkd_d2.engine.setup import load_config
 
     demo = _tool("demo")
-    parser = demo.build_parser()
-    defaults = parser.parse_args([])  # the documented regime
+    defaults = demo.parse_args([])  # the documented regime
     assert (defaults.seeds, defaults.teacher_iters, defaults.start_iters, defaults.iters) == (3, 800, 150, 300)
-    assert defaults.lanes == 2 and defaults.split == "test"
+    assert defaults.lanes == 2 and defaults.split == "test" and defaults.task == "seg"
+    assert defaults.output == "output/demo"
     planned = demo.plan_runs(
-        parser.parse_args(["--output", str(tmp_path), "--seeds", "3", "--iters", "7", "--teacher-iters", "9"])
+        demo.parse_args(["--output", str(tmp_path), "--seeds", "3", "--iters", "7", "--teacher-iters", "9"])
     )
     plan = [r for r, _ in planned]
     assert [n for _, n in planned] == [9, 150] + [7] * 9
@@ -403,7 +405,7 @@ def test_demo_plans_seeds_per_student_arm_and_one_teacher(tmp_path):
     # scored on the held-out test split
     assert tuple(cfg.DATASETS.TEST) == ("synthetic_sem_seg_test",) and cfg.DATASETS.SYNTHETIC.NUM_TEST > 0
     # one seed: the folders and SEED of before seeds existed
-    single = [r for r, _ in demo.plan_runs(parser.parse_args(["--output", str(tmp_path), "--seeds", "1"]))]
+    single = [r for r, _ in demo.plan_runs(demo.parse_args(["--output", str(tmp_path), "--seeds", "1"]))]
     assert [_opts(r.opts)["OUTPUT_DIR"] for r in single] == [
         str(tmp_path / a) for a in ("teacher", "student_start", "student_nokd", "student_lad", "student_kd")
     ]
@@ -553,3 +555,14 @@ def test_camvid_schedule_section_reports_curves_and_the_teachers_lead(tmp_path):
     assert "(model_best.pth, its best val evaluation) 30.0" in text
     assert "lead +9.0 points, at least the 8" in text  # 30.0 vs mean(20, 21, 22) = 21
     assert "| shared start | 200: 10.0, 400: 15.0 | +5.0 |" in text
+
+
+def test_split_term_takes_the_longest_registered_loss_name():
+    from radkd_d2.evaluation.report import split_term
+
+    assert split_term("loss_distill_lad_p3") == ("lad", "p3")
+    assert split_term("loss_distill_cirkd_memory_res5") == ("cirkd_memory", "res5")
+    assert split_term("loss_distill_kd_logits") == ("kd", "logits")
+    assert split_term("loss_distill_lad_res4_to_res5") == ("lad", "res4_to_res5")
+    assert split_term("loss_other") == ("", "loss_other")
+    assert split_term("loss_distill_unknownloss_p3") == ("", "loss_distill_unknownloss_p3")

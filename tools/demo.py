@@ -1,24 +1,33 @@
 #!/usr/bin/env python
 """The main job: teacher -> student distillation on the embedded synthetic data, with a report.
 
-The regime is the paper's at small scale: the students do not start from nothing but from one
-shared, briefly trained checkpoint (the paper's start from ImageNet weights), and only one arm
-continues under the teacher. In order:
+Two tasks, one shape. The regime is the paper's at small scale: the students do not start from
+nothing but from one shared, briefly trained checkpoint (the paper's start from ImageNet
+weights), and only the distilled arms continue under the teacher. In order:
 
-1. the teacher, PSPNet-R18 at 1/2 width (``--teacher-iters``, default 800);
-2. the starting point: PSPNet-R18 at 1/4 width without KD (``--start-iters``, default 150);
-3. ``--seeds`` times (default 3), from that checkpoint, ``--iters`` more iterations (default 300)
-   of (a) the student without KD, (b) the student with LAD on res5 (lambda_ad 10) + logit KD
-   (lambda_kd 10 at the reference scale, 10/6 per pixel) and (c) logit KD alone (the control:
-   (b) against (c) is what the angular term adds), weights warmed up over 50 iterations.
+1. the teacher (``--teacher-iters``);
+2. the starting point: the student without KD (``--start-iters``);
+3. ``--seeds`` times (default 3), from that checkpoint, ``--iters`` more iterations of every
+   student arm: the student without KD and the distilled arms.
 
-Every run is scored on the held-out test split (256 scenes from their own random stream); the
-regime was chosen on the validation split (README, "What the demo does and prints"). The report
-(``radkd_d2.evaluation.report``) gives per arm the mean mIoU ± sample std over seeds and
-Δ vs no-KD ± its standard error, marked significant only when Δ > 2·SE; it is written with pixel
-accuracy and times to ``output/demo/report.md`` (CSV tables next to it) and printed.
+``--task seg`` (the default, ``make demo``): PSPNet-R18 x1/2 teacher (800 iterations) ->
+PSPNet-R18 x1/4 student (150 shared + 300); arms: no KD, LAD on res5 (lambda_ad 10) + logit KD
+(lambda_kd 10 at the reference scale, 10/6 per pixel), and logit KD alone (the control: LAD + KD
+against KD alone is what the angular term adds). Scored by mIoU (SemSegEvaluator).
 
-    python tools/demo.py [--output output/demo] [--iters N] [--seeds N]
+``--task det`` (``make demo-det``): RetinaNet X50-tiny teacher -> RetinaNet R18-tiny student on
+the synthetic detection scenes; arms: no KD, LAD on every FPN level p3-p7 (lambda_ad 10 per
+level, the paper's default) and MGD on p3-p7 with its published RetinaNet coefficients (the
+Table 7 baseline). Scored by box AP, AP50, AP75, AP_S, AP_M, AP_L (COCOEvaluator), with the
+gradient balance of every term at every FPN level.
+
+Every run is scored on the held-out test split (256 scenes from their own random stream); each
+regime was chosen on the validation split (README, "What the demo does and prints" and "The
+detection demo"). The report (``radkd_d2.evaluation.report``) gives per arm the mean ± sample
+std over seeds and Δ vs no KD ± its standard error, marked significant only when Δ > 2·SE; it is
+written with times to ``<output>/report.md`` (CSV tables in ``<output>/report/``) and printed.
+
+    python tools/demo.py [--task seg|det] [--output DIR] [--iters N] [--seeds N]
 
 Seeds: seed k of a student arm trains with SEED = 42 + k into ``<output>/<arm>/seed<k>/``; the
 teacher and the starting point train once, with SEED 42. By default (``--lanes 2``) the teacher
@@ -34,8 +43,9 @@ import argparse
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, FrozenSet, List, Tuple
 
 from tqdm import tqdm
 
@@ -59,27 +69,108 @@ from radkd_d2.evaluation.report import (  # noqa: E402
     write_report,
 )
 
-DEMO = "configs/synthetic/demo"
-STUDENT_CONFIG = f"{DEMO}/student_pspnet_r18x4_synthetic.yaml"
-TEACHER = ("teacher PSPNet-R18 x1/2", f"{DEMO}/teacher_pspnet_r18x2_synthetic.yaml", "teacher")
-START = ("student PSPNet-R18 x1/4, shared start (no KD)", STUDENT_CONFIG, "student_start")
-STUDENTS = [
-    ("student continued without KD", STUDENT_CONFIG, "student_nokd"),
-    (
-        "student continued with LAD (res5) + KD",
-        f"{DEMO}/lad_res5_pspr18x2_pspr18x4_synthetic.yaml",
-        "student_lad",
-    ),
-    (
-        "student continued with logit KD alone",
-        f"{DEMO}/kd_logits_pspr18x2_pspr18x4_synthetic.yaml",
-        "student_kd",
-    ),
-]
-DISTILLED = {"student_lad", "student_kd"}
-KD_ALONE = "student_kd"  # the control arm: what LAD adds is LAD + KD against it
+# the detection demo's iterations (teacher, shared start, each arm), chosen on val (README)
+DET_ITERATIONS = (1500, 300, 300)
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """What one task of the demo trains and reports.
+
+    Runs are ``(label, config, sub-folder)``; ``contrasts`` are ``(text, arm, against arm)``
+    lines of Δ ± SE over seeds; ``columns`` the per-run table's ``(header, metric)`` pairs."""
+
+    name: str
+    teacher: Tuple[str, str, str]
+    start: Tuple[str, str, str]
+    students: Tuple[Tuple[str, str, str], ...]
+    distilled: FrozenSet[str]
+    splits: Dict[str, str]
+    iterations: Tuple[int, int, int]  # teacher, shared start, each student arm
+    metric: str
+    columns: Tuple[Tuple[str, str], ...]
+    contrasts: Tuple[Tuple[str, str, str], ...]
+    output: str
+    scenes: str
+
+    @property
+    def arms(self) -> List[str]:
+        return [sub for _, _, sub in self.students]
+
+
 BASELINE = "student_nokd"
-SPLITS = {"test": "synthetic_sem_seg_test", "val": "synthetic_sem_seg_val"}
+SEG = "configs/synthetic/demo"
+DET = "configs/synthetic/demo_det"
+TASKS = {
+    "seg": DemoTask(
+        name="seg",
+        teacher=("teacher PSPNet-R18 x1/2", f"{SEG}/teacher_pspnet_r18x2_synthetic.yaml", "teacher"),
+        start=(
+            "student PSPNet-R18 x1/4, shared start (no KD)",
+            f"{SEG}/student_pspnet_r18x4_synthetic.yaml",
+            "student_start",
+        ),
+        students=(
+            ("student continued without KD", f"{SEG}/student_pspnet_r18x4_synthetic.yaml", BASELINE),
+            (
+                "student continued with LAD (res5) + KD",
+                f"{SEG}/lad_res5_pspr18x2_pspr18x4_synthetic.yaml",
+                "student_lad",
+            ),
+            (
+                "student continued with logit KD alone",
+                f"{SEG}/kd_logits_pspr18x2_pspr18x4_synthetic.yaml",
+                "student_kd",
+            ),
+        ),
+        distilled=frozenset({"student_lad", "student_kd"}),
+        splits={"test": "synthetic_sem_seg_test", "val": "synthetic_sem_seg_val"},
+        iterations=(800, 150, 300),
+        metric="mIoU",
+        columns=(("mIoU (%)", "mIoU"), ("pixel acc (%)", "pACC")),
+        contrasts=(
+            ("logit KD alone vs no KD", "student_kd", BASELINE),
+            ("LAD + KD vs logit KD alone (the angular term)", "student_lad", "student_kd"),
+            ("LAD + KD vs no KD", "student_lad", BASELINE),
+        ),
+        output="output/demo",
+        scenes="synthetic scenes",
+    ),
+    "det": DemoTask(
+        name="det",
+        teacher=("teacher RetinaNet X50-tiny", f"{DET}/teacher_retinanet_x50_synthetic.yaml", "teacher"),
+        start=(
+            "student RetinaNet R18-tiny, shared start (no KD)",
+            f"{DET}/student_retinanet_r18_synthetic.yaml",
+            "student_start",
+        ),
+        students=(
+            ("student continued without KD", f"{DET}/student_retinanet_r18_synthetic.yaml", BASELINE),
+            (
+                "student continued with LAD (p3-p7)",
+                f"{DET}/lad_fpn_retx50_retr18_synthetic.yaml",
+                "student_lad",
+            ),
+            (
+                "student continued with MGD (p3-p7)",
+                f"{DET}/mgd_fpn_retx50_retr18_synthetic.yaml",
+                "student_mgd",
+            ),
+        ),
+        distilled=frozenset({"student_lad", "student_mgd"}),
+        splits={"test": "synthetic_det_test", "val": "synthetic_det_val"},
+        iterations=DET_ITERATIONS,
+        metric="AP",
+        columns=(("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75")),
+        contrasts=(
+            ("LAD vs no KD", "student_lad", BASELINE),
+            ("MGD vs no KD", "student_mgd", BASELINE),
+            ("LAD vs MGD", "student_lad", "student_mgd"),
+        ),
+        output="output/demo_det",
+        scenes="synthetic detection scenes",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,14 +178,34 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--output", default="output/demo", help="output folder (default output/demo)"
+        "--task",
+        choices=sorted(TASKS),
+        default="seg",
+        help="seg: PSPNet segmentation (the default, make demo); det: RetinaNet detection "
+        "(make demo-det)",
     )
-    parser.add_argument("--teacher-iters", type=int, default=800, help="teacher iterations (800)")
     parser.add_argument(
-        "--start-iters", type=int, default=150, help="iterations of the shared starting point (150)"
+        "--output", default=None, help="output folder (default output/demo, output/demo_det)"
     )
     parser.add_argument(
-        "--iters", type=int, default=300, help="iterations of each student arm from the start (300)"
+        "--teacher-iters",
+        type=int,
+        default=None,
+        help=f"teacher iterations (seg {TASKS['seg'].iterations[0]}, det {TASKS['det'].iterations[0]})",
+    )
+    parser.add_argument(
+        "--start-iters",
+        type=int,
+        default=None,
+        help="iterations of the shared starting point "
+        f"(seg {TASKS['seg'].iterations[1]}, det {TASKS['det'].iterations[1]})",
+    )
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="iterations of each student arm from the start "
+        f"(seg {TASKS['seg'].iterations[2]}, det {TASKS['det'].iterations[2]})",
     )
     parser.add_argument(
         "--seeds",
@@ -104,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--split",
-        choices=sorted(SPLITS),
+        choices=("test", "val"),
         default="test",
         help="split every run is scored on: test (held out, the default) or val (for choosing a "
         "regime; the test split must not be looked at while choosing)",
@@ -130,98 +241,130 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse runs that finished earlier in --output with the same iterations "
         "(after an interruption) instead of training them again",
     )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="KEY VALUE config overrides for every run, the teacher's too (e.g. MODEL.DEVICE "
+        "cuda); not part of the documented regime",
+    )
     return parser
 
 
-def plan_runs(args: argparse.Namespace) -> List[Tuple[PlannedRun, int]]:
-    """The demo's runs in training order with their iterations: the teacher, the shared
-    starting point, then seed by seed both student arms (continued from the starting point).
-
-    Args:
-        args: parsed :func:`build_parser` arguments.
-    """
-    out = (REPO / args.output).resolve()
-
-    split = ["DATASETS.TEST", f"('{SPLITS[args.split]}',)"]
-
-    def iters(n: int) -> list:
-        return ["SOLVER.MAX_ITER", str(n), "SOLVER.CHECKPOINT_PERIOD", str(n), *split]
-
-    label, config, sub = TEACHER
-    plan = [
-        (r, args.teacher_iters)
-        for r in plan_seeds(
-            sub, REPO / config, iters(args.teacher_iters), out / sub, 1, label=label
-        )
-    ]
-    label, config, sub = START
-    plan += [
-        (r, args.start_iters)
-        for r in plan_seeds(sub, REPO / config, iters(args.start_iters), out / sub, 1, label=label)
-    ]
-    start = ["MODEL.WEIGHTS", str(out / "student_start" / "model_final.pth")]
-    teacher = ["MODEL.DISTILL.TEACHER.WEIGHTS", str(out / "teacher" / "model_final.pth")]
-    per_arm = [
-        plan_seeds(
-            sub,
-            REPO / config,
-            [*iters(args.iters), *start, *(teacher if sub in DISTILLED else [])],
-            out / sub,
-            args.seeds,
-            label=label,
-        )
-        for label, config, sub in STUDENTS
-    ]
-    # seed-major: an interrupted demo still has whole (no KD, LAD) pairs to compare
-    for k in range(args.seeds):
-        plan += [(runs[k], args.iters) for runs in per_arm]
-    return plan
-
-
-def schedule(plan: List[Tuple[PlannedRun, int]]) -> List[Job]:
-    """The plan as jobs: the starting point and the no-KD arm need nothing but the start; the
-    distilled arm also waits for the teacher. The teacher and the start train side by side."""
-    jobs = []
-    for run, n_iter in plan:
-        needs: Tuple[str, ...] = ()
-        if run.arm != "teacher" and run.arm != "student_start":
-            needs = ("student_start",) + (("teacher",) if run.arm in DISTILLED else ())
-        jobs.append(Job(run, n_iter, needs))
-    return jobs
-
-
-def angular_term_lines(plan: List[PlannedRun], split: str) -> List[str]:
-    """The demo's question in two lines: what logit KD alone adds over no KD, and what the
-    angular term adds over logit KD (LAD + KD against KD alone), each Δ ± SE over seeds."""
-    values = {
-        arm: [v for r in plan if r.arm == arm if (v := read_run(r.out_dir).metrics.get("mIoU")) is not None]
-        for arm in (BASELINE, "student_lad", KD_ALONE)
-    }
-    return [
-        f"## What each term adds ({split} mIoU, Δ ± SE over seeds; * where |Δ| > 2·SE)",
-        "",
-        f"- logit KD alone vs no KD: {contrast_text(values[KD_ALONE], values[BASELINE]) or 'n/a'}",
-        f"- LAD + KD vs logit KD alone (the angular term): "
-        f"{contrast_text(values['student_lad'], values[KD_ALONE]) or 'n/a'}",
-        f"- LAD + KD vs no KD: {contrast_text(values['student_lad'], values[BASELINE]) or 'n/a'}",
-    ]
-
-
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line with the task's defaults filled in (iterations, output folder)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.lanes < 1 or (args.threads is not None and args.threads < 1):
         parser.error(
             f"--lanes and --threads must be at least 1, got {args.lanes} and {args.threads}"
         )
+    if len(args.opts) % 2:
+        parser.error(f"the KEY VALUE overrides have an odd number of items: {args.opts}")
+    task = TASKS[args.task]
+    for key, default in zip(("teacher_iters", "start_iters", "iters"), task.iterations):
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+        elif getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    args.output = args.output or task.output
+    return args
+
+
+def plan_runs(args: argparse.Namespace) -> List[Tuple[PlannedRun, int]]:
+    """The demo's runs in training order with their iterations: the teacher, the shared
+    starting point, then seed by seed every student arm (continued from the starting point).
+
+    Args:
+        args: :func:`parse_args` arguments.
+    """
+    task = TASKS[args.task]
+    out = (REPO / args.output).resolve()
+
+    split = ["DATASETS.TEST", f"('{task.splits[args.split]}',)"]
+
+    def iters(n: int) -> list:
+        return [*args.opts, "SOLVER.MAX_ITER", str(n), "SOLVER.CHECKPOINT_PERIOD", str(n), *split]
+
+    label, config, sub = task.teacher
+    plan = [
+        (r, args.teacher_iters)
+        for r in plan_seeds(
+            sub, REPO / config, iters(args.teacher_iters), out / sub, 1, label=label
+        )
+    ]
+    label, config, sub = task.start
+    plan += [
+        (r, args.start_iters)
+        for r in plan_seeds(sub, REPO / config, iters(args.start_iters), out / sub, 1, label=label)
+    ]
+    start = ["MODEL.WEIGHTS", str(out / "student_start" / "model_final.pth")]
+    teacher = ["MODEL.DISTILL.TEACHER.WEIGHTS", str(out / "teacher" / "model_final.pth")]
+    if args.opts:  # the teacher was trained under the same overrides
+        teacher += ["MODEL.DISTILL.TEACHER.OPTS", repr([str(x) for x in args.opts])]
+    per_arm = [
+        plan_seeds(
+            sub,
+            REPO / config,
+            [*iters(args.iters), *start, *(teacher if sub in task.distilled else [])],
+            out / sub,
+            args.seeds,
+            label=label,
+        )
+        for label, config, sub in task.students
+    ]
+    # seed-major: an interrupted demo still has whole sets of arms to compare
+    for k in range(args.seeds):
+        plan += [(runs[k], args.iters) for runs in per_arm]
+    return plan
+
+
+def schedule(plan: List[Tuple[PlannedRun, int]], task: DemoTask) -> List[Job]:
+    """The plan as jobs: the starting point and the no-KD arm need nothing but the start; the
+    distilled arms also wait for the teacher. The teacher and the start train side by side."""
+    jobs = []
+    for run, n_iter in plan:
+        needs: Tuple[str, ...] = ()
+        if run.arm != "teacher" and run.arm != "student_start":
+            needs = ("student_start",) + (("teacher",) if run.arm in task.distilled else ())
+        jobs.append(Job(run, n_iter, needs))
+    return jobs
+
+
+def contrast_lines(plan: List[PlannedRun], task: DemoTask, split: str) -> List[str]:
+    """The demo's questions, one line each: an arm against another (no KD, or the control),
+    Δ ± SE of the task's metric over seeds."""
+    values = {
+        arm: [
+            v
+            for r in plan
+            if r.arm == arm
+            if (v := read_run(r.out_dir).metrics.get(task.metric)) is not None
+        ]
+        for arm in task.arms
+    }
+    return [
+        f"## What each term adds ({split} {task.metric}, Δ ± SE over seeds; * where |Δ| > 2·SE)",
+        "",
+        *(
+            f"- {text}: {contrast_text(values[arm], values[base]) or 'n/a'}"
+            for text, arm, base in task.contrasts
+        ),
+    ]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    task = TASKS[args.task]
     out = (REPO / args.output).resolve()
     plan = plan_runs(args)
     t0 = time.time()
     seconds = {}
     threads = {}
-    with tqdm(total=sum(n for _, n in plan), unit="it", desc="demo", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=sum(n for _, n in plan), unit="it", desc=f"demo {task.name}", dynamic_ncols=True
+    ) as bar:
         jobs = []
-        for job in schedule(plan):
+        for job in schedule(plan, task):
             if (
                 args.resume
                 and read_run(job.run.out_dir, max_iter=job.max_iter).status == "finished"
@@ -243,34 +386,35 @@ def main(argv=None):
         print(f"\n{failed.run.label} failed; last lines of {log}:\n{log_tail(log)}")
         sys.exit(1)
     plan = [r for r, _ in plan]
-    dirs = {arm: [r.out_dir for r in plan if r.arm == arm] for arm in ("teacher", *DISTILLED)}
+    dirs = {arm: [r.out_dir for r in plan if r.arm == arm] for arm in ("teacher", *task.distilled)}
     infos = collect_runs(
-        [d for arm in sorted(DISTILLED) for d in dirs[arm]],
+        [d for arm in sorted(task.distilled) for d in dirs[arm]],
         teachers=dirs["teacher"],
         baselines=[r.out_dir for r in plan if r.arm == BASELINE],
     )
     report = build_report(infos)
     title = (
-        f"radkd-d2 demo: synthetic scenes ({args.split} split), teacher {args.teacher_iters} iterations, "
-        f"students {args.start_iters} shared + {args.iters} per arm, "
-        f"{args.seeds} seed{'s' if args.seeds > 1 else ''} per arm, CPU"
+        f"radkd-d2 demo ({task.name}): {task.scenes} ({args.split} split), teacher "
+        f"{args.teacher_iters} iterations, students {args.start_iters} shared + {args.iters} per "
+        f"arm, {args.seeds} seed{'s' if args.seeds > 1 else ''} per arm, CPU"
     )
     write_report(report, out / "report", title)  # report.md + CSV tables
     scores = {r.out_dir: read_run(r.out_dir).metrics for r in plan}  # every run, the start too
+    headers = " | ".join(h for h, _ in task.columns)
     lines = [
         report_markdown(report, title),
         f"## Every run ({args.split} split)",
         "",
-        "| run | mIoU (%) | pixel acc (%) | train+eval time (s) | CPU threads |",
-        "|---|---:|---:|---:|---:|",
+        f"| run | {headers} | train+eval time (s) | CPU threads |",
+        "|---|" + "---:|" * (len(task.columns) + 2),
     ]
     lines += [
-        f"| {r.label} ({r.name}) | {scores[r.out_dir].get('mIoU', float('nan')):.2f} "
-        f"| {scores[r.out_dir].get('pACC', float('nan')):.2f} | {seconds[r.name]:.0f} "
-        f"| {threads[r.name] or 'reused'} |"
+        f"| {r.label} ({r.name}) | "
+        + " | ".join(f"{scores[r.out_dir].get(m, float('nan')):.2f}" for _, m in task.columns)
+        + f" | {seconds[r.name]:.0f} | {threads[r.name] or 'reused'} |"
         for r in plan
     ]
-    lines += ["", *angular_term_lines(plan, args.split)]
+    lines += ["", *contrast_lines(plan, task, args.split)]
     lines += ["", f"Total wall time: {time.time() - t0:.0f} s. Runs: {out}"]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)

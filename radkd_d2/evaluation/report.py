@@ -34,7 +34,9 @@ import csv
 import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
+
+from radkd_d2.losses import DISTILL_LOSS_REGISTRY
 
 from .runs import DET_METRICS
 from .summary import (
@@ -46,6 +48,7 @@ from .summary import (
     _delta_text,
     _order_key,
     _summary_text,
+    _tap_rank,
     build_report,
     collect_runs,
 )
@@ -251,31 +254,57 @@ def _left_out_section(report: Report) -> List[str]:
     return out + [""]
 
 
+def split_term(term: str) -> Tuple[str, str]:
+    """``loss_distill_<loss>_<tap key>`` -> ``(loss, tap key)`` with the longest registered loss
+    name that fits (``loss_distill_cirkd_memory_res5`` -> ``("cirkd_memory", "res5")``); a term
+    of another shape -> ``("", term)``."""
+    body = term[len("loss_distill_") :] if term.startswith("loss_distill_") else ""
+    names = sorted((n for n, _ in DISTILL_LOSS_REGISTRY), key=len, reverse=True)
+    for n in names:
+        if body.startswith(n + "_") and len(body) > len(n) + 1:
+            return n, body[len(n) + 1 :]
+    return "", term
+
+
 def _balance_section(report: Report) -> List[str]:
-    """One row per setting, one column per distillation term: median gradient ratios."""
+    """One row per setting, one column per distilled position (an FPN level, res5, the
+    logits): the median gradient ratio of the setting's term there. Two terms of one setting at
+    one position share the cell, each named."""
     if not report.balance_rows:
         return []
-    terms = report.balance_terms
+    split = {t: split_term(t) for t in report.balance_terms}
+    taps = sorted({tap for _, tap in split.values()}, key=lambda t: (_tap_rank(t), t))
     out = [
-        "## Loss balance (median gradient ratio to the task loss)",
+        "## Loss balance (median gradient ratio to the task loss, per distilled position)",
         "",
-        "Per setting and distillation term: the median, over every diagnostics period "
-        "(MODEL.DISTILL.DIAGNOSTICS_PERIOD) and every seed, of the term's gradient norm over the "
-        "task loss's at the same student feature (`grad_ratio/<term>` in metrics.json). Far "
-        "above 1 the term's gradient swamps the task's; far below 1 the term barely acts.",
+        "Per setting and distilled position: the median, over every diagnostics period "
+        "(MODEL.DISTILL.DIAGNOSTICS_PERIOD) and every seed, of the distillation term's gradient "
+        "norm over the task loss's at the same student feature (`grad_ratio/<term>` in "
+        "metrics.json; every term's column is in loss_balance.csv). Far above 1 the term's "
+        "gradient swamps the task's; far below 1 the term barely acts.",
         "",
-        f"| run | data set | model | method | tap | λ | λ_kd | seeds | {' | '.join(terms)} |",
-        "|---|---|---|---|---|---:|---:|---:|" + "---:|" * len(terms),
+        f"| run | data set | model | method | λ | λ_kd | seeds | {' | '.join(taps)} |",
+        "|---|---|---|---|---:|---:|---:|" + "---:|" * len(taps),
     ]
     for r in report.balance_rows:
         w = "" if r["weight"] is None else f"{r['weight']:g}"
         kd = f"{r['kd_weight']:g}" if r["role"] == "student" else ""
-        vals = [r[f"grad_ratio/{t}"] for t in terms]
+        cells = []
+        for tap in taps:
+            here = [
+                (loss, r[f"grad_ratio/{t}"])
+                for t, (loss, at) in split.items()
+                if at == tap and r[f"grad_ratio/{t}"] is not None
+            ]
+            if not here:
+                cells.append("–")
+            elif len(here) == 1:
+                cells.append(f"{here[0][1]:.3g}")
+            else:
+                cells.append(", ".join(f"{loss} {v:.3g}" for loss, v in here))
         out.append(
-            f"| {r['run']} | {r['dataset']} | {r['model']} | {r['method']} | {r['tap']} | {w} "
-            f"| {kd} | {r['seeds']} | "
-            + " | ".join("–" if v is None else f"{v:.3g}" for v in vals)
-            + " |"
+            f"| {r['run']} | {r['dataset']} | {r['model']} | {r['method']} | {w} | {kd} "
+            f"| {r['seeds']} | " + " | ".join(cells) + " |"
         )
     return out + [""]
 
