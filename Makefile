@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast bench clean-output
+.PHONY: setup demo demo-det test test-fast bench clean-output
 
 setup:
 	@bash tools/setup_env.sh
@@ -10,6 +10,10 @@ setup:
 ## Main job: teacher -> students distillation on the embedded synthetic data, with a report.
 demo: setup
 	$(PY) tools/demo.py
+
+## Detection demo: RetinaNet X50-tiny -> R18-tiny on the synthetic scenes (no KD, LAD, MGD).
+demo-det: setup
+	$(PY) tools/demo.py --task det
 
 ## Tests (CPU), one pytest worker per core, one thread each (the subprocess trainings the tests
 ## start inherit OMP_NUM_THREADS=1, so the workers do not oversubscribe the cores).

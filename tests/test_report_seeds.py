@@ -566,3 +566,13 @@ def test_split_term_takes_the_longest_registered_loss_name():
     assert split_term("loss_distill_lad_res4_to_res5") == ("lad", "res4_to_res5")
     assert split_term("loss_other") == ("", "loss_other")
     assert split_term("loss_distill_unknownloss_p3") == ("", "loss_distill_unknownloss_p3")
+
+
+def test_nan_scores_count_as_absent():
+    """COCOEvaluator's NaN (no object of a size range in the set) is no score: it neither
+    crashes the spread nor turns a contrast into NaN."""
+    from radkd_d2.evaluation.summary import contrast_text
+
+    assert contrast_text([1.0, float("nan"), 3.0], [1.0, 1.0]) == contrast_text([1.0, 3.0], [1.0, 1.0])
+    assert contrast_text([float("nan")], [1.0]) == ""
+    assert contrast_text([2.0, 4.0], [1.0, 2.0]) == f"+1.50 ± {expected_se([2, 4], [1, 2]):.2f}"

@@ -111,8 +111,10 @@ class RunGroup:
         return ",".join(arms)
 
     def values(self, metric: str) -> List[float]:
-        """``metric`` of every seed that has it."""
-        return [float(r.metrics[metric]) for r in self.runs if r.metrics.get(metric) is not None]
+        """``metric`` of every seed that has it. NaN counts as absent: COCOEvaluator gives NaN
+        for a size range with no object in the set (AP_L on small images), not a score."""
+        vals = [float(r.metrics[metric]) for r in self.runs if r.metrics.get(metric) is not None]
+        return [v for v in vals if not math.isnan(v)]
 
     def grad_ratios(self) -> Dict[str, List[float]]:
         """``term -> every grad_ratio/<term> value`` of every seed, pooled."""
@@ -162,7 +164,9 @@ def contrast(values: Sequence[float], base: Sequence[float]) -> Tuple[float, flo
 def contrast_text(values: Sequence[float], base: Sequence[float]) -> str:
     """``"+1.23 ± 0.45"`` (Δ ± SE of :func:`contrast`), ``" *"`` appended when |Δ| > 2·SE (a
     significant gain or loss); just ``"+1.23"`` when the SE is undefined; "" when a side is
-    empty."""
+    empty. NaN values (a metric with nothing to score) are left out."""
+    values = [v for v in values if not math.isnan(v)]
+    base = [v for v in base if not math.isnan(v)]
     if not values or not base:
         return ""
     delta, se = contrast(values, base)
