@@ -5,14 +5,13 @@ end to end (slow)."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO
-from test_report_seeds import SEED0, _opts, expected_se, fake_run
+from test_report_seeds import SEED0, expected_se, fake_run
 from test_reports import _csv, _tool
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
@@ -160,3 +159,16 @@ def test_det_demo_trains_and_reports_for_real(tmp_path, data_root):
         row = next(line for line in text.splitlines() if line.startswith(f"| {arm} | "))
         assert row.count("|") == 13 and "–" not in row.split("|", 8)[8], row  # every level
     assert "LAD vs MGD" in text
+
+
+def test_lad_weight_reweights_the_lad_arm_into_its_own_folder(tmp_path):
+    demo = _tool("demo")
+    plan = [r for r, _ in demo.plan_runs(demo.parse_args(["--task", "det", "--output", str(tmp_path), "--lad-weight", "0.5"]))]
+    lad = [r for r in plan if r.arm == "student_lad"]
+    assert [r.out_dir for r in lad] == [tmp_path / "student_lad_w0.5" / f"seed{k}" for k in range(3)]
+    cfg = _cfg(lad[0])
+    assert [list(t) for t in cfg.MODEL.DISTILL.TAPS] == [[lv, lv, "lad", 0.5] for lv in LEVELS]
+    mgd = _cfg(next(r for r in plan if r.arm == "student_mgd"))  # the other arms as they were
+    assert [t[3] for t in mgd.MODEL.DISTILL.TAPS] == [1.0] * 5
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--task", "det", "--lad-weight", "0"])

@@ -236,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads shared by the running runs (default: the machine's cores)",
     )
     parser.add_argument(
+        "--lad-weight",
+        type=float,
+        default=None,
+        help="λ of every tap of the LAD arm instead of its config's (10, the paper's); the arm "
+        "then trains into <output>/student_lad_w<λ>/ (for choosing λ on --split val)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="reuse runs that finished earlier in --output with the same iterations "
@@ -266,6 +273,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, default)
         elif getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if args.lad_weight is not None and not args.lad_weight > 0:
+        parser.error(f"--lad-weight must be positive, got {args.lad_weight}")
     args.output = args.output or task.output
     return args
 
@@ -301,21 +310,27 @@ def plan_runs(args: argparse.Namespace) -> List[Tuple[PlannedRun, int]]:
     teacher = ["MODEL.DISTILL.TEACHER.WEIGHTS", str(out / "teacher" / "model_final.pth")]
     if args.opts:  # the teacher was trained under the same overrides
         teacher += ["MODEL.DISTILL.TEACHER.OPTS", repr([str(x) for x in args.opts])]
-    per_arm = [
-        plan_seeds(
-            sub,
-            REPO / config,
-            [*iters(args.iters), *start, *(teacher if sub in task.distilled else [])],
-            out / sub,
-            args.seeds,
-            label=label,
-        )
-        for label, config, sub in task.students
-    ]
+    per_arm = []
+    for label, config, sub in task.students:
+        opts = [*iters(args.iters), *start, *(teacher if sub in task.distilled else [])]
+        arm_dir = out / sub
+        if sub == "student_lad" and args.lad_weight is not None:
+            opts += ["MODEL.DISTILL.TAPS", repr(reweighted_taps(REPO / config, args.lad_weight))]
+            arm_dir = out / f"{sub}_w{args.lad_weight:g}"
+            label += f", λ {args.lad_weight:g}"
+        per_arm.append(plan_seeds(sub, REPO / config, opts, arm_dir, args.seeds, label=label))
     # seed-major: an interrupted demo still has whole sets of arms to compare
     for k in range(args.seeds):
         plan += [(runs[k], args.iters) for runs in per_arm]
     return plan
+
+
+def reweighted_taps(config: Path, weight: float) -> list:
+    """The config's ``MODEL.DISTILL.TAPS`` with every LAD entry's λ set to ``weight``."""
+    from fvcore.common.config import CfgNode
+
+    taps = CfgNode.load_yaml_with_base(str(config), allow_unsafe=False)["MODEL"]["DISTILL"]["TAPS"]
+    return [[s, t, loss, weight if loss == "lad" else w] for s, t, loss, w in taps]
 
 
 def schedule(plan: List[Tuple[PlannedRun, int]], task: DemoTask) -> List[Job]:
