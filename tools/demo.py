@@ -45,7 +45,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -70,7 +70,7 @@ from radkd_d2.evaluation.report import (  # noqa: E402
 )
 
 # the detection demo's iterations (teacher, shared start, each arm), chosen on val (README)
-DET_ITERATIONS = (1500, 300, 300)
+DET_ITERATIONS = (1500, 1000, 300)
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ class DemoTask:
     contrasts: Tuple[Tuple[str, str, str], ...]
     output: str
     scenes: str
+    # SOLVER.STEPS as fractions of each run's MAX_ITER (None: the config's schedule as it is)
+    steps: Optional[Tuple[float, ...]] = None
 
     @property
     def arms(self) -> List[str]:
@@ -169,6 +171,7 @@ TASKS = {
         ),
         output="output/demo_det",
         scenes="synthetic detection scenes",
+        steps=(0.8, 0.93),
     ),
 }
 
@@ -292,7 +295,19 @@ def plan_runs(args: argparse.Namespace) -> List[Tuple[PlannedRun, int]]:
     split = ["DATASETS.TEST", f"('{task.splits[args.split]}',)"]
 
     def iters(n: int) -> list:
-        return [*args.opts, "SOLVER.MAX_ITER", str(n), "SOLVER.CHECKPOINT_PERIOD", str(n), *split]
+        steps = []
+        if task.steps:  # the LR drops at the same fractions of every run, whatever its length
+            at = sorted({int(f * n) for f in task.steps} & set(range(1, n)))  # increasing, < n
+            steps = ["SOLVER.STEPS", repr(tuple(at))]
+        return [
+            *args.opts,
+            "SOLVER.MAX_ITER",
+            str(n),
+            "SOLVER.CHECKPOINT_PERIOD",
+            str(n),
+            *steps,
+            *split,
+        ]
 
     label, config, sub = task.teacher
     plan = [
@@ -384,10 +399,14 @@ def main(argv=None):
                 args.resume
                 and read_run(job.run.out_dir, max_iter=job.max_iter).status == "finished"
             ):
-                bar.write(f"{job.run.label}: finished earlier, reused")
-                bar.update(job.max_iter)
-                seconds[job.run.name], threads[job.run.name] = 0.0, 0
-                continue
+                changed = job.run.config_changes()
+                if not changed:
+                    bar.write(f"{job.run.label}: finished earlier, reused")
+                    bar.update(job.max_iter)
+                    seconds[job.run.name], threads[job.run.name] = 0.0, 0
+                    continue
+                keys = ", ".join(k for k, _, _ in changed[:6]) + (", ..." if len(changed) > 6 else "")
+                bar.write(f"{job.run.label}: finished earlier with another config ({keys}), trained again")
             jobs.append(job)
         reused = set(seconds)
         jobs = [Job(j.run, j.max_iter, tuple(n for n in j.needs if n not in reused)) for j in jobs]

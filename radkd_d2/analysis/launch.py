@@ -104,6 +104,23 @@ class PlannedRun:
     index: int = 0
     label: str = ""
 
+    def config_changes(self) -> List[Tuple[str, object, object]]:
+        """Keys whose value in ``out_dir/config.yaml`` (a run already there) differs from this
+        plan's config, as train_net's guard compares them (``[]`` when the folder holds no
+        config). A tool that reuses finished runs must reuse only runs of its own config."""
+        import yaml
+
+        from radkd_d2.engine.guard import IGNORED_KEYS, default_config, config_changes
+        from radkd_d2.engine.setup import load_config
+
+        path = self.out_dir / "config.yaml"
+        if not path.is_file():
+            return []
+        old = yaml.safe_load(path.read_text()) or {}
+        new = yaml.safe_load(load_config(str(self.config), [str(x) for x in self.opts], validate=False).dump())
+        defaults = yaml.safe_load(default_config().dump())
+        return config_changes(old, new, IGNORED_KEYS, defaults=defaults)
+
     def command(self, resume: bool = False, replace: bool = False) -> list[str]:
         """The train_net command line of this run (``replace``: it may replace a run already in
         its folder, see ``--replace-run``)."""

@@ -148,7 +148,7 @@ def _norm(v):
     return v
 
 
-def _default_config():
+def default_config():
     cfg = get_cfg()
     add_radkd_config(cfg)
     return cfg
@@ -174,7 +174,7 @@ def check_config_unchanged(cfg, *, eval_only: bool, allow_change: bool) -> Optio
         raise RunFolderError(f"{path} cannot be read as YAML ({e}); give this run another OUTPUT_DIR") from e
     new = yaml.safe_load(cfg.dump())
     ignore = IGNORED_KEYS + (EVAL_KEYS if eval_only else ())
-    changes = config_changes(old, new, ignore, defaults=yaml.safe_load(_default_config().dump()))
+    changes = config_changes(old, new, ignore, defaults=yaml.safe_load(default_config().dump()))
     if changes and not allow_change:
         lines = [f"  {k}: {a!r} -> {b!r}" for k, a, b in changes[:40]]
         more = [f"  ... and {len(changes) - 40} more"] if len(changes) > 40 else []
