@@ -36,9 +36,10 @@ def test_det_plan_is_one_start_three_arms_on_the_held_out_split(tmp_path):
     ] * 3  # fmt: skip
     cfgs = {r.out_dir: _cfg(r) for r in plan}
     teacher, start = (cfgs[plan[0].out_dir], cfgs[plan[1].out_dir])
-    # a teacher clearly bigger than the student: ResNeXt-50 against ResNet-18, same FPN width
+    # a teacher clearly bigger than the student: ResNeXt-50 against MobileNetV2 x0.5, same FPN
     assert (teacher.MODEL.RESNETS.DEPTH, teacher.MODEL.RESNETS.NUM_GROUPS) == (50, 4)
-    assert start.MODEL.RESNETS.DEPTH == 18 and start.MODEL.META_ARCHITECTURE == "RetinaNet"
+    assert start.MODEL.BACKBONE.NAME == "build_retinanet_mobilenetv2_fpn_backbone"
+    assert start.MODEL.MOBILENETV2.WIDTH_MULT == 0.5 and start.MODEL.META_ARCHITECTURE == "RetinaNet"
     assert tuple(teacher.SOLVER.STEPS) == (int(0.8 * args.teacher_iters), int(0.93 * args.teacher_iters))
     assert teacher.MODEL.FPN.OUT_CHANNELS == start.MODEL.FPN.OUT_CHANNELS
     start_file = str(tmp_path / "student_start" / "model_final.pth")
@@ -121,10 +122,10 @@ def test_det_demo_report_has_table7_columns_and_the_per_level_balance(tmp_path, 
     assert float(det["student_lad"]["delta_AP_se"]) == pytest.approx(expected_se([9, 10], [8, 9]), abs=1e-4)
     text = (out / "report.md").read_text()
     assert "| Teacher | Student | Method | tap | λ | AP | AP50 | AP75 | APs | APm | APl |" in text
-    assert "| RetinaNet-X50 | RetinaNet-R18 | LAD | p3,p4,p5,p6,p7 | 10 |" in text
+    assert "| RetinaNet-X50 | RetinaNet-MV2/2 | LAD | p3,p4,p5,p6,p7 | 10 |" in text
     # AP_L is NaN (no large object in the set): an empty cell, not a crash or a NaN mean
-    assert "|  | RetinaNet-R18 | w/o KD |  |  | 8.5 ± 0.7 (2) |" in text
-    assert all(line.endswith("| – |") for line in text.splitlines() if "RetinaNet-R18 | LAD | p3" in line)
+    assert "|  | RetinaNet-MV2/2 | w/o KD |  |  | 8.5 ± 0.7 (2) |" in text
+    assert all(line.endswith("| – |") for line in text.splitlines() if "RetinaNet-MV2/2 | LAD | p3" in line)
     assert "| run | AP | AP50 | AP75 | train+eval time (s) | CPU threads |" in text
     assert "(student_start) | 5.00 | 10.00 | 2.50 |" in text
     # the per-level balance: one column per FPN level, each arm's medians

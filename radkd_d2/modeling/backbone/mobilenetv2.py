@@ -31,10 +31,13 @@ from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
+
+from radkd_d2.errors import ConfigError
 
 from .info import BackboneInfo, cfg_get, register_backbone_info, width_suffix
 
-__all__ = ["MobileNetV2", "build_mobilenetv2_backbone"]
+__all__ = ["MobileNetV2", "build_mobilenetv2_backbone", "build_retinanet_mobilenetv2_fpn_backbone"]
 
 # width multiplier -> timm model name (timm registers these widths only)
 _TIMM_VARIANTS = {
@@ -157,4 +160,36 @@ def build_mobilenetv2_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> 
         out_features=mcfg.OUT_FEATURES,
         in_channels=input_shape.channels if input_shape is not None else 3,
         pad_type=mcfg.PAD_TYPE,
+    )
+
+
+register_backbone_info(
+    "build_retinanet_mobilenetv2_fpn_backbone",
+    BackboneInfo(
+        label=lambda cfg: "MV2" + width_suffix(cfg_get(cfg, "MODEL.MOBILENETV2.WIDTH_MULT")),
+        reduced_opts=lambda cfg: ["MODEL.MOBILENETV2.WIDTH_MULT", "0.35"],
+    ),
+)
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """RetinaNet's FPN (P3-P7, Detectron2's :class:`FPN` and :class:`LastLevelP6P7`, P6 from
+    res5 as in Detectron2's ResNet version) over a :class:`MobileNetV2` of output stride 32:
+    a mobile detector student. ``MODEL.FPN.IN_FEATURES`` picks the stages (res3-res5)."""
+    if cfg.MODEL.MOBILENETV2.OUTPUT_STRIDE != 32:
+        raise ConfigError(
+            "MODEL.MOBILENETV2.OUTPUT_STRIDE = "
+            f"{cfg.MODEL.MOBILENETV2.OUTPUT_STRIDE} is not allowed with an FPN; choose one of [32] "
+            "(a dilated backbone gives its stages equal strides)"
+        )
+    bottom_up = build_mobilenetv2_backbone(cfg, input_shape)
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
