@@ -113,6 +113,9 @@ def test_time_limit_stops_the_running_run_and_exits_3(tmp_path, monkeypatch, cap
 
     started_at = started
     monkeypatch.setattr(study, "run_training", slow_training)
+    # the child may have SIGINT ignored (inherited, as under a background shell or a test
+    # runner's worker): the deadline then terminates it after the grace period
+    monkeypatch.setattr(study.Deadline, "GRACE", 2.0)
     monkeypatch.setattr(study, "convert_pretrained", lambda *a: None)
     argv = ["--data-root", "D", "--out", str(tmp_path), "--scale", "pretrained", "--pad-type", "torch",
             "--time-limit", "1"]  # fmt: skip

@@ -28,9 +28,15 @@ def _small(root, out, iters=3, *extra):
 
 
 def _popen(*args):
+    """train_net as a user starts it from a terminal: Ctrl-C (SIGINT) reaches it even when this
+    test runs where SIGINT is ignored (a background shell, CI)."""
+    from radkd_d2.analysis.launch import default_sigint
+
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, str(REPO / "tools/train_net.py"), *map(str, args)]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
 
 
 def _refused(proc, *needles):

@@ -574,6 +574,8 @@ class Deadline:
     """``--time-limit``: no run starts after it, and the running one is interrupted at it (as
     Ctrl-C: it exits cleanly, and ``--resume`` continues it from its last checkpoint)."""
 
+    GRACE = 60.0  # seconds an interrupted run gets to stop before it is terminated (SIGTERM)
+
     def __init__(self, seconds: float):
         self.end = time.monotonic() + seconds if seconds > 0 else None
         self.hit = False
@@ -591,6 +593,10 @@ class Deadline:
             if proc.poll() is None:
                 self.hit = True
                 proc.send_signal(signal.SIGINT)
+                # a child that ignores SIGINT (inherited from a background shell) still stops
+                later = threading.Timer(self.GRACE, lambda: proc.poll() is None and proc.terminate())
+                later.daemon = True
+                later.start()
 
         timer = threading.Timer(max(0.0, left), stop)
         timer.daemon = True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -22,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import yaml
 from tqdm import tqdm
 
+from radkd_d2.engine.guard import IGNORED_KEYS, config_changes, default_config
+from radkd_d2.engine.setup import load_config
 from radkd_d2.evaluation.runs import seed_folder
 
 TRAIN_NET_MODULE = "radkd_d2.train_net"  # the package's own train_net: no repository needed
@@ -49,6 +53,14 @@ def train_command(
     if replace:  # the tool owns the folder: a run it trains again replaces what is there
         cmd.append("--replace-run")
     return cmd + [os.fspath(x) if isinstance(x, os.PathLike) else str(x) for x in opts]
+
+
+def default_sigint() -> None:
+    """In a training's child process, before it runs: Ctrl-C's default action back. A tool
+    started in the background of a non-interactive shell (``cmd &``, nohup) inherits SIGINT
+    ignored, and Python then never turns it into KeyboardInterrupt, so an interrupt (a time
+    limit, Ctrl-C on the tool) would not reach the training."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def seeds_arg(text: str) -> int:
@@ -108,11 +120,6 @@ class PlannedRun:
         """Keys whose value in ``out_dir/config.yaml`` (a run already there) differs from this
         plan's config, as train_net's guard compares them (``[]`` when the folder holds no
         config). A tool that reuses finished runs must reuse only runs of its own config."""
-        import yaml
-
-        from radkd_d2.engine.guard import IGNORED_KEYS, default_config, config_changes
-        from radkd_d2.engine.setup import load_config
-
         path = self.out_dir / "config.yaml"
         if not path.is_file():
             return []
@@ -204,6 +211,7 @@ def run_training(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=default_sigint,
         )
         if started is not None:
             started(proc)

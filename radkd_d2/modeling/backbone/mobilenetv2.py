@@ -140,13 +140,12 @@ class MobileNetV2(Backbone):
         return max(self._out_feature_strides.values())
 
 
-register_backbone_info(
-    "build_mobilenetv2_backbone",
-    BackboneInfo(
-        label=lambda cfg: "MV2" + width_suffix(cfg_get(cfg, "MODEL.MOBILENETV2.WIDTH_MULT")),
-        reduced_opts=lambda cfg: ["MODEL.MOBILENETV2.WIDTH_MULT", "0.35"],
-    ),
+# the plain backbone and its RetinaNet FPN (below) name and shrink themselves alike
+_MV2_INFO = BackboneInfo(
+    label=lambda cfg: "MV2" + width_suffix(cfg_get(cfg, "MODEL.MOBILENETV2.WIDTH_MULT")),
+    reduced_opts=lambda cfg: ["MODEL.MOBILENETV2.WIDTH_MULT", "0.35"],
 )
+register_backbone_info("build_mobilenetv2_backbone", _MV2_INFO)
 
 
 @BACKBONE_REGISTRY.register()
@@ -163,13 +162,7 @@ def build_mobilenetv2_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> 
     )
 
 
-register_backbone_info(
-    "build_retinanet_mobilenetv2_fpn_backbone",
-    BackboneInfo(
-        label=lambda cfg: "MV2" + width_suffix(cfg_get(cfg, "MODEL.MOBILENETV2.WIDTH_MULT")),
-        reduced_opts=lambda cfg: ["MODEL.MOBILENETV2.WIDTH_MULT", "0.35"],
-    ),
-)
+register_backbone_info("build_retinanet_mobilenetv2_fpn_backbone", _MV2_INFO)
 
 
 @BACKBONE_REGISTRY.register()
