@@ -17,7 +17,7 @@ from conftest import REPO, SHARED_DATA, load_cfg, read_metrics, run_train_net
 from radkd_d2.analysis.profiling import capture_distiller_inputs, count_sync_ops, distiller_step
 from radkd_d2.engine import ConfigError, Trainer
 from radkd_d2.losses import fgd_loss, fgd_masks
-from radkd_d2.modeling.meta_arch.distill_retinanet import retinanet_taps
+from radkd_d2.modeling.meta_arch.taps import backbone_taps
 from radkd_d2.modeling.teacher import TeacherLoadError, load_teacher_cfg
 
 DISTILL = "configs/synthetic/distill/lad_fpn_retx50_retr18_tiny_synthetic.yaml"
@@ -176,7 +176,7 @@ def test_bottom_up_taps_connectors_and_fpn_equivalence(tmp_path):
         backbone.eval()
         with torch.no_grad():
             direct, stages = backbone(x), backbone.bottom_up(x)
-            taps = retinanet_taps(backbone, x, with_bottom_up=True)
+            taps = backbone_taps(backbone, x, with_bottom_up=True)
         assert list(taps) == list(stages) + list(direct)
         for k, v in {**stages, **direct}.items():
             assert torch.equal(v, taps[k]), k

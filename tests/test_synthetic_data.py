@@ -1,4 +1,4 @@
-"""The embedded synthetic data: deterministic, and masks and boxes agree."""
+"""The embedded synthetic data: deterministic, and labels, boxes and instance masks agree."""
 import filecmp
 import json
 
@@ -103,3 +103,24 @@ def test_test_split_registered_only_when_asked(tmp_path):
     assert len(DatasetCatalog.get("synthetic_det_test")) >= 1
     register_synthetic(str(tmp_path), SyntheticSpec(num_train=2, num_val=2, size=64, seed=11))
     assert "synthetic_sem_seg_test" not in DatasetCatalog.list()
+
+
+def test_instance_masks_are_the_visible_pixels_inside_their_boxes(tmp_path):
+    """Every detection annotation carries its object's visible pixels (RLE): the mask lies in
+    the box, touches all four of its sides, and its pixels carry the object's class in the
+    segmentation label (up to the ignore seam)."""
+    from pycocotools import mask as mask_util
+
+    folder = ensure_synthetic(tmp_path, SPEC)
+    coco = json.loads((folder / "annotations/instances_train.json").read_text())
+    for ann in coco["annotations"]:
+        rle = {**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}
+        m = mask_util.decode(rle).astype(bool)
+        x, y, w, h = ann["bbox"]
+        assert m.shape == (64, 64) and m.sum() >= 12
+        ys, xs = np.nonzero(m)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+        assert ann["area"] == w * h  # the box's area: COCOeval's size ranges as before masks
+        label = cv2.imread(str(folder / "train/labels" / f"{ann['image_id'] - 1:05d}.png"), cv2.IMREAD_UNCHANGED)
+        vals = set(np.unique(label[m]).tolist())
+        assert vals <= {ann["category_id"], IGNORE_VALUE} and ann["category_id"] in vals

@@ -8,8 +8,9 @@ than a tiny one. One generator produces both annotations from the same drawing:
 * semantic segmentation: ``<split>/labels/*.png`` with values 0..5 (0 = background) and 255 only
   where a thin anti-aliasing border is ambiguous (the ignore value);
 * a held-out ``test`` split when ``num_test > 0``, drawn from a seed sequence of its own;
-* COCO-format detection: ``annotations/instances_<split>.json`` with one box per *visible* object
-  (the tight box of its visible pixels; objects mostly hidden are dropped).
+* COCO-format detection and instance segmentation: ``annotations/instances_<split>.json`` with
+  one box per *visible* object (the tight box of its visible pixels; objects mostly hidden are
+  dropped) and its visible pixels as an RLE mask.
 
 Files are written once per parameter set into ``<root>/synthetic_<hash>/`` (atomically: a
 temporary folder renamed when complete), so every process and every run reads the same data.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_util
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ _CLASS_COLOURS = np.array(
     [[200, 60, 60], [60, 180, 70], [70, 90, 210], [200, 170, 50], [160, 70, 190]], dtype=np.float32
 )
 _MIN_VISIBLE_PIXELS = 12
+# version of the files written: 2 added the instance masks (RLE) to the detection annotations;
+# a new version gets a folder of its own, so no run reads files of an older layout
+_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class SyntheticSpec:
 
     @property
     def folder_name(self) -> str:
-        fields = asdict(self)
+        fields = {**asdict(self), "format": _FORMAT}
         # specs without a test split (or on test stream 0) keep the folders they always had
         if not self.num_test:
             del fields["num_test"]
@@ -117,13 +122,14 @@ def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     return mask
 
 
-def render_scene(rng: np.random.Generator, size: int):
+def render_scene(rng: np.random.Generator, size: int, with_masks: bool = False):
     """Draw one scene.
 
     Returns:
         image (H×W×3 uint8 RGB), label (H×W uint8, 0..5 or 255), and a list of visible objects
         ``(class_id 1..5, x0, y0, x1, y1)`` whose boxes are the tight boxes of visible pixels
-        (x1/y1 exclusive), in drawing order.
+        (x1/y1 exclusive), in drawing order; with ``with_masks`` also each listed object's
+        visible pixels (H×W bool), in the same order.
     """
     img = _background(rng, size)
     instance = np.full((size, size), -1, np.int32)
@@ -140,7 +146,7 @@ def render_scene(rng: np.random.Generator, size: int):
     image = np.clip(img, 0, 255).astype(np.uint8)
 
     label = np.zeros((size, size), np.uint8)
-    objects = []
+    objects, masks = [], []
     for i, cls in enumerate(classes):
         visible = instance == i
         label[visible] = cls
@@ -148,10 +154,11 @@ def render_scene(rng: np.random.Generator, size: int):
             continue
         ys, xs = np.nonzero(visible)
         objects.append((cls, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+        masks.append(visible)
     # pixels on object borders are ambiguous after the noise: mark a 1-px seam as ignore
     edges = cv2.morphologyEx(label, cv2.MORPH_GRADIENT, np.ones((2, 2), np.uint8)) > 0
     label[edges] = IGNORE_VALUE
-    return image, label, objects
+    return (image, label, objects, masks) if with_masks else (image, label, objects)
 
 
 def _write_split(folder: Path, split: str, n: int, spec: SyntheticSpec) -> dict:
@@ -165,21 +172,26 @@ def _write_split(folder: Path, split: str, n: int, spec: SyntheticSpec) -> dict:
     images, annotations = [], []
     for idx in range(n):
         rng = np.random.default_rng([spec.seed, split_seed, idx, *stream])
-        image, label, objects = render_scene(rng, spec.size)
+        image, label, objects, masks = render_scene(rng, spec.size, with_masks=True)
         name = f"{idx:05d}.png"
         cv2.imwrite(str(folder / split / "images" / name), image[:, :, ::-1])
         cv2.imwrite(str(folder / split / "labels" / name), label)
         images.append({"id": idx + 1, "file_name": name, "height": spec.size, "width": spec.size})
-        for cls, x0, y0, x1, y1 in objects:
+        for (cls, x0, y0, x1, y1), mask in zip(objects, masks):
             w, h = x1 - x0, y1 - y0
+            rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": idx + 1,
                     "category_id": cls,
                     "bbox": [x0, y0, w, h],
+                    # the box's area, as before masks were written: COCOeval's size ranges
+                    # (AP_S/M/L) for boxes and masks alike stay those of earlier runs
                     "area": float(w * h),
                     "iscrowd": 0,
+                    # the visible pixels as compressed RLE (Mask R-CNN: INPUT.MASK_FORMAT bitmask)
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
                 }
             )
     categories = [{"id": i, "name": c} for i, c in enumerate(CLASSES) if i > 0]

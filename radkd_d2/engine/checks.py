@@ -130,6 +130,14 @@ def check_pixel_convention(cfg, what: str = "") -> None:
         )
 
 
+# each distillation meta-architecture and the stock model its student is (the exported one)
+DISTILL_STUDENTS = {
+    "DistillSemanticSegmentor": "SemanticSegmentor",
+    "DistillRetinaNet": "RetinaNet",
+    "DistillGeneralizedRCNN": "GeneralizedRCNN",
+}
+
+
 def validate_config(cfg) -> None:
     """All start-up checks of a training/evaluation config (run before the output dir is made)."""
     check_choice(
@@ -178,6 +186,9 @@ def validate_config(cfg) -> None:
     check_range(cfg, "MODEL.SEM_SEG_HEAD.AUX_CONVS_DIM", low=0)
     check_range(cfg, "MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT", low=0)
     check_pixel_convention(cfg)
+    student_meta = DISTILL_STUDENTS.get(cfg.MODEL.META_ARCHITECTURE)
+    if student_meta is not None:
+        check_choice(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE", (student_meta,))
     if cfg.MODEL.META_ARCHITECTURE.startswith("Distill") and Path(cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE).is_file():
         teacher = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE, "cpu", cfg.MODEL.DISTILL.TEACHER.OPTS)
         check_pixel_convention(teacher, f"the teacher ({cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE})")

@@ -20,8 +20,10 @@ def _sem_seg(cfg, name, output_dir):
 
 
 def _coco(cfg, name, output_dir):
-    # no compiled Detectron2 ops here: pure pycocotools COCOeval
-    return COCOEvaluator(name, tasks=("bbox",), distributed=True, output_dir=output_dir, use_fast_impl=False)
+    # boxes always, masks for a Mask R-CNN (MODEL.MASK_ON); no compiled Detectron2 ops here:
+    # pure pycocotools COCOeval
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    return COCOEvaluator(name, tasks=tasks, distributed=True, output_dir=output_dir, use_fast_impl=False)
 
 
 EVALUATOR_BUILDERS = {"sem_seg": _sem_seg, "coco": _coco}

@@ -73,6 +73,8 @@ def model_name(cfg: dict) -> str:
     if meta == "SemanticSegmentor":
         head = str(cfg_get(cfg, "MODEL.SEM_SEG_HEAD.NAME", "") or "")
         arch = HEAD_NAMES.get(head, head.removesuffix("Head") or "SemSeg")
+    elif meta == "GeneralizedRCNN" and cfg_get(cfg, "MODEL.MASK_ON", False):
+        arch = "MaskRCNN"
     else:
         arch = META_NAMES.get(meta, meta)
     return f"{arch}-{backbone_name(cfg)}"

@@ -10,42 +10,14 @@ from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
-from detectron2.modeling.backbone import FPN
 from torch import nn
 
 from radkd_d2.errors import ConfigError
 
 from ..distill import FeatureDistiller, parse_taps
 from ..pair import TeacherMixin, build_teacher_and_distiller, init_student_from_teacher
-
-
-def retinanet_tap_shapes(backbone: nn.Module) -> Dict[str, ShapeSpec]:
-    """Every tappable position of a RetinaNet backbone: its outputs (``p3``..``p7``) and, for an
-    FPN, the bottom-up stages it consumes (``res3``..``res5``, the ResNet's OUT_FEATURES)."""
-    shapes = dict(backbone.output_shape())
-    if isinstance(backbone, FPN):
-        for name, shape in backbone.bottom_up.output_shape().items():
-            shapes.setdefault(name, shape)
-    return shapes
-
-
-def retinanet_taps(
-    backbone: nn.Module, images: torch.Tensor, with_bottom_up: bool
-) -> Dict[str, torch.Tensor]:
-    """Backbone outputs (p3..p7) for a normalised, padded B x 3 x H x W batch, plus the
-    bottom-up stages (res3..res5) when ``with_bottom_up``: Detectron2's own ``FPN.forward``
-    runs once, and a forward hook on its ``bottom_up`` keeps the stages it computes."""
-    if not with_bottom_up:
-        return backbone(images)
-    stages: Dict[str, torch.Tensor] = {}
-    handle = backbone.bottom_up.register_forward_hook(lambda _m, _in, out: stages.update(out))
-    try:
-        outputs = backbone(images)
-    finally:
-        handle.remove()
-    return {**stages, **outputs}
+from .taps import backbone_tap_shapes, backbone_taps, check_same_padding
 
 
 @META_ARCH_REGISTRY.register()
@@ -71,7 +43,7 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
         """
         Args:
             teacher: a RetinaNet in eval mode with ``requires_grad`` False.
-            distiller: taps on positions of :func:`retinanet_tap_shapes`.
+            distiller: taps on positions of :func:`~.taps.backbone_tap_shapes`.
             teacher_input_format: channel order the teacher expects ("BGR" or "RGB").
             teacher_dtype: teacher compute dtype on CUDA ("float32", "float16", "bfloat16").
             kwargs: the arguments of Detectron2's ``RetinaNet``.
@@ -104,18 +76,11 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
             student_classes=ret["num_classes"],
             classes_key="MODEL.RETINANET.NUM_CLASSES",
             taps=parse_taps(dcfg.TAPS),
-            student_shapes=retinanet_tap_shapes(backbone),
-            teacher_shapes=lambda m: retinanet_tap_shapes(m.backbone),
+            student_shapes=backbone_tap_shapes(backbone),
+            teacher_shapes=lambda m: backbone_tap_shapes(m.backbone),
         )
         teacher = built["teacher"]
-        s_pad = (backbone.size_divisibility, backbone.padding_constraints)
-        t_pad = (teacher.backbone.size_divisibility, teacher.backbone.padding_constraints)
-        if s_pad != t_pad:
-            # the boxes given to the losses are in the student's padded frame
-            raise ConfigError(
-                f"student and teacher pad their inputs differently (size divisibility, "
-                f"constraints: {s_pad} vs {t_pad}); their feature maps would not align"
-            )
+        check_same_padding(backbone, teacher.backbone)
         if dcfg.INIT_STUDENT_FROM_TEACHER:
             student = nn.Module()  # the student's parameter names: backbone.*, head.*
             student.backbone, student.head = backbone, ret["head"]
@@ -128,7 +93,7 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
         channel order, without autograd (autocast to MODEL.DISTILL.TEACHER.DTYPE on GPU)."""
         with self.teacher_context():
             images = self.teacher_images(batched_inputs)
-            feats = retinanet_taps(self.teacher.backbone, images.tensor, self._teacher_bottom_up)
+            feats = backbone_taps(self.teacher.backbone, images.tensor, self._teacher_bottom_up)
             return {k: feats[k].float() for k in self.distiller.teacher_positions}
 
     def forward(self, batched_inputs: List[dict]):
@@ -138,7 +103,7 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
             raise ValueError("DistillRetinaNet: training inputs need 'instances' (ground-truth boxes)")
         images = self.preprocess_image(batched_inputs)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        student = retinanet_taps(self.backbone, images.tensor, self._student_bottom_up)
+        student = backbone_taps(self.backbone, images.tensor, self._student_bottom_up)
         features = [student[f] for f in self.head_in_features]
         return self.distiller.step(
             student,

@@ -1,0 +1,139 @@
+"""DistillGeneralizedRCNN: a Faster or Mask R-CNN student trained under a frozen R-CNN teacher.
+
+Total loss: the R-CNN losses (RPN objectness and boxes; ROI classification, boxes and, with
+masks, mask) + Σ_taps Σ_losses λ·L(connector(F_s), F_t), one term per tapped FPN level
+(``p2``..``p6``) or bottom-up stage (``res2``..``res5``) and loss.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from torch import nn
+
+from radkd_d2.errors import ConfigError
+
+from ..distill import FeatureDistiller, parse_taps
+from ..pair import TeacherMixin, build_teacher_and_distiller, init_student_from_teacher
+from .taps import backbone_tap_shapes, backbone_taps, check_same_padding
+
+
+def _roi_classes(model: nn.Module) -> int:
+    """The class count of an R-CNN's ROI heads (StandardROIHeads and its subclasses)."""
+    return int(model.roi_heads.num_classes)
+
+
+@META_ARCH_REGISTRY.register()
+class DistillGeneralizedRCNN(TeacherMixin, GeneralizedRCNN):
+    """The student is a stock ``GeneralizedRCNN`` (Faster or Mask R-CNN: same parameter names,
+    same config keys); this class adds ``teacher`` (a frozen GeneralizedRCNN from
+    MODEL.DISTILL.TEACHER.*) and ``distiller`` (connectors + losses per tap, from
+    MODEL.DISTILL.TAPS). Inference, and the checkpoint the export keeps, are the student's.
+
+    Losses get the context ``boxes`` (per image, the N_i x 4 xyxy ground-truth boxes in pixels
+    of the padded input batch; N_i may be 0) and ``image_size`` ((H, W) of that batch), as in
+    :class:`DistillRetinaNet`, so FGD and FKD work unchanged.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher: nn.Module,
+        distiller: FeatureDistiller,
+        teacher_input_format: str = "BGR",
+        teacher_dtype: str = "float32",
+        **kwargs,
+    ):
+        """
+        Args:
+            teacher: a GeneralizedRCNN in eval mode with ``requires_grad`` False.
+            distiller: taps on positions of :func:`~.taps.backbone_tap_shapes`.
+            teacher_input_format: channel order the teacher expects ("BGR" or "RGB").
+            teacher_dtype: teacher compute dtype on CUDA ("float32", "float16", "bfloat16").
+            kwargs: the arguments of Detectron2's ``GeneralizedRCNN``.
+        """
+        super().__init__(**kwargs)
+        self.teacher = teacher
+        self.distiller = distiller
+        self.teacher_input_format = teacher_input_format
+        self.teacher_dtype = getattr(torch, teacher_dtype)
+        self.teacher.eval()
+        # bottom-up stages are gathered only when a tap asks for one
+        self._student_bottom_up = bool(distiller.student_positions - set(self.backbone.output_shape()))
+        self._teacher_bottom_up = bool(distiller.teacher_positions - set(teacher.backbone.output_shape()))
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = GeneralizedRCNN.from_config(cfg)
+        dcfg = cfg.MODEL.DISTILL
+        if dcfg.KD_WEIGHT > 0:
+            raise ConfigError(
+                f"MODEL.DISTILL.KD_WEIGHT = {dcfg.KD_WEIGHT}: the pixel-wise logit KD term is for "
+                "segmentation; set it to 0.0 for DistillGeneralizedRCNN and distil features via TAPS"
+            )
+        if ret["proposal_generator"] is None:
+            raise ConfigError(
+                "MODEL.PROPOSAL_GENERATOR.NAME builds no proposal generator: DistillGeneralizedRCNN "
+                "trains a student with an RPN (Faster or Mask R-CNN); choose one of ['RPN']"
+            )
+        backbone = ret["backbone"]
+        built = build_teacher_and_distiller(
+            cfg,
+            kind="detection",
+            teacher_type=GeneralizedRCNN,
+            num_classes=_roi_classes,
+            student_classes=_roi_classes(nn.ModuleDict({"roi_heads": ret["roi_heads"]})),
+            classes_key="MODEL.ROI_HEADS.NUM_CLASSES",
+            taps=parse_taps(dcfg.TAPS),
+            student_shapes=backbone_tap_shapes(backbone),
+            teacher_shapes=lambda m: backbone_tap_shapes(m.backbone),
+        )
+        check_same_padding(backbone, built["teacher"].backbone)
+        if dcfg.INIT_STUDENT_FROM_TEACHER:
+            student = nn.Module()  # the student's parameter names
+            student.backbone = backbone
+            student.proposal_generator = ret["proposal_generator"]
+            student.roi_heads = ret["roi_heads"]
+            init_student_from_teacher(student, built["teacher"], dcfg.INIT_STUDENT_FROM_TEACHER)
+        ret.update(built)
+        return ret
+
+    def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
+        """The teacher's tapped features (float32) for a batch, from its own normalisation and
+        channel order, without autograd (autocast to MODEL.DISTILL.TEACHER.DTYPE on GPU)."""
+        with self.teacher_context():
+            images = self.teacher_images(batched_inputs)
+            feats = backbone_taps(self.teacher.backbone, images.tensor, self._teacher_bottom_up)
+            return {k: feats[k].float() for k in self.distiller.teacher_positions}
+
+    def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            return super().forward(batched_inputs)
+        if "instances" not in batched_inputs[0]:
+            raise ValueError(
+                "DistillGeneralizedRCNN: training inputs need 'instances' (ground-truth boxes, "
+                "and masks for Mask R-CNN)"
+            )
+        images = self.preprocess_image(batched_inputs)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        student = backbone_taps(self.backbone, images.tensor, self._student_bottom_up)
+        features = {k: student[k] for k in self.backbone.output_shape()}
+        # GeneralizedRCNN.forward's training branch, with the backbone pass above shared
+        proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        if self.vis_period > 0:
+            from detectron2.utils.events import get_event_storage
+
+            if get_event_storage().iter % self.vis_period == 0:
+                self.visualize_training(batched_inputs, proposals)
+        return self.distiller.step(
+            student,
+            lambda: self.teacher_features(batched_inputs),
+            {**detector_losses, **proposal_losses},
+            boxes=[x.gt_boxes.tensor for x in gt_instances],
+            image_size=tuple(images.tensor.shape[-2:]),
+        )
