@@ -264,3 +264,53 @@ def test_parity_compares_detections_as_sets():
     assert _max_diff(inst([0, 1]), inst([1, 0])) == 0.0  # a near tie sorted the other way
     assert _max_diff(inst([0, 1]), inst([1, 0], shift=0.25)) == pytest.approx(0.25)
     assert _max_diff(inst([0]), inst([0, 1])) is None
+
+
+MASK_RCNN = "configs/synthetic/mask_rcnn_r18_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def mask_rcnn(tmp_path_factory):
+    # score threshold 0: an untrained model still returns detections (and masks) to compare
+    cfg = load_cfg(MASK_RCNN, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "TEST.DETECTIONS_PER_IMAGE", 20)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    return cfg, model, _save(model, tmp_path_factory.mktemp("mask_rcnn") / "w.pth")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_mask_rcnn_round_trip(mask_rcnn, fmt, tmp_path):
+    """A Mask R-CNN student exports through TracingAdapter (before postprocessing, as
+    Detectron2's recipe does) and its detections and pasted masks equal the eager model's."""
+    from radkd_d2.export.runtime import DET_MASK_OUTPUTS
+
+    cfg, model, weights = mask_rcnn
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 96, 96, generator=g) * 255 for _ in range(2)]
+    path, info = export_deployable(cfg, weights, str(tmp_path / "out"), fmt, images)
+    assert info.task == "detection" and info.num_classes == 5
+    assert info.output_names == [f"{k}{i}" for i in range(2) for k in DET_MASK_OUTPUTS]
+    exported = ExportedModel(str(path)).eval()
+    inputs = [{"image": im, "height": 144, "width": 144} for im in images]
+    with torch.no_grad():
+        ref = model(inputs)
+    out = exported(inputs)
+    for o, r in zip(out, ref):
+        o, r = o["instances"], r["instances"]
+        assert len(o) == len(r) > 0 and o.image_size == r.image_size == (144, 144)
+        torch.testing.assert_close(o.pred_boxes.tensor / 144, r.pred_boxes.tensor / 144, atol=1e-4, rtol=0)
+        torch.testing.assert_close(o.scores, r.scores, atol=1e-4, rtol=0)
+        assert torch.equal(o.pred_classes, r.pred_classes)
+        assert o.pred_masks.shape == r.pred_masks.shape == (len(r), 144, 144)
+        # pasted at threshold 0.5: a pixel may flip where a probability sits at 0.5 ± 1e-5
+        assert (o.pred_masks != r.pred_masks).float().mean() < 1e-3
+
+
+def test_faster_rcnn_exports_without_masks(tmp_path):
+    cfg = load_cfg("configs/synthetic/faster_rcnn_r18_tiny.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    path, info = export_deployable(cfg, _save(model, tmp_path / "w.pth"), str(tmp_path / "out"), "torchscript", [torch.rand(3, 96, 96) * 255])
+    assert info.output_names == ["pred_boxes0", "pred_classes0", "scores0", "image_size0"]
+    out = ExportedModel(str(path)).eval()([{"image": torch.rand(3, 96, 96) * 255}])
+    assert not out[0]["instances"].has("pred_masks") and len(out[0]["instances"]) > 0

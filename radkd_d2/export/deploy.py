@@ -1,4 +1,4 @@
-"""Deployable students: TorchScript and ONNX artefacts of a segmentation or RetinaNet student.
+"""Deployable students: TorchScript and ONNX artefacts of a segmentation, RetinaNet or R-CNN student.
 
 What an exported model takes and returns (also written into its ``.json`` sidecar):
 
@@ -18,6 +18,10 @@ What an exported model takes and returns (also written into its ``.json`` sideca
   ``NonMaxSuppression``). Rescaling to the original image size is
   :func:`detectron2.modeling.postprocessing.detector_postprocess`, as in Detectron2's
   inference; :class:`radkd_d2.export.runtime.ExportedModel` applies it.
+- **Faster / Mask R-CNN** (``GeneralizedRCNN`` students), the same way but traced before their
+  postprocessing: boxes in the network's input frame and, for Mask R-CNN, ``pred_masks`` as
+  N x 1 x M x M per-box probabilities (outputs :data:`DET_MASK_OUTPUTS`); the runtime's
+  ``detector_postprocess`` rescales the boxes and pastes the masks into the image.
 
 Both go through tracing (``torch.jit.trace``, and the TorchScript-based ``torch.onnx`` exporter
 on the traced graph). Scripting is not offered: Detectron2's ``Conv2d`` with a function-valued
@@ -37,12 +41,12 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.export import TracingAdapter
-from detectron2.modeling import RetinaNet, SemanticSegmentor
+from detectron2.modeling import GeneralizedRCNN, RetinaNet, SemanticSegmentor
 from torch import nn
 
 from radkd_d2.errors import ExportError
 
-from .runtime import DET_OUTPUTS, Backend, ExportInfo
+from .runtime import DET_MASK_OUTPUTS, DET_OUTPUTS, Backend, ExportInfo
 from .student import atomic_write, load_student, output_folder
 
 logger = logging.getLogger(__name__)
@@ -90,29 +94,38 @@ class SegmentationExport(nn.Module):
 
 
 class DetectionExport(TracingAdapter):
-    """Detectron2's ``TracingAdapter`` around a RetinaNet for ``batch`` images: flattened
-    per-image inputs and outputs (:data:`DET_OUTPUTS` for each image)."""
+    """Detectron2's ``TracingAdapter`` around a RetinaNet or an R-CNN for ``batch`` images:
+    flattened per-image inputs and outputs (:data:`DET_OUTPUTS` for each image, and
+    :data:`DET_MASK_OUTPUTS` for a Mask R-CNN). An R-CNN is traced before its postprocessing
+    (``inference(..., do_postprocess=False)``, as Detectron2's own export recipe does): boxes
+    in the network's input frame and masks as per-box probabilities, pasted and rescaled by
+    ``detector_postprocess`` at run time."""
 
-    def __init__(self, model: RetinaNet, images: Sequence[torch.Tensor]):
-        super().__init__(model, [{"image": im} for im in images])
+    def __init__(self, model: nn.Module, images: Sequence[torch.Tensor]):
+        rcnn = isinstance(model, GeneralizedRCNN)
+        inference = (lambda m, inputs: m.inference(inputs, do_postprocess=False)) if rcnn else None
+        super().__init__(model, [{"image": im} for im in images], inference_func=inference)
         with torch.no_grad():
             self(*self.flattened_inputs)  # fills outputs_schema
-        keys = list(self.outputs_schema.schemas[0].schemas[0].keys)
-        if tuple(keys) + ("image_size",) != DET_OUTPUTS:
-            raise ExportError(f"RetinaNet outputs {keys}, expected {list(DET_OUTPUTS[:-1])}")
+        per_image = self.outputs_schema.schemas[0]
+        keys = tuple(per_image.keys if rcnn else per_image.schemas[0].keys)
+        expected = DET_MASK_OUTPUTS if rcnn and model.roi_heads.mask_on else DET_OUTPUTS
+        if keys + ("image_size",) != expected:
+            raise ExportError(f"{type(model).__name__} outputs {list(keys)}, expected {list(expected[:-1])}")
+        self.per_image_outputs = expected
 
 
 def deployable(model: nn.Module, example: Sequence[torch.Tensor]) -> Tuple[nn.Module, tuple, str]:
     """The traceable wrapper of a built student, its example inputs and its task."""
     if isinstance(model, SemanticSegmentor):
         return SegmentationExport(model).eval(), (torch.stack(list(example)),), "sem_seg"
-    if isinstance(model, RetinaNet):
+    if isinstance(model, (RetinaNet, GeneralizedRCNN)):
         adapter = DetectionExport(model, example).eval()
         return adapter, tuple(adapter.flattened_inputs), "detection"
     raise ExportError(
         f"exporting a {type(model).__name__} is not supported: TorchScript/ONNX export handles "
-        "SemanticSegmentor and RetinaNet students (MODEL.META_ARCHITECTURE or "
-        "MODEL.DISTILL.STUDENT_META_ARCHITECTURE)"
+        "SemanticSegmentor, RetinaNet and GeneralizedRCNN (Faster/Mask R-CNN) students "
+        "(MODEL.META_ARCHITECTURE or MODEL.DISTILL.STUDENT_META_ARCHITECTURE)"
     )
 
 
@@ -179,10 +192,19 @@ def _dynamic_axes(task: str, input_names: List[str], output_names: List[str], dy
     return axes
 
 
-def _names(task: str, batch: int) -> Tuple[List[str], List[str]]:
+def _names(task: str, batch: int, wrapper: Optional[nn.Module] = None) -> Tuple[List[str], List[str]]:
     if task == "sem_seg":
         return ["images"], ["logits"]
-    return [f"image{i}" for i in range(batch)], [f"{k}{i}" for i in range(batch) for k in DET_OUTPUTS]
+    fields = getattr(wrapper, "per_image_outputs", DET_OUTPUTS)
+    return [f"image{i}" for i in range(batch)], [f"{k}{i}" for i in range(batch) for k in fields]
+
+
+def _num_classes(scfg: CfgNode, task: str) -> int:
+    if task == "sem_seg":
+        return scfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if scfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
+        return scfg.MODEL.ROI_HEADS.NUM_CLASSES
+    return scfg.MODEL.RETINANET.NUM_CLASSES
 
 
 def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -206,7 +228,7 @@ def export_module(
     file appears only when the check passes."""
     with torch.no_grad():
         reference = _as_list(wrapper(*inputs))
-    input_names, output_names = _names(task, len(inputs))
+    input_names, output_names = _names(task, len(inputs), wrapper)
     diff = 0.0
 
     def write(tmp: Path) -> None:
@@ -294,12 +316,12 @@ def export_model(
     wrapper, inputs, task = deployable(model.eval(), example)
     path = out / f"model_student{SUFFIX[fmt]}"
     diff = export_module(wrapper, inputs, task, fmt, path, dynamic_size=dynamic_size)
-    input_names, output_names = _names(task, len(inputs))
+    input_names, output_names = _names(task, len(inputs), wrapper)
     info = ExportInfo(
         format=fmt,
         task=task,
         input_format=scfg.INPUT.FORMAT,
-        num_classes=int(scfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if task == "sem_seg" else scfg.MODEL.RETINANET.NUM_CLASSES),
+        num_classes=int(_num_classes(scfg, task)),
         size_divisibility=int(model.backbone.size_divisibility),
         fixed_size=None if dynamic_size or fmt == "torchscript" else [int(s) for s in inputs[0].shape[-2:]],
         batch=len(inputs) if task == "detection" else None,

@@ -20,9 +20,12 @@ from radkd_d2.errors import ExportError
 
 from .student import atomic_write
 
-__all__ = ["DET_OUTPUTS", "ExportInfo", "Backend", "ExportedModel", "predict_labels"]
+__all__ = ["DET_MASK_OUTPUTS", "DET_OUTPUTS", "ExportInfo", "Backend", "ExportedModel", "predict_labels"]
 
 DET_OUTPUTS = ("pred_boxes", "pred_classes", "scores", "image_size")  # per image, in this order
+# a Mask R-CNN's per-image outputs: pred_masks are its N x 1 x M x M mask probabilities in the
+# box frame, pasted into the image by detector_postprocess (as Detectron2's inference does)
+DET_MASK_OUTPUTS = ("pred_boxes", "pred_classes", "pred_masks", "scores", "image_size")
 
 
 @dataclass
@@ -161,9 +164,15 @@ class ExportedModel(nn.Module):
         for start in range(0, len(images), n):
             chunk = images[start : start + n]
             outs = self.backend(chunk + [chunk[-1]] * (n - len(chunk)))  # a short last call repeats an image
+            k = len(outs) // n  # outputs per image: DET_OUTPUTS or DET_MASK_OUTPUTS
+            fields = DET_MASK_OUTPUTS if k == len(DET_MASK_OUTPUTS) else DET_OUTPUTS
             for i, x in enumerate(batched_inputs[start : start + len(chunk)]):
-                boxes, classes, scores, _ = outs[len(DET_OUTPUTS) * i : len(DET_OUTPUTS) * (i + 1)]
+                got = dict(zip(fields, outs[k * i : k * (i + 1)]))
                 size = sizes[start + i]
-                inst = Instances(size, pred_boxes=Boxes(boxes), scores=scores, pred_classes=classes.long())
+                inst = Instances(
+                    size, pred_boxes=Boxes(got["pred_boxes"]), scores=got["scores"], pred_classes=got["pred_classes"].long()
+                )
+                if "pred_masks" in got:
+                    inst.pred_masks = got["pred_masks"]
                 results.append({"instances": detector_postprocess(inst, x.get("height", size[0]), x.get("width", size[1]))})
         return results
