@@ -576,3 +576,34 @@ def test_nan_scores_count_as_absent():
     assert contrast_text([1.0, float("nan"), 3.0], [1.0, 1.0]) == contrast_text([1.0, 3.0], [1.0, 1.0])
     assert contrast_text([float("nan")], [1.0]) == ""
     assert contrast_text([2.0, 4.0], [1.0, 2.0]) == f"+1.50 ± {expected_se([2, 4], [1, 2]):.2f}"
+
+
+def test_mask_ap_is_read_and_tabled_beside_box_ap(tmp_path):
+    """A Mask R-CNN run's segm/* results become mask_AP... (box AP keeps its keys), and the
+    report adds a mask AP table with the same seeds and Δ ± SE."""
+    from radkd_d2.evaluation.runs import read_run
+
+    def mask_run(path, cfg, seed, box, mask):
+        fake_run(path, cfg, seed=seed, det={"AP": box, "AP50": 2 * box, "AP75": box / 2, "APs": 1.0, "APm": 2.0, "APl": float("nan")})
+        with open(path / "metrics.json", "a") as f:
+            f.write(json.dumps({"iteration": 100, **{f"segm/{k}": v for k, v in {"AP": mask, "AP50": 2 * mask, "AP75": 1.0, "APs": 0.5, "APm": 1.5, "APl": float("nan")}.items()}}) + "\n")
+        return path
+
+    plain = det_config(depth=18)
+    plain["MODEL"]["META_ARCHITECTURE"] = "GeneralizedRCNN"
+    plain["MODEL"]["MASK_ON"] = True
+    lad = copy.deepcopy(plain)
+    lad["MODEL"]["META_ARCHITECTURE"] = "DistillGeneralizedRCNN"
+    lad["MODEL"]["DISTILL"] = {"STUDENT_META_ARCHITECTURE": "GeneralizedRCNN", "TAPS": [["p2", "p2", "lad", 10.0]], "KD_WEIGHT": 0.0,
+                               "TEACHER": {"CONFIG_FILE": "configs/synthetic/mask_rcnn_x50_tiny.yaml"}}  # fmt: skip
+    base = [mask_run(tmp_path / "nokd" / f"seed{k}", plain, SEED0 + k, 10.0 + k, 8.0 + k) for k in range(2)]
+    dist = [mask_run(tmp_path / "lad" / f"seed{k}", lad, SEED0 + k, 12.0 + k, 11.0 + k) for k in range(2)]
+    got = read_run(base[0]).metrics
+    assert got["AP"] == 10.0 and got["mask_AP"] == 8.0 and got["mask_AP50"] == 16.0
+    report = build_report(collect_runs(dist, baselines=base))
+    row = next(r for r in report.det_rows if r["role"] == "student")
+    assert row["mask_AP"] == pytest.approx(11.5) and row["delta_mask_AP"] == pytest.approx(3.0)
+    assert row["delta_AP"] == pytest.approx(2.0)
+    md = write_report(report, tmp_path / "report")["markdown"].read_text()
+    assert ": box AP (%)" in md and ": mask AP (%)" in md
+    assert "| MaskRCNN-X50 | MaskRCNN-R18 | LAD | p2 | 10 | **11.5** ± 0.7 (2), Δ +3.0 ± 0.7*" in md  # mask table

@@ -38,7 +38,7 @@ from typing import Dict, List, Tuple
 
 from radkd_d2.losses import DISTILL_LOSS_REGISTRY
 
-from .runs import DET_METRICS
+from .runs import DET_METRICS, MASK_METRICS
 from .summary import (
     BALANCE_CSV_FIELDS,
     DET_CSV_FIELDS,
@@ -200,40 +200,43 @@ def _md_row(cell: dict, datasets, metric, marks, k) -> str:
 
 
 def _det_tables(report: Report) -> List[str]:
-    """Table-7-style tables, one per data set: teacher, no-KD student, distilled students."""
+    """Table-7-style tables, one per data set: teacher, no-KD student, distilled students; box
+    AP, and mask AP too where a run scored masks (Mask R-CNN)."""
     out = []
     for ds in OrderedDict.fromkeys(r["dataset"] for r in report.det_rows):
         rows = [r for r in report.det_rows if r["dataset"] == ds]
-        out += [
-            f"### {ds}: box AP (%)",
-            "",
-            _cells_legend("AP", "distilled mean"),
-            "",
-            "| Teacher | Student | Method | tap | λ | " + " | ".join(DET_METRICS) + " |",
-            "|---|---|---|---|---:|" + "---:|" * len(DET_METRICS),
-        ]
-        marks = {
-            m: _rank_marks({i: r[m] for i, r in enumerate(rows) if r["role"] == "student"})
-            for m in DET_METRICS
-        }
-        for i, r in enumerate(rows):
-            teacher = r["model"] if r["role"] == "teacher" else r["teacher"]
-            student = "" if r["role"] == "teacher" else r["model"]
-            method = {"teacher": "(teacher)", "baseline": "w/o KD"}.get(r["role"], r["method"])
-            w = "" if r["weight"] is None else f"{r['weight']:g}"
-            vals = []
-            for m in DET_METRICS:
-                text = _summary_text(r, m, 1, marks[m].get(i))
-                if r["role"] == "student" and r[f"delta_{m}"] is not None:
-                    text += f", {_delta_text(r[f'delta_{m}'], r[f'delta_{m}_se'], 1)}"
-                vals.append(text)
-            out.append(
-                f"| {teacher} | {student} | {method} | {r['tap']} | {w} | "
-                + " | ".join(vals)
-                + " |"
-            )
-        out.append("")
+        out += _det_table(rows, f"### {ds}: box AP (%)", DET_METRICS)
+        if any(r.get("mask_AP") is not None for r in rows):
+            out += _det_table(rows, f"### {ds}: mask AP (%)", MASK_METRICS)
     return out
+
+
+def _det_table(rows: List[dict], heading: str, metrics) -> List[str]:
+    out = [
+        heading,
+        "",
+        _cells_legend("AP", "distilled mean"),
+        "",
+        "| Teacher | Student | Method | tap | λ | " + " | ".join(m.removeprefix("mask_") for m in metrics) + " |",
+        "|---|---|---|---|---:|" + "---:|" * len(metrics),
+    ]
+    marks = {
+        m: _rank_marks({i: r[m] for i, r in enumerate(rows) if r["role"] == "student"})
+        for m in metrics
+    }
+    for i, r in enumerate(rows):
+        teacher = r["model"] if r["role"] == "teacher" else r["teacher"]
+        student = "" if r["role"] == "teacher" else r["model"]
+        method = {"teacher": "(teacher)", "baseline": "w/o KD"}.get(r["role"], r["method"])
+        w = "" if r["weight"] is None else f"{r['weight']:g}"
+        vals = []
+        for m in metrics:
+            text = _summary_text(r, m, 1, marks[m].get(i))
+            if r["role"] == "student" and r[f"delta_{m}"] is not None:
+                text += f", {_delta_text(r[f'delta_{m}'], r[f'delta_{m}_se'], 1)}"
+            vals.append(text)
+        out.append(f"| {teacher} | {student} | {method} | {r['tap']} | {w} | " + " | ".join(vals) + " |")
+    return out + [""]
 
 
 def _left_out_section(report: Report) -> List[str]:

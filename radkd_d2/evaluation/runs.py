@@ -26,7 +26,16 @@ from radkd_d2.config import cfg_get
 
 SEM_SEG_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
 DET_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-EVAL_TASKS = ("sem_seg", "bbox")
+MASK_METRICS = tuple(f"mask_{m}" for m in DET_METRICS)  # COCOEvaluator's segm/* (Mask R-CNN)
+EVAL_TASKS = ("sem_seg", "bbox", "segm")
+
+
+def _metric_key(task: str, metric: str) -> Optional[str]:
+    """The run's key of one evaluation value: ``mask_AP`` for ``segm/AP``, the metric itself for
+    box and segmentation metrics, None for values the report does not read."""
+    if task == "segm":
+        return f"mask_{metric}" if metric in DET_METRICS else None
+    return metric if metric in SEM_SEG_METRICS + DET_METRICS else None
 STATUSES = ("finished", "unfinished", "missing")
 # config keys that differ between the seeds of one setting (and nothing else may)
 # keys (dotted for nested ones) that do not make a different setting: the seed, the folder, and
@@ -192,9 +201,10 @@ def _eval_metrics(rows: List[dict], default_dataset: str) -> Tuple[Dict[str, dic
                 ds, t, metric = parts
             else:
                 continue
-            if t in EVAL_TASKS and metric in SEM_SEG_METRICS + DET_METRICS:
-                by_ds[ds][metric] = value
-                task = t
+            key = _metric_key(t, metric) if t in EVAL_TASKS else None
+            if key is not None:
+                by_ds[ds][key] = value
+                task = "bbox" if t == "segm" else t  # a Mask R-CNN run is a detection run
     return dict(by_ds), task
 
 
@@ -222,14 +232,14 @@ def _log_eval_metrics(log: Path, default_dataset: str) -> Tuple[Dict[str, dict],
             header, values = lines[0].split(","), lines[1].split(",")
             try:
                 parsed = {
-                    k: float(v)
+                    _metric_key(task, k): float(v)
                     for k, v in zip(header, values)
-                    if k in SEM_SEG_METRICS + DET_METRICS
+                    if _metric_key(task, k) is not None
                 }
             except ValueError:
                 continue
             by_ds.setdefault(dataset, {}).update(parsed)
-            found_task = task
+            found_task = "bbox" if task == "segm" else task
             lines = []
     return by_ds, found_task
 

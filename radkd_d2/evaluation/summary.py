@@ -15,6 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from .naming import METHOD_ORDER, classify_method, dataset_name, model_name, teacher_name
 from .runs import (
     DET_METRICS,
+    MASK_METRICS,
     SEM_SEG_METRICS,
     RunResult,
     cfg_get,
@@ -42,9 +43,9 @@ SEG_CSV_FIELDS = [
 ]
 DET_CSV_FIELDS = [
     *_CSV_RUN_FIELDS,
-    *_metric_fields(DET_METRICS),
+    *_metric_fields(DET_METRICS + MASK_METRICS),
     "seeds",
-    *[f for m in DET_METRICS for f in (f"delta_{m}", f"delta_{m}_se")],
+    *[f for m in DET_METRICS + MASK_METRICS for f in (f"delta_{m}", f"delta_{m}_se")],
     *_CSV_SOURCE_FIELDS,
 ]
 BALANCE_CSV_FIELDS = [*_CSV_RUN_FIELDS, "seeds", "run", "path"]  # + grad_ratio/<term> columns
@@ -408,7 +409,7 @@ def build_report(infos: List[RunInfo], seg_metric: str = "mIoU") -> Report:
     baselines: Dict[tuple, dict] = {}
     for g in group_runs(done):
         info, row = g.info, _base_row(g)
-        for m in SEM_SEG_METRICS if info.task == "sem_seg" else DET_METRICS:
+        for m in SEM_SEG_METRICS if info.task == "sem_seg" else DET_METRICS + MASK_METRICS:
             _add_summary(row, g, m)
         rows.append((g, row))
         if info.role == "baseline":
@@ -425,7 +426,7 @@ def build_report(infos: List[RunInfo], seg_metric: str = "mIoU") -> Report:
             _add_delta(row, base, seg_metric, "delta", "delta_se")
             seg_rows.append(row)
         else:
-            for m in DET_METRICS:
+            for m in DET_METRICS + MASK_METRICS:
                 _add_delta(row, base, m, f"delta_{m}", f"delta_{m}_se")
             det_rows.append(row)
     seg_rows.sort(key=lambda r: (r["dataset"],) + _order_key(r))
