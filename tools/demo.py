@@ -95,6 +95,8 @@ class DemoTask:
     scenes: str
     # SOLVER.STEPS as fractions of each run's MAX_ITER (None: the config's schedule as it is)
     steps: Optional[Tuple[float, ...]] = None
+    # metrics of the contrast lines (default: ``metric`` alone)
+    contrast_metrics: Tuple[str, ...] = ()
 
     @property
     def arms(self) -> List[str]:
@@ -104,6 +106,7 @@ class DemoTask:
 BASELINE = "student_nokd"
 SEG = "configs/synthetic/demo"
 DET = "configs/synthetic/demo_det"
+RCNN = "configs/synthetic/demo_rcnn"
 TASKS = {
     "seg": DemoTask(
         name="seg",
@@ -174,6 +177,33 @@ TASKS = {
         scenes="synthetic detection scenes",
         steps=(0.8, 0.93),
     ),
+    "rcnn": DemoTask(
+        name="rcnn",
+        teacher=("teacher Mask R-CNN X50-tiny", f"{RCNN}/teacher_mask_rcnn_x50_synthetic.yaml", "teacher"),
+        start=(
+            "student Mask R-CNN MV2 x0.5, shared start (no KD)",
+            f"{RCNN}/student_mask_rcnn_mv2_synthetic.yaml",
+            "student_start",
+        ),
+        students=(
+            ("student continued without KD", f"{RCNN}/student_mask_rcnn_mv2_synthetic.yaml", BASELINE),
+            (
+                "student continued with LAD (p2-p6)",
+                f"{RCNN}/lad_fpn_mrcnnx50_mrcnnmv2_synthetic.yaml",
+                "student_lad",
+            ),
+        ),
+        distilled=frozenset({"student_lad"}),
+        splits={"test": "synthetic_det_test", "val": "synthetic_det_val"},
+        iterations=DET_ITERATIONS,
+        metric="AP",
+        columns=(("box AP", "AP"), ("box AP50", "AP50"), ("mask AP", "mask_AP"), ("mask AP50", "mask_AP50")),
+        contrasts=(("LAD vs no KD", "student_lad", BASELINE),),
+        output="output/demo_rcnn",
+        scenes="synthetic detection scenes with instance masks",
+        steps=(0.8, 0.93),
+        contrast_metrics=("AP", "mask_AP"),
+    ),
 }
 
 
@@ -186,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(TASKS),
         default="seg",
         help="seg: PSPNet segmentation (the default, make demo); det: RetinaNet detection "
-        "(make demo-det)",
+        "(make demo-det); rcnn: Mask R-CNN, box and mask AP",
     )
     parser.add_argument(
         "--output", default=None, help="output folder (default output/demo, output/demo_det)"
@@ -363,23 +393,28 @@ def schedule(plan: List[Tuple[PlannedRun, int]], task: DemoTask) -> List[Job]:
 
 def contrast_lines(plan: List[PlannedRun], task: DemoTask, split: str) -> List[str]:
     """The demo's questions, one line each: an arm against another (no KD, or the control),
-    Δ ± SE of the task's metric over seeds."""
+    Δ ± SE over seeds of the task's metric (of each of ``contrast_metrics``, named, when set)."""
+    metrics = task.contrast_metrics or (task.metric,)
     values = {
-        arm: [
-            v
-            for r in plan
-            if r.arm == arm
-            if (v := read_run(r.out_dir).metrics.get(task.metric)) is not None
-        ]
+        (arm, m): [v for r in plan if r.arm == arm if (v := read_run(r.out_dir).metrics.get(m)) is not None]
         for arm in task.arms
+        for m in metrics
     }
+
+    def line(text: str, arm: str, base: str) -> str:
+        if len(metrics) == 1:
+            return f"- {text}: {contrast_text(values[arm, metrics[0]], values[base, metrics[0]]) or 'n/a'}"
+        parts = [
+            f"{m.replace('mask_', 'mask ')} {contrast_text(values[arm, m], values[base, m]) or 'n/a'}"
+            for m in metrics
+        ]
+        return f"- {text}: " + "; ".join(parts)
+
+    title = task.metric if len(metrics) == 1 else ", ".join(m.replace("mask_", "mask ") for m in metrics)
     return [
-        f"## What each term adds ({split} {task.metric}, Δ ± SE over seeds; * where |Δ| > 2·SE)",
+        f"## What each term adds ({split} {title}, Δ ± SE over seeds; * where |Δ| > 2·SE)",
         "",
-        *(
-            f"- {text}: {contrast_text(values[arm], values[base]) or 'n/a'}"
-            for text, arm, base in task.contrasts
-        ),
+        *(line(text, arm, base) for text, arm, base in task.contrasts),
     ]
 
 

@@ -31,13 +31,18 @@ from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
 from radkd_d2.errors import ConfigError
 
 from .info import BackboneInfo, cfg_get, register_backbone_info, width_suffix
 
-__all__ = ["MobileNetV2", "build_mobilenetv2_backbone", "build_retinanet_mobilenetv2_fpn_backbone"]
+__all__ = [
+    "MobileNetV2",
+    "build_mobilenetv2_backbone",
+    "build_mobilenetv2_fpn_backbone",
+    "build_retinanet_mobilenetv2_fpn_backbone",
+]
 
 # width multiplier -> timm model name (timm registers these widths only)
 _TIMM_VARIANTS = {
@@ -163,13 +168,12 @@ def build_mobilenetv2_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> 
 
 
 register_backbone_info("build_retinanet_mobilenetv2_fpn_backbone", _MV2_INFO)
+register_backbone_info("build_mobilenetv2_fpn_backbone", _MV2_INFO)
 
 
-@BACKBONE_REGISTRY.register()
-def build_retinanet_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """RetinaNet's FPN (P3-P7, Detectron2's :class:`FPN` and :class:`LastLevelP6P7`, P6 from
-    res5 as in Detectron2's ResNet version) over a :class:`MobileNetV2` of output stride 32:
-    a mobile detector student. ``MODEL.FPN.IN_FEATURES`` picks the stages (res3-res5)."""
+def _mv2_fpn(cfg, input_shape: ShapeSpec, top_block) -> FPN:
+    """Detectron2's :class:`FPN` over a :class:`MobileNetV2` of output stride 32 (a dilated one
+    would give its stages equal strides); ``top_block(res5 channels, FPN channels)`` or None."""
     if cfg.MODEL.MOBILENETV2.OUTPUT_STRIDE != 32:
         raise ConfigError(
             "MODEL.MOBILENETV2.OUTPUT_STRIDE = "
@@ -183,6 +187,22 @@ def build_retinanet_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels),
+        top_block=top_block(bottom_up.output_shape()["res5"].channels, out_channels),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """RetinaNet's FPN (P3-P7, Detectron2's :class:`LastLevelP6P7`, P6 from res5 as in
+    Detectron2's ResNet version) over a MobileNetV2: a mobile detector student.
+    ``MODEL.FPN.IN_FEATURES`` picks the stages (res3-res5)."""
+    return _mv2_fpn(cfg, input_shape, LastLevelP6P7)
+
+
+@BACKBONE_REGISTRY.register()
+def build_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """The R-CNN FPN (P2-P6, P6 by max pooling as Detectron2's ``build_resnet_fpn_backbone``)
+    over a MobileNetV2: a mobile Faster/Mask R-CNN student. ``MODEL.FPN.IN_FEATURES`` picks the
+    stages (res2-res5)."""
+    return _mv2_fpn(cfg, input_shape, lambda _c, _o: LastLevelMaxPool())
