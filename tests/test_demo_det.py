@@ -5,6 +5,7 @@ end to end (slow)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,42 @@ def test_lad_weight_reweights_the_lad_arm_into_its_own_folder(tmp_path):
     assert [t[3] for t in mgd.MODEL.DISTILL.TAPS] == [1.0] * 5
     with pytest.raises(SystemExit):
         demo.parse_args(["--task", "det", "--lad-weight", "0"])
+
+
+def test_rcnn_demo_plan_and_report_with_mask_ap(tmp_path, monkeypatch):
+    """--task rcnn: Mask R-CNN X50-tiny teacher, MobileNetV2 x0.5 Mask R-CNN student, no KD and
+    LAD on P2-P6 from one start; the report has box and mask AP and both contrasts."""
+    demo = _tool("demo")
+    plan = [r for r, _ in demo.plan_runs(demo.parse_args(["--task", "rcnn", "--output", str(tmp_path / "p")]))]
+    assert [r.arm for r in plan] == ["teacher", "student_start"] + ["student_nokd", "student_lad"] * 3
+    teacher, start = _cfg(plan[0]), _cfg(plan[1])
+    assert teacher.MODEL.MASK_ON and teacher.MODEL.RESNETS.DEPTH == 50
+    assert start.MODEL.MASK_ON and start.MODEL.BACKBONE.NAME == "build_mobilenetv2_fpn_backbone"
+    lad = _cfg(next(r for r in plan if r.arm == "student_lad"))
+    assert lad.MODEL.META_ARCHITECTURE == "DistillGeneralizedRCNN" and lad.INPUT.MASK_FORMAT == "bitmask"
+    assert [list(t) for t in lad.MODEL.DISTILL.TAPS] == [[lv, lv, "lad", 10.0] for lv in ("p2", "p3", "p4", "p5", "p6")]
+
+    box = {"teacher": 20.0, "student_start": 4.0, "student_nokd": 6.0, "student_lad": 8.0}
+
+    def fake_training(cmd, log, **kwargs):
+        from radkd_d2.engine.setup import load_config
+
+        at = cmd.index("--config-file")
+        cfg = load_config(cmd[at + 1], [a for a in cmd[at + 2 :] if not a.startswith("--")], validate=False)
+        run = Path(cfg.OUTPUT_DIR)
+        arm = run.name if run.name in ("teacher", "student_start") else run.parent.name
+        b = box[arm] + cfg.SEED - SEED0
+        fake_run(run, yaml.safe_load(cfg.dump()), seed=cfg.SEED, det={"AP": b, "AP50": 2 * b, "AP75": 1, "APs": 1, "APm": 1, "APl": 1},
+                 iters=cfg.SOLVER.MAX_ITER, replace=True)  # fmt: skip
+        with open(run / "metrics.json", "a") as f:  # the masks score 1 point below the boxes
+            f.write(json.dumps({"iteration": cfg.SOLVER.MAX_ITER, "segm/AP": b - 1, "segm/AP50": 2 * b - 2}) + "\n")
+        return 0
+
+    monkeypatch.setattr("radkd_d2.analysis.launch.run_training", fake_training)
+    out = tmp_path / "demo"
+    demo.main(["--task", "rcnn", "--output", str(out), "--seeds", "2", "--iters", "5", "--teacher-iters", "5", "--start-iters", "5"])
+    text = (out / "report.md").read_text()
+    assert ": box AP (%)" in text and ": mask AP (%)" in text
+    assert "| run | box AP | box AP50 | mask AP | mask AP50 | train+eval time (s) | CPU threads |" in text
+    se = expected_se([8, 9], [6, 7])
+    assert f"- LAD vs no KD: AP +2.00 ± {se:.2f} *; mask AP +2.00 ± {se:.2f} *" in text
