@@ -7,18 +7,17 @@ masks, mask) + Σ_taps Σ_losses λ·L(connector(F_s), F_t), one term per tapped
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import List
 
-import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from torch import nn
 
 from radkd_d2.errors import ConfigError
 
-from ..distill import FeatureDistiller, parse_taps
-from ..pair import TeacherMixin, build_teacher_and_distiller, init_student_from_teacher
-from .taps import backbone_tap_shapes, backbone_taps, check_same_padding
+from ..distill import parse_taps
+from ..pair import build_teacher_and_distiller, init_student_from_teacher
+from .taps import DetectorDistillMixin, backbone_tap_shapes, check_same_padding
 
 
 def _roi_classes(model: nn.Module) -> int:
@@ -27,7 +26,7 @@ def _roi_classes(model: nn.Module) -> int:
 
 
 @META_ARCH_REGISTRY.register()
-class DistillGeneralizedRCNN(TeacherMixin, GeneralizedRCNN):
+class DistillGeneralizedRCNN(DetectorDistillMixin, GeneralizedRCNN):
     """The student is a stock ``GeneralizedRCNN`` (Faster or Mask R-CNN: same parameter names,
     same config keys); this class adds ``teacher`` (a frozen GeneralizedRCNN from
     MODEL.DISTILL.TEACHER.*) and ``distiller`` (connectors + losses per tap, from
@@ -39,32 +38,10 @@ class DistillGeneralizedRCNN(TeacherMixin, GeneralizedRCNN):
     """
 
     @configurable
-    def __init__(
-        self,
-        *,
-        teacher: nn.Module,
-        distiller: FeatureDistiller,
-        teacher_input_format: str = "BGR",
-        teacher_dtype: str = "float32",
-        **kwargs,
-    ):
-        """
-        Args:
-            teacher: a GeneralizedRCNN in eval mode with ``requires_grad`` False.
-            distiller: taps on positions of :func:`~.taps.backbone_tap_shapes`.
-            teacher_input_format: channel order the teacher expects ("BGR" or "RGB").
-            teacher_dtype: teacher compute dtype on CUDA ("float32", "float16", "bfloat16").
-            kwargs: the arguments of Detectron2's ``GeneralizedRCNN``.
-        """
+    def __init__(self, **kwargs):
+        """See :class:`~.taps.DetectorDistillMixin` (teacher, distiller, teacher input format
+        and dtype) and Detectron2's ``GeneralizedRCNN`` (the rest)."""
         super().__init__(**kwargs)
-        self.teacher = teacher
-        self.distiller = distiller
-        self.teacher_input_format = teacher_input_format
-        self.teacher_dtype = getattr(torch, teacher_dtype)
-        self.teacher.eval()
-        # bottom-up stages are gathered only when a tap asks for one
-        self._student_bottom_up = bool(distiller.student_positions - set(self.backbone.output_shape()))
-        self._teacher_bottom_up = bool(distiller.teacher_positions - set(teacher.backbone.output_shape()))
 
     @classmethod
     def from_config(cls, cfg):
@@ -102,14 +79,6 @@ class DistillGeneralizedRCNN(TeacherMixin, GeneralizedRCNN):
         ret.update(built)
         return ret
 
-    def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
-        """The teacher's tapped features (float32) for a batch, from its own normalisation and
-        channel order, without autograd (autocast to MODEL.DISTILL.TEACHER.DTYPE on GPU)."""
-        with self.teacher_context():
-            images = self.teacher_images(batched_inputs)
-            feats = backbone_taps(self.teacher.backbone, images.tensor, self._teacher_bottom_up)
-            return {k: feats[k].float() for k in self.distiller.teacher_positions}
-
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
             return super().forward(batched_inputs)
@@ -120,7 +89,7 @@ class DistillGeneralizedRCNN(TeacherMixin, GeneralizedRCNN):
             )
         images = self.preprocess_image(batched_inputs)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        student = backbone_taps(self.backbone, images.tensor, self._student_bottom_up)
+        student = self.student_features(images.tensor)
         features = {k: student[k] for k in self.backbone.output_shape()}
         # GeneralizedRCNN.forward's training branch, with the backbone pass above shared
         proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)

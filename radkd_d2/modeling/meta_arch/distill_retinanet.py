@@ -6,22 +6,21 @@ one term per FPN level (p3..p7) and loss, plus any tapped bottom-up stage (res3.
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import List
 
-import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from torch import nn
 
 from radkd_d2.errors import ConfigError
 
-from ..distill import FeatureDistiller, parse_taps
-from ..pair import TeacherMixin, build_teacher_and_distiller, init_student_from_teacher
-from .taps import backbone_tap_shapes, backbone_taps, check_same_padding
+from ..distill import parse_taps
+from ..pair import build_teacher_and_distiller, init_student_from_teacher
+from .taps import DetectorDistillMixin, backbone_tap_shapes, check_same_padding
 
 
 @META_ARCH_REGISTRY.register()
-class DistillRetinaNet(TeacherMixin, RetinaNet):
+class DistillRetinaNet(DetectorDistillMixin, RetinaNet):
     """The student is a stock ``RetinaNet`` (same parameter names, same config keys); this class
     adds ``teacher`` (a frozen RetinaNet from MODEL.DISTILL.TEACHER.*) and ``distiller``
     (connectors + losses per tap, from MODEL.DISTILL.TAPS). Inference is the student's.
@@ -31,32 +30,10 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
     """
 
     @configurable
-    def __init__(
-        self,
-        *,
-        teacher: nn.Module,
-        distiller: FeatureDistiller,
-        teacher_input_format: str = "BGR",
-        teacher_dtype: str = "float32",
-        **kwargs,
-    ):
-        """
-        Args:
-            teacher: a RetinaNet in eval mode with ``requires_grad`` False.
-            distiller: taps on positions of :func:`~.taps.backbone_tap_shapes`.
-            teacher_input_format: channel order the teacher expects ("BGR" or "RGB").
-            teacher_dtype: teacher compute dtype on CUDA ("float32", "float16", "bfloat16").
-            kwargs: the arguments of Detectron2's ``RetinaNet``.
-        """
+    def __init__(self, **kwargs):
+        """See :class:`~.taps.DetectorDistillMixin` (teacher, distiller, teacher input format
+        and dtype) and Detectron2's ``RetinaNet`` (the rest)."""
         super().__init__(**kwargs)
-        self.teacher = teacher
-        self.distiller = distiller
-        self.teacher_input_format = teacher_input_format
-        self.teacher_dtype = getattr(torch, teacher_dtype)
-        self.teacher.eval()
-        # bottom-up stages are gathered only when a tap asks for one
-        self._student_bottom_up = bool(distiller.student_positions - set(self.backbone.output_shape()))
-        self._teacher_bottom_up = bool(distiller.teacher_positions - set(teacher.backbone.output_shape()))
 
     @classmethod
     def from_config(cls, cfg):
@@ -88,14 +65,6 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
         ret.update(built)
         return ret
 
-    def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
-        """The teacher's tapped features (float32) for a batch, from its own normalisation and
-        channel order, without autograd (autocast to MODEL.DISTILL.TEACHER.DTYPE on GPU)."""
-        with self.teacher_context():
-            images = self.teacher_images(batched_inputs)
-            feats = backbone_taps(self.teacher.backbone, images.tensor, self._teacher_bottom_up)
-            return {k: feats[k].float() for k in self.distiller.teacher_positions}
-
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
             return super().forward(batched_inputs)
@@ -103,7 +72,7 @@ class DistillRetinaNet(TeacherMixin, RetinaNet):
             raise ValueError("DistillRetinaNet: training inputs need 'instances' (ground-truth boxes)")
         images = self.preprocess_image(batched_inputs)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        student = backbone_taps(self.backbone, images.tensor, self._student_bottom_up)
+        student = self.student_features(images.tensor)
         features = [student[f] for f in self.head_in_features]
         return self.distiller.step(
             student,

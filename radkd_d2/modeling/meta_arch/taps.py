@@ -4,7 +4,7 @@ bottom-up stages they are built from, read in one backbone pass."""
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -13,7 +13,9 @@ from torch import nn
 
 from radkd_d2.errors import ConfigError
 
-__all__ = ["backbone_tap_shapes", "backbone_taps", "check_same_padding"]
+from ..pair import TeacherMixin
+
+__all__ = ["DetectorDistillMixin", "backbone_tap_shapes", "backbone_taps", "check_same_padding"]
 
 
 def backbone_tap_shapes(backbone: nn.Module) -> Dict[str, ShapeSpec]:
@@ -54,3 +56,51 @@ def check_same_padding(student: nn.Module, teacher: nn.Module) -> None:
             f"student and teacher pad their inputs differently (size divisibility, "
             f"constraints: {s_pad} vs {t_pad}); their feature maps would not align"
         )
+
+
+class DetectorDistillMixin(TeacherMixin):
+    """What a detection distillation meta-architecture adds to its stock Detectron2 detector
+    (placed first in the bases: ``class DistillX(DetectorDistillMixin, X)``): the frozen
+    ``teacher``, the ``distiller`` and the teacher's tapped features. The student's own
+    arguments go on to the detector's ``__init__``."""
+
+    def __init__(
+        self,
+        *,
+        teacher: nn.Module,
+        distiller: nn.Module,
+        teacher_input_format: str = "BGR",
+        teacher_dtype: str = "float32",
+        **kwargs,
+    ):
+        """
+        Args:
+            teacher: the teacher detector, in eval mode with ``requires_grad`` False.
+            distiller: a :class:`~radkd_d2.modeling.distill.FeatureDistiller` with taps on
+                positions of :func:`backbone_tap_shapes`.
+            teacher_input_format: channel order the teacher expects ("BGR" or "RGB").
+            teacher_dtype: teacher compute dtype on CUDA ("float32", "float16", "bfloat16").
+            kwargs: the arguments of the student's Detectron2 detector.
+        """
+        super().__init__(**kwargs)
+        self.teacher = teacher
+        self.distiller = distiller
+        self.teacher_input_format = teacher_input_format
+        self.teacher_dtype = getattr(torch, teacher_dtype)
+        self.teacher.eval()
+        # bottom-up stages are gathered only when a tap asks for one
+        self._student_bottom_up = bool(distiller.student_positions - set(self.backbone.output_shape()))
+        self._teacher_bottom_up = bool(distiller.teacher_positions - set(teacher.backbone.output_shape()))
+
+    def teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
+        """The teacher's tapped features (float32) for a batch, from its own normalisation and
+        channel order, without autograd (autocast to MODEL.DISTILL.TEACHER.DTYPE on GPU)."""
+        with self.teacher_context():
+            images = self.teacher_images(batched_inputs)
+            feats = backbone_taps(self.teacher.backbone, images.tensor, self._teacher_bottom_up)
+            return {k: feats[k].float() for k in self.distiller.teacher_positions}
+
+    def student_features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The student's backbone outputs for a normalised, padded batch, plus the bottom-up
+        stages a tap reads (one backbone pass)."""
+        return backbone_taps(self.backbone, images, self._student_bottom_up)
