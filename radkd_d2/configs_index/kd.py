@@ -50,6 +50,9 @@ HANDWRITTEN_KD: Tuple[KDFamily, ...] = (
     KDFamily("COCO detection (RetinaNet; also tiny COCO and synthetic)",
              "`coco/distill/`, `tiny_coco/distill/`, `synthetic/distill/*_fpn_*`",
              0.0, None, None, ("coco", "tiny_coco", "synthetic"), "DistillRetinaNet"),
+    KDFamily("Faster / Mask R-CNN (synthetic)",
+             "`synthetic/distill/*_fpn_*rcnn*`, `synthetic/demo_rcnn/lad_*`",
+             0.0, None, None, ("synthetic",), "DistillGeneralizedRCNN"),
 )  # fmt: skip
 
 
