@@ -17,7 +17,7 @@ from radkd_d2.errors import ConfigError
 
 from ..distill import parse_taps
 from ..pair import build_teacher_and_distiller, init_student_from_teacher
-from .taps import DetectorDistillMixin, backbone_tap_shapes, check_same_padding
+from .taps import DetectorDistillMixin, backbone_tap_shapes, check_same_padding, refuse_logit_kd
 
 
 def _roi_classes(model: nn.Module) -> int:
@@ -47,11 +47,7 @@ class DistillGeneralizedRCNN(DetectorDistillMixin, GeneralizedRCNN):
     def from_config(cls, cfg):
         ret = GeneralizedRCNN.from_config(cfg)
         dcfg = cfg.MODEL.DISTILL
-        if dcfg.KD_WEIGHT > 0:
-            raise ConfigError(
-                f"MODEL.DISTILL.KD_WEIGHT = {dcfg.KD_WEIGHT}: the pixel-wise logit KD term is for "
-                "segmentation; set it to 0.0 for DistillGeneralizedRCNN and distil features via TAPS"
-            )
+        refuse_logit_kd(cfg, cls.__name__)
         if ret["proposal_generator"] is None:
             raise ConfigError(
                 "MODEL.PROPOSAL_GENERATOR.NAME builds no proposal generator: DistillGeneralizedRCNN "

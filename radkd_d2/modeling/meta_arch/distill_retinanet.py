@@ -12,11 +12,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from torch import nn
 
-from radkd_d2.errors import ConfigError
-
 from ..distill import parse_taps
 from ..pair import build_teacher_and_distiller, init_student_from_teacher
-from .taps import DetectorDistillMixin, backbone_tap_shapes, check_same_padding
+from .taps import DetectorDistillMixin, backbone_tap_shapes, check_same_padding, refuse_logit_kd
 
 
 @META_ARCH_REGISTRY.register()
@@ -39,11 +37,7 @@ class DistillRetinaNet(DetectorDistillMixin, RetinaNet):
     def from_config(cls, cfg):
         ret = RetinaNet.from_config(cfg)
         dcfg = cfg.MODEL.DISTILL
-        if dcfg.KD_WEIGHT > 0:
-            raise ConfigError(
-                f"MODEL.DISTILL.KD_WEIGHT = {dcfg.KD_WEIGHT}: the pixel-wise logit KD term is for "
-                "segmentation; set it to 0.0 for DistillRetinaNet and distil features via TAPS"
-            )
+        refuse_logit_kd(cfg, cls.__name__)
         backbone = ret["backbone"]
         built = build_teacher_and_distiller(
             cfg,

@@ -15,7 +15,13 @@ from radkd_d2.errors import ConfigError
 
 from ..pair import TeacherMixin
 
-__all__ = ["DetectorDistillMixin", "backbone_tap_shapes", "backbone_taps", "check_same_padding"]
+__all__ = [
+    "DetectorDistillMixin",
+    "backbone_tap_shapes",
+    "backbone_taps",
+    "check_same_padding",
+    "refuse_logit_kd",
+]
 
 
 def backbone_tap_shapes(backbone: nn.Module) -> Dict[str, ShapeSpec]:
@@ -44,6 +50,16 @@ def backbone_taps(
     finally:
         handle.remove()
     return {**stages, **outputs}
+
+
+def refuse_logit_kd(cfg, wrapper: str) -> None:
+    """Detection distils features only: a logit KD weight is a configuration mistake."""
+    kd = cfg.MODEL.DISTILL.KD_WEIGHT
+    if kd > 0:
+        raise ConfigError(
+            f"MODEL.DISTILL.KD_WEIGHT = {kd}: the pixel-wise logit KD term is for segmentation; "
+            f"set it to 0.0 for {wrapper} and distil features via TAPS"
+        )
 
 
 def check_same_padding(student: nn.Module, teacher: nn.Module) -> None:
