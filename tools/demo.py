@@ -391,12 +391,17 @@ def schedule(plan: List[Tuple[PlannedRun, int]], task: DemoTask) -> List[Job]:
     return jobs
 
 
-def contrast_lines(plan: List[PlannedRun], task: DemoTask, split: str) -> List[str]:
+def contrast_lines(
+    plan: List[PlannedRun], scores: Dict[Path, dict], task: DemoTask, split: str
+) -> List[str]:
     """The demo's questions, one line each: an arm against another (no KD, or the control),
-    Δ ± SE over seeds of the task's metric (of each of ``contrast_metrics``, named, when set)."""
+    Δ ± SE over seeds of the task's metric (of each of ``contrast_metrics``, named, when set).
+
+    Args:
+        scores: each run's metrics, by its folder."""
     metrics = task.contrast_metrics or (task.metric,)
     values = {
-        (arm, m): [v for r in plan if r.arm == arm if (v := read_run(r.out_dir).metrics.get(m)) is not None]
+        (arm, m): [v for r in plan if r.arm == arm if (v := scores[r.out_dir].get(m)) is not None]
         for arm in task.arms
         for m in metrics
     }
@@ -484,7 +489,7 @@ def main(argv=None):
         + f" | {seconds[r.name]:.0f} | {threads[r.name] or 'reused'} |"
         for r in plan
     ]
-    lines += ["", *contrast_lines(plan, task, args.split)]
+    lines += ["", *contrast_lines(plan, scores, task, args.split)]
     lines += ["", f"Total wall time: {time.time() - t0:.0f} s. Runs: {out}"]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)

@@ -145,7 +145,7 @@ class MobileNetV2(Backbone):
         return max(self._out_feature_strides.values())
 
 
-# the plain backbone and its RetinaNet FPN (below) name and shrink themselves alike
+# the plain backbone and its two FPNs (below) name and shrink themselves alike
 _MV2_INFO = BackboneInfo(
     label=lambda cfg: "MV2" + width_suffix(cfg_get(cfg, "MODEL.MOBILENETV2.WIDTH_MULT")),
     reduced_opts=lambda cfg: ["MODEL.MOBILENETV2.WIDTH_MULT", "0.35"],
@@ -173,7 +173,8 @@ register_backbone_info("build_mobilenetv2_fpn_backbone", _MV2_INFO)
 
 def _mv2_fpn(cfg, input_shape: ShapeSpec, top_block) -> FPN:
     """Detectron2's :class:`FPN` over a :class:`MobileNetV2` of output stride 32 (a dilated one
-    would give its stages equal strides); ``top_block(res5 channels, FPN channels)`` or None."""
+    would give its stages equal strides); ``top_block(res5 channels, FPN channels)`` builds the
+    levels above res5."""
     if cfg.MODEL.MOBILENETV2.OUTPUT_STRIDE != 32:
         raise ConfigError(
             "MODEL.MOBILENETV2.OUTPUT_STRIDE = "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import List
 
-from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from torch import nn
 
@@ -37,12 +36,6 @@ class DistillGeneralizedRCNN(DetectorDistillMixin, GeneralizedRCNN):
     :class:`DistillRetinaNet`, so FGD and FKD work unchanged.
     """
 
-    @configurable
-    def __init__(self, **kwargs):
-        """See :class:`~.taps.DetectorDistillMixin` (teacher, distiller, teacher input format
-        and dtype) and Detectron2's ``GeneralizedRCNN`` (the rest)."""
-        super().__init__(**kwargs)
-
     @classmethod
     def from_config(cls, cfg):
         ret = GeneralizedRCNN.from_config(cfg)
@@ -59,7 +52,7 @@ class DistillGeneralizedRCNN(DetectorDistillMixin, GeneralizedRCNN):
             kind="detection",
             teacher_type=GeneralizedRCNN,
             num_classes=_roi_classes,
-            student_classes=_roi_classes(nn.ModuleDict({"roi_heads": ret["roi_heads"]})),
+            student_classes=int(ret["roi_heads"].num_classes),
             classes_key="MODEL.ROI_HEADS.NUM_CLASSES",
             taps=parse_taps(dcfg.TAPS),
             student_shapes=backbone_tap_shapes(backbone),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import List
 
-from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from torch import nn
 
@@ -26,12 +25,6 @@ class DistillRetinaNet(DetectorDistillMixin, RetinaNet):
     Losses get the context ``boxes`` (per image, the N_i x 4 xyxy ground-truth boxes in pixels
     of the padded input batch; N_i may be 0) and ``image_size`` ((H, W) of that batch).
     """
-
-    @configurable
-    def __init__(self, **kwargs):
-        """See :class:`~.taps.DetectorDistillMixin` (teacher, distiller, teacher input format
-        and dtype) and Detectron2's ``RetinaNet`` (the rest)."""
-        super().__init__(**kwargs)
 
     @classmethod
     def from_config(cls, cfg):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 import torch
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import FPN
 from torch import nn
@@ -80,6 +81,7 @@ class DetectorDistillMixin(TeacherMixin):
     ``teacher``, the ``distiller`` and the teacher's tapped features. The student's own
     arguments go on to the detector's ``__init__``."""
 
+    @configurable  # the wrappers' from_config gives these and the detector's arguments
     def __init__(
         self,
         *,
