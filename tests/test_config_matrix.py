@@ -110,11 +110,14 @@ def test_matrix_covers_the_tables():
         assert (REPO / row.run.path).is_file(), row.run.path
         if row.table == "fig1":  # figure only: no numbers in the paper's text
             assert row.paper is None, row.label
-        elif row.table == "7":
+        elif row.table in ("7", "rcnn"):
             assert row.paper is None or 35 < row.paper < 45, row.label
         else:
             assert row.paper is not None and 15 < row.paper < 90, row.label
     assert sum(r.paper is not None for r in select_rows("7")) == 7
+    # beyond the paper: Faster and Mask R-CNN, 2 teachers + 2 students + 8 methods + 2 LAD pairs
+    assert counts["rcnn", COCO.key] == 2 * (2 + 2 + 8 + 2)
+    assert all(r.paper is None for r in select_rows("rcnn"))
 
 
 def test_fig1_runs_differ_only_in_loss_and_weight():
@@ -183,10 +186,14 @@ def test_config_loads_as_indexed(run):
 
 @pytest.mark.parametrize("run", DET_RUNS, ids=lambda r: r.name)
 def test_detection_config_loads_as_indexed(run):
-    cfg = load_run(run)
-    assert cfg.DATASETS.TRAIN == (COCO.train,) and cfg.DATASETS.TEST == (COCO.test,)
-    assert cfg.SOLVER.MAX_ITER == COCO.max_iter and tuple(cfg.SOLVER.STEPS) == COCO.steps
-    assert cfg.MODEL.RETINANET.NUM_CLASSES == COCO.num_classes and cfg.OUTPUT_DIR == run.output_dir
+    cfg, d = load_run(run), run.dataset
+    assert cfg.DATASETS.TRAIN == (d.train,) and cfg.DATASETS.TEST == (d.test,)
+    assert cfg.SOLVER.MAX_ITER == d.max_iter and tuple(cfg.SOLVER.STEPS) == d.steps
+    assert cfg.SOLVER.BASE_LR == d.base_lr and tuple(cfg.INPUT.MIN_SIZE_TRAIN) == d.min_size_train
+    rcnn = run.model.meta_arch == "GeneralizedRCNN"
+    heads = cfg.MODEL.ROI_HEADS if rcnn else cfg.MODEL.RETINANET
+    assert heads.NUM_CLASSES == d.num_classes and cfg.OUTPUT_DIR == run.output_dir
+    assert cfg.MODEL.MASK_ON == run.model.mask_on
     for key, value in run.model.resnets:  # the student's keys in a distillation config
         assert cfg.MODEL.RESNETS[key] == value, key
     weights = run.model.pretrained
@@ -194,15 +201,18 @@ def test_detection_config_loads_as_indexed(run):
     assert tuple(cfg.MODEL.PIXEL_STD) == weights.pixel_std
     if run.role == "distill":
         dcfg = cfg.MODEL.DISTILL
-        assert cfg.MODEL.META_ARCHITECTURE == "DistillRetinaNet"
+        assert cfg.MODEL.META_ARCHITECTURE == run.model.distill_meta_arch
         assert [tuple(t) for t in dcfg.TAPS] == list(run.method.taps) and dcfg.KD_WEIGHT == 0
         for key, value in run.method.distill_opts:
             node, leaf = key.split(".")
             assert dcfg[node][leaf] == value, key
         assert dcfg.TEACHER.CONFIG_FILE == run.teacher_run.path
-        assert dcfg.TEACHER.WEIGHTS == f"{run.teacher_run.output_dir}/model_final.pth"
+        assert dcfg.TEACHER.WEIGHTS == run.teacher_weights
         tcfg = teacher_cfg(dcfg.TEACHER.CONFIG_FILE)
-        assert tcfg.MODEL.RESNETS.NUM_GROUPS == 64 and tcfg.INPUT.FORMAT == "RGB"
+        for key, value in run.teacher.resnets:
+            assert tcfg.MODEL.RESNETS[key] == value, key
+        assert tcfg.INPUT.FORMAT == run.teacher.pretrained.input_format
+        assert tcfg.MODEL.META_ARCHITECTURE == run.model.meta_arch
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the config matrix of the paper's Tables 1, 3, 5, 6 and Fig. 1
-(``configs/{cityscapes,voc,ade20k}/*.yaml``), of Table 7 (``configs/coco/``) and
-``configs/README.md`` from ``radkd_d2/configs_index/``.
+(``configs/{cityscapes,voc,ade20k}/*.yaml``), of Table 7 and the Faster / Mask R-CNN
+distillations (``configs/coco/``) and ``configs/README.md`` from ``radkd_d2/configs_index/``.
 
     python tools/make_config_matrix.py           # (re)write what differs; idempotent
     python tools/make_config_matrix.py --check   # exit 1 if a file differs from what it would write
@@ -40,7 +40,7 @@ COCO, DetDatasetSpec, DetRun = _index.COCO, _index.DetDatasetSpec, _index.DetRun
 all_rows, all_runs, markdown_tables = _index.all_rows, _index.all_runs, _index.markdown_tables
 kd_families, kd_per_pixel_weight = _index.kd_families, _index.kd_per_pixel_weight
 item_name, FIG1_WEIGHTS = _index.item_name, _index.FIG1_WEIGHTS
-DET_DISTILL_COMMON, MODELS = _index.DET_DISTILL_COMMON, _index.MODELS
+MODELS = _index.MODELS
 PRETRAINED, reference_counts = _index.PRETRAINED, _index.reference_counts
 
 GENERATED = (
@@ -184,9 +184,13 @@ def _paper_rows(rows_by_path: Dict[str, list], run) -> List[str]:
     mentions = [
         f'{item_name(r.table)} "{r.label}"'
         + (f" ({r.paper:.{1 if r.metric == 'AP' else 2}f} {r.metric})" if r.paper else "")
+        + (f" (reference: {r.reference})" if r.reference else "")
         for r in rows_by_path.get(run.path, [])
     ]
-    return comment("Paper: " + "; ".join(mentions) + ".") if mentions else []
+    if not mentions:
+        return []
+    paper = all(r.table != "rcnn" for r in rows_by_path[run.path])
+    return comment(("Paper: " if paper else "Row: ") + "; ".join(mentions) + ".")
 
 
 def render_plain(run: Run, rows_by_path: Dict[str, list]) -> str:
@@ -268,13 +272,13 @@ def det_recipe_dict(d: DetDatasetSpec) -> dict:
         "DATASETS": {"TRAIN": Raw(f'("{d.train}",)'), "TEST": Raw(f'("{d.test}",)')},
         "SOLVER": {
             "IMS_PER_BATCH": 16,
-            "BASE_LR": 0.01,
+            "BASE_LR": d.base_lr,
             "STEPS": Raw(f"({d.steps[0]}, {d.steps[1]})"),
             "MAX_ITER": d.max_iter,
             "CHECKPOINT_PERIOD": 20000,
         },
         "INPUT": {
-            "MIN_SIZE_TRAIN": Raw("(800,)"),
+            "MIN_SIZE_TRAIN": Raw(str(tuple(d.min_size_train))),
             "MAX_SIZE_TRAIN": 1333,
             "MIN_SIZE_TEST": 800,
             "MAX_SIZE_TEST": 1333,
@@ -285,9 +289,10 @@ def det_recipe_dict(d: DetDatasetSpec) -> dict:
 
 def render_det_recipe(d: DetDatasetSpec) -> str:
     lines = [GENERATED] + comment(
-        f"{d.note}. {d.num_classes} classes. Every {d.key} config inherits this file."
+        f"{d.note}. {d.num_classes} classes. Every {d.key} {d.detector} {d.schedule} config "
+        "inherits this file."
     )
-    lines.append('_BASE_: "../Base-RetinaNet.yaml"')
+    lines.append(f'_BASE_: "../Base-{d.detector}.yaml"')
     lines += emit(det_recipe_dict(d))
     return "\n".join(lines) + "\n"
 
@@ -296,6 +301,12 @@ def render_det_plain(run, rows_by_path: Dict[str, list]) -> str:
     m, weights = run.model, run.model.pretrained
     lines = [GENERATED] + comment(f"{m.note}; {run.schedule} schedule on {run.dataset.title}.")
     lines += _paper_rows(rows_by_path, run)
+    if m.zoo:
+        lines += comment(
+            f"The model is that of Detectron2's model-zoo config {m.zoo}.yaml (the same "
+            "parameters and input normalisation: tests/test_rcnn_configs.py)"
+            + (f"; its released checkpoint: {m.released}." if m.released else ".")
+        )
     lines += comment(f"MODEL.WEIGHTS ({m.weights}): {weights.source}.")
     if weights.how:
         lines += comment(f"Make it with: {weights.how}")
@@ -304,9 +315,12 @@ def render_det_plain(run, rows_by_path: Dict[str, list]) -> str:
         "with (radkd_d2/configs_index/pretrained.py)."
     )
     lines.append(f'_BASE_: "{run.dataset.recipe_file}"')
+    model: dict = {"WEIGHTS": m.weights}
+    if m.mask_on:
+        model["MASK_ON"] = True
     body = {
         "MODEL": {
-            "WEIGHTS": m.weights,
+            **model,
             "PIXEL_MEAN": list(weights.pixel_mean),
             "PIXEL_STD": list(weights.pixel_std),
             "RESNETS": dict(m.resnets),
@@ -320,34 +334,42 @@ def render_det_plain(run, rows_by_path: Dict[str, list]) -> str:
 
 def render_det_distill(run, rows_by_path: Dict[str, list]) -> str:
     m, teacher = run.method, run.teacher_run
+    rcnn = run.model.meta_arch == "GeneralizedRCNN"
     lines = [GENERATED]
     lines += comment(
         f"{m.title} on {m.tap}: {run.teacher.title} -> {run.model.title}, {run.dataset.title}, "
-        f"{run.schedule} schedule (the MGD/FGD protocol)."
+        f"{run.schedule} schedule "
+        + ("(Detectron2's recipe)." if rcnn else "(the MGD/FGD protocol).")
     )
     lines += _paper_rows(rows_by_path, run)
     lines += comment(f"Weights: {m.note}.")
+    start = (
+        "The student starts from ImageNet alone, as in the published two-stage configs of MGD, "
+        "PKD and CWD."
+        if rcnn
+        else "As in the MGD/FGD recipe the student's FPN and head start from the teacher's (equal "
+        "shapes), the backbone from ImageNet;"
+    )
     lines += comment(
         "Student keys are exactly those of its baseline; the teacher comes from its own config "
-        "and weights. As in the MGD/FGD recipe the student's FPN and head start from the "
-        "teacher's (equal shapes), the backbone from ImageNet; FPN channels match (256), so no "
-        "connector is added. Paths are relative to the repository root."
+        f"and weights. {start} FPN channels match (256), so no connector is added. Paths are "
+        "relative to the repository root."
     )
-    lines.append(f"# Teacher (train it first): {teacher.path}")
+    if run.teacher.released:
+        lines.append(f"# Teacher: {teacher.path}, with Detectron2's released weights")
+    else:
+        lines.append(f"# Teacher (train it first): {teacher.path}")
     lines.append(f'_BASE_: "../{run.base_run.name}.yaml"')
-    common = dict(DET_DISTILL_COMMON)
+    common = dict(run.distill_common)
     distill: dict = {
         "STUDENT_META_ARCHITECTURE": common.pop("STUDENT_META_ARCHITECTURE"),
-        "TEACHER": {
-            "CONFIG_FILE": teacher.path,
-            "WEIGHTS": f"{teacher.output_dir}/model_final.pth",
-        },
+        "TEACHER": {"CONFIG_FILE": teacher.path, "WEIGHTS": run.teacher_weights},
         "TAPS": [list(t) for t in m.taps],
     }
     for key, value in tuple(common.items()) + m.distill_opts:
         set_path(distill, key, value)
     body = {
-        "MODEL": {"META_ARCHITECTURE": "DistillRetinaNet", "DISTILL": distill},
+        "MODEL": {"META_ARCHITECTURE": run.model.distill_meta_arch, "DISTILL": distill},
         "OUTPUT_DIR": run.output_dir,
     }
     lines += emit(body)
@@ -441,7 +463,22 @@ Base-RetinaNet.yaml
   <- coco/Base-RetinaNet-2x-COCO.yaml   COCO 2017, 2x (180k iterations, steps 120k / 160k)
     <- coco/<model>_2x_coco.yaml        + RESNETS, ImageNet weights and their input convention
       <- coco/distill/<method>_fpn_*    + MODEL.DISTILL: teacher, taps on p3-p7, published weights
+Base-RCNN-FPN.yaml                      Detectron2's Faster R-CNN FPN (MASK_ON: Mask R-CNN)
+  <- coco/Base-RCNN-FPN-<n>x-COCO.yaml  Detectron2's 1x / 2x / 3x recipes (lr 0.02, multi-scale)
+    <- coco/{{faster,mask}}_rcnn_*.yaml   + RESNETS, ImageNet weights and their input convention
+      <- coco/distill/<method>_fpn_*rcnn*  + MODEL.DISTILL: teacher, taps on p2-p6 (or p2-p5)
 ```
+
+Beyond the paper, the R-CNN matrix distils Faster and Mask R-CNN R50-FPN students (1x, 2x)
+with every method under an R101-FPN teacher, and with LAD under an X101-32x8d-FPN teacher.
+The teachers' files are Detectron2's model-zoo models (3x), and the distillation configs load
+Detectron2's released checkpoints of them (`detectron2://COCO-.../model_final_*.pkl`, fetched
+and cached on first use), so no teacher has to be trained; `tests/test_rcnn_configs.py` checks
+that each file builds exactly the model-zoo model. Each method keeps its published two-stage
+setting (levels and coefficients, named in each file). The reference column gives a published
+number for the row where one exists, with its source; none is the paper's, and LAD's default
+weight is not validated on two-stage detectors (the README's R-CNN section measures it on
+synthetic scenes).
 
 A distilled student therefore has exactly the keys of its baseline file. A distillation config
 names its teacher's config and `output/<dataset>/<teacher run>/model_final.pth`: train the
@@ -464,6 +501,7 @@ List a table's rows with their config and command, or the models' parameter coun
 python tools/list_configs.py --table 1 --dataset cityscapes
 python tools/list_configs.py --table 5 --format commands
 python tools/list_configs.py --table fig1
+python tools/list_configs.py --table rcnn         # Faster / Mask R-CNN (beyond the paper)
 python tools/list_configs.py --params            # built on CPU, against the reference
 ```
 
@@ -518,7 +556,10 @@ def expected_files() -> Dict[str, str]:
     for row in all_rows():
         rows_by_path.setdefault(row.run.path, []).append(row)
     files = {f"configs/{d.key}/{d.recipe_file}": render_recipe(d) for d in DATASETS.values()}
-    files[f"configs/{COCO.key}/{COCO.recipe_file}"] = render_det_recipe(COCO)
+    for run in all_runs():
+        if isinstance(run, DetRun):
+            d = run.dataset
+            files.setdefault(f"configs/{d.key}/{d.recipe_file}", render_det_recipe(d))
     for run in all_runs():
         if isinstance(run, DetRun):
             render = render_det_distill if run.role == "distill" else render_det_plain

@@ -3,7 +3,7 @@
 Tables 1, 3, 5 and 6 of the paper (val mIoU on Cityscapes, Pascal VOC aug, ADE20K) and the
 points of Fig. 1 (naive vs magnitude distillation at a grid of loss weights, Cityscapes) map to
 config files under ``configs/<dataset>/``, Table 7 (COCO box AP) to ``configs/coco/``
-(:mod:`.detection`). The reference parameter counts of the segmentation models are in
+(:mod:`.detection`), as do the Faster / Mask R-CNN distillations beyond the paper. The reference parameter counts of the segmentation models are in
 :mod:`.reference`, the ImageNet weights and their input conventions in :mod:`.pretrained`. This
 module is the single source of truth for
 ``tools/make_config_matrix.py`` (which writes those files and ``configs/README.md``) and
@@ -24,12 +24,15 @@ so a distilled student has exactly the keys of its own baseline config.
 
 from .detection import (
     COCO,
+    COCO_RCNN,
     DET_DISTILL_COMMON,
     DET_METHODS,
     DET_MODELS,
     DetDatasetSpec,
     DetModelSpec,
     DetRun,
+    RCNN_DISTILL_COMMON,
+    RCNN_METHODS,
 )
 from .kd import HANDWRITTEN_KD, KDFamily, kd_families, kd_per_pixel_weight
 from .pretrained import PIXEL_STATS, PRETRAINED, Pretrained, pixel_order
@@ -63,6 +66,9 @@ from .specs import (
 
 __all__ = [
     "COCO",
+    "COCO_RCNN",
+    "RCNN_DISTILL_COMMON",
+    "RCNN_METHODS",
     "DET_DISTILL_COMMON",
     "DET_METHODS",
     "DET_MODELS",

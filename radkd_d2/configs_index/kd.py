@@ -50,9 +50,10 @@ HANDWRITTEN_KD: Tuple[KDFamily, ...] = (
     KDFamily("COCO detection (RetinaNet; also tiny COCO and synthetic)",
              "`coco/distill/`, `tiny_coco/distill/`, `synthetic/distill/*_fpn_*`",
              0.0, None, None, ("coco", "tiny_coco", "synthetic"), "DistillRetinaNet"),
-    KDFamily("Faster / Mask R-CNN (synthetic)",
+    KDFamily("Faster / Mask R-CNN (COCO; also tiny COCO and synthetic)",
+             "`coco/distill/*_fpn_*rcnn*`, `tiny_coco/distill/*rcnn*`, "
              "`synthetic/distill/*_fpn_*rcnn*`, `synthetic/demo_rcnn/lad_*`",
-             0.0, None, None, ("synthetic",), "DistillGeneralizedRCNN"),
+             0.0, None, None, ("coco", "tiny_coco", "synthetic"), "DistillGeneralizedRCNN"),
 )  # fmt: skip
 
 

@@ -55,6 +55,17 @@ PRETRAINED: Dict[str, Pretrained] = {
         "stride in the 1x1 conv (RESNETS.STRIDE_IN_1X1 True, the default)",
         "BGR", PIXEL_STATS["imagenet_mean_bgr"][1], (1.0, 1.0, 1.0),
     ),
+    "detectron2://ImageNetPretrained/MSRA/R-101.pkl": Pretrained(
+        "MSRA's Caffe ResNet-101 of Detectron2's model zoo (the backbone of its R101 configs): "
+        "BGR 0-255 inputs, mean subtraction only, stride in the 1x1 conv",
+        "BGR", PIXEL_STATS["imagenet_mean_bgr"][1], (1.0, 1.0, 1.0),
+    ),
+    "detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl": Pretrained(
+        "FAIR's ResNeXt-101-32x8d of Detectron2's model zoo (the backbone of its X101-FPN "
+        "configs): BGR inputs normalised by the ImageNet mean/std, stride in the 3x3 conv "
+        "(RESNETS.STRIDE_IN_1X1 False)",
+        "BGR", PIXEL_STATS["imagenet_mean_bgr"][1], PIXEL_STATS["imagenet_std_bgr"][1],
+    ),
     # Detectron2's model zoo has no ResNeXt-101-64x4d (its FAIR/X-101-32x8d.pkl is 32x8d, and
     # catalog://ImageNetPretrained/FAIR/X-101-64x4d is Detectron 1's Caffe2 copy, BGR with unit
     # std). torchvision's takes the inputs the MGD/FGD teacher (mmdetection) was trained with.

@@ -1,11 +1,12 @@
 """Table rows and their config files (runs): which file reproduces which row of the paper's
-Tables 1, 3, 5, 6, 7 and Fig. 1, and the printed listing with train commands."""
+Tables 1, 3, 5, 6, 7 and Fig. 1 (and of the Faster / Mask R-CNN matrix beyond the paper), and the
+printed listing with train commands."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from .detection import COCO, DET_METHODS, DET_MODELS, DetRun
+from .detection import COCO, COCO_RCNN, DET_METHODS, DET_MODELS, RCNN_METHODS, DetRun
 from .specs import (
     DATASETS,
     FIG1_WEIGHTS,
@@ -85,10 +86,11 @@ class Row:
     """One cell group of a paper table (or a point of a figure): a row label on one data set,
     and its config."""
 
-    table: str  # a key of TABLES: "1", "3", "5", "6", "7" or "fig1"
+    table: str  # a key of TABLES: "1", "3", "5", "6", "7", "fig1" or "rcnn"
     label: str  # row as the paper writes it, prefixed by the student where the table repeats
     run: Union[Run, DetRun]
     paper: Optional[float]  # the paper's val mIoU (segmentation) or box AP (Table 7); None: none
+    reference: str = ""  # beyond the paper: a published number for the row, with its source
 
     @property
     def dataset(self) -> str:
@@ -159,11 +161,16 @@ TABLES = {
     "fig1": "Fig. 1: naive feature distillation vs magnitude distillation (Eq. 4) at loss weights "
     f"w in {{{', '.join(f'{w:g}' for w in FIG1_WEIGHTS)}}}, on res5 "
     "(figure only: no paper numbers)",
+    "rcnn": "Beyond the paper: Faster / Mask R-CNN R101-FPN or X101-32x8d-FPN -> R50-FPN, COCO "
+    "val box (/ mask) AP; reference numbers name their source",
 }
 
 
 def item_name(table: str) -> str:
-    """How the paper names a key of :data:`TABLES`: "Table 1", "Fig. 1"."""
+    """How the paper names a key of :data:`TABLES`: "Table 1", "Fig. 1" ("rcnn": not the
+    paper's)."""
+    if table == "rcnn":
+        return "R-CNN matrix"
     return f"Fig. {table[3:]}" if table.startswith("fig") else f"Table {table}"
 
 
@@ -267,9 +274,53 @@ def _table7() -> List[Row]:
     return rows
 
 
+# Published numbers for the R-CNN rows, each with its source (none is the paper's). Detectron2's
+# MODEL_ZOO.md: its releases; mmdetection's 2x students are the FGD / MGD / PKD baselines
+# (single-scale training, so only roughly comparable with Detectron2's multi-scale recipe).
+_RCNN_REFS = {
+    ("faster", "teacher", "R_101"): "42.0 (Detectron2 MODEL_ZOO.md, 3x release)",
+    ("faster", "teacher", "X_101_32x8d"): "43.0 (Detectron2 MODEL_ZOO.md, 3x release)",
+    ("faster", "student", "1x"): "37.9 (Detectron2 MODEL_ZOO.md)",
+    ("faster", "student", "2x"): "38.4 (mmdetection 2x; FGD/MGD/PKD baseline)",
+    ("faster", "pkd", "2x"): "40.3 (PKD in mmrazor, under mmdetection's R101 2x teacher, 39.8)",
+    ("mask", "teacher", "R_101"): "42.9 / 38.6 (Detectron2 MODEL_ZOO.md, 3x release)",
+    ("mask", "teacher", "X_101_32x8d"): "44.3 / 39.5 (Detectron2 MODEL_ZOO.md, 3x release)",
+    ("mask", "student", "1x"): "38.6 / 35.2 (Detectron2 MODEL_ZOO.md)",
+    ("mask", "student", "2x"): "39.2 / 35.4 (mmdetection 2x; FGD/MGD baseline)",
+}  # fmt: skip
+_RCNN_ORDER = ("fkd", "cwd", "fgd", "mgd", "pkd", "lad", "cad", "pad")
+
+
+def _rcnn() -> List[Row]:
+    """Faster and Mask R-CNN: every method at R101 -> R50, 2x (the published two-stage protocol's
+    pair and schedule); LAD also at 1x and under the X101 teacher."""
+    rows: List[Row] = []
+    teacher_recipe = COCO_RCNN["3x"]
+    for kind in ("faster", "mask"):
+        s = DET_MODELS[f"{kind}_rcnn_R_50_FPN"]
+        teachers = {a: DET_MODELS[f"{kind}_rcnn_{a}_FPN"] for a in ("R_101", "X_101_32x8d")}
+        for arch, t in teachers.items():
+            run = DetRun(teacher_recipe, t, "teacher")
+            rows.append(Row("rcnn", f"T: {t.title}", run, None, _RCNN_REFS[kind, "teacher", arch]))
+        for sched in ("1x", "2x"):
+            run = DetRun(COCO_RCNN[sched], s, "student")
+            rows.append(Row("rcnn", f"S: {s.title} {sched}", run, None,
+                            _RCNN_REFS[kind, "student", sched]))  # fmt: skip
+
+        def distill(t, sched, key) -> Row:
+            m = RCNN_METHODS[key]
+            run = DetRun(COCO_RCNN[sched], s, "distill", t, m, teacher_recipe)
+            label = f"+ {m.title}, {t.title.split('-')[-1]} -> {s.title.split('-')[-1]} {sched}"
+            return Row("rcnn", label, run, None, _RCNN_REFS.get((kind, key, sched), ""))
+
+        rows += [distill(teachers["R_101"], "2x", key) for key in _RCNN_ORDER]
+        rows += [distill(teachers["R_101"], "1x", "lad"), distill(teachers["X_101_32x8d"], "2x", "lad")]
+    return rows
+
+
 def all_rows() -> List[Row]:
     """Every row of Tables 1, 3, 5, 6, Fig. 1 and Table 7, table by table, data set by data
-    set."""
+    set, then the R-CNN matrix."""
     rows: List[Row] = []
     three = ("cityscapes", "voc", "ade20k")
     for build, datasets in (
@@ -280,7 +331,7 @@ def all_rows() -> List[Row]:
     ):
         for col, key in enumerate(datasets):
             rows += build(DATASETS[key], col)
-    return rows + _fig1(DATASETS["cityscapes"]) + _table7()
+    return rows + _fig1(DATASETS["cityscapes"]) + _table7() + _rcnn()
 
 
 def all_runs() -> List[Union[Run, DetRun]]:
@@ -330,10 +381,12 @@ def format_rows(rows: Sequence[Row], num_gpus: int = 8) -> str:
     for (table, dataset), group in _groups(rows):
         lines.append(f"== {TABLES[table]} -- {dataset_titles()[dataset]}")
         for r in group:
-            lines.append(f"{r.label}  [paper {_score(r)}]")
+            lines.append(f"{r.label}  [{_score_name(r)} {_score(r)}]")
             lines.append(f"  config:  {r.run.path}")
             if r.run.teacher_run is not None:
-                lines.append(f"  teacher: {r.run.teacher_run.path} (train it first)")
+                released = getattr(r.run.teacher, "released", "")
+                how = f"Detectron2's release {released}" if released else "train it first"
+                lines.append(f"  teacher: {r.run.teacher_run.path} ({how})")
             lines.append(f"  {train_command(r.run, num_gpus)}")
         lines.append("")
     return "\n".join(lines)
@@ -346,13 +399,18 @@ def markdown_tables(rows: Optional[Sequence[Row]] = None, num_gpus: int = 8) -> 
     for (table, dataset), group in _groups(rows):
         out += [f"### {TABLES[table]} -- {dataset_titles()[dataset]}", ""]
         teacher = "`teacher_*`" if group[0].metric == "mIoU" else "teacher"
+        needs = (
+            "load their teacher's weights from Detectron2's model zoo (no teacher to train)"
+            if table == "rcnn"
+            else f"need their teacher (a {teacher} config) trained first"
+        )
         out += [
             f"Train a row: `python tools/train_net.py --config-file configs/{dataset}/<config>.yaml"
-            f" --num-gpus {num_gpus}`; distillation rows need their teacher (a {teacher}"
-            " config) trained first.",
+            f" --num-gpus {num_gpus}`; distillation rows {needs}.",
             "",
         ]
-        out += [f"| Row | Paper {group[0].metric} | Config |", "| --- | ---: | --- |"]
+        head = "Reference AP (source)" if table == "rcnn" else f"Paper {group[0].metric}"
+        out += [f"| Row | {head} | Config |", "| --- | ---: | --- |"]
         for r in group:
             out.append(
                 f"| {r.label} | {_score(r)} | [`{r.run.name}`]({r.run.path[len('configs/'):]}) |"
@@ -361,8 +419,15 @@ def markdown_tables(rows: Optional[Sequence[Row]] = None, num_gpus: int = 8) -> 
     return "\n".join(out)
 
 
+def _score_name(row: Row) -> str:
+    return "reference" if row.table == "rcnn" else "paper"
+
+
 def _score(row: Row) -> str:
-    """The paper's number of a row, as printed: "76.86" (mIoU), "41.0" (box AP), "-" (none)."""
+    """The paper's number of a row, as printed: "76.86" (mIoU), "41.0" (box AP), "-" (none);
+    beyond the paper, the reference with its source."""
+    if row.reference:
+        return row.reference
     if row.paper is None:
         return "-"
     return f"{row.paper:.1f}" if row.metric == "AP" else f"{row.paper:.2f}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
 from torch import nn
 
 from radkd_d2.checkpoint.report import ReportingCheckpointer, format_incompatible_keys
@@ -39,13 +40,30 @@ def load_teacher_cfg(config_file: str, device: str, opts=()):
     return cfg
 
 
-def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True, what="teacher"):
-    """Load ``weights`` (.pth or Detectron2/Caffe2 .pkl) into ``model`` through Detectron2's
-    checkpointer. Every missing, unexpected or shape-mismatched key is listed: as an error when
-    ``strict``, as a warning otherwise; nothing is loaded silently in part."""
+def local_weights(weights: str, what: str = "teacher") -> Path:
+    """The local file of ``weights``: a path, or a URL that Detectron2 resolves as it does for
+    MODEL.WEIGHTS (``detectron2://`` for its model zoo's releases, ``https://``), downloaded once
+    into its cache. One clear error when the file is missing or cannot be fetched."""
+    if "://" in weights:
+        try:
+            return Path(PathManager.get_local_path(weights))
+        except Exception as e:  # network, HTTP and handler errors differ by cause
+            raise TeacherLoadError(
+                f"could not fetch {what} weights {weights!r}: {e} (download the file and set "
+                "MODEL.DISTILL.TEACHER.WEIGHTS to its local path)"
+            ) from e
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights {weights!r} do not exist")
+    return path
+
+
+def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True, what="teacher"):
+    """Load ``weights`` (.pth or Detectron2/Caffe2 .pkl; a path or a URL as
+    :func:`local_weights` takes) into ``model`` through Detectron2's checkpointer. Every missing,
+    unexpected or shape-mismatched key is listed: as an error when ``strict``, as a warning
+    otherwise; nothing is loaded silently in part."""
+    path = local_weights(weights, what)
     ckpt = ReportingCheckpointer(model)
     try:
         ckpt.load(str(path), checkpointables=[])
@@ -128,5 +146,6 @@ __all__ = [
     "format_incompatible_keys",
     "load_teacher_cfg",
     "load_weights_strictly",
+    "local_weights",
     "teacher_input_tensors",
 ]
