@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 from conftest import REPO, load_cfg
 from radkd_d2.engine import ConfigError, Trainer
 from radkd_d2.modeling.meta_arch.taps import backbone_taps
-from test_distill_det import SIZE_64, batch, sgd, taps, teacher_state, train_steps
+from test_distill_det import SIZE_64, batch, needs_tiny_coco, sgd, taps, teacher_state, train_steps
 
 DISTILL = "configs/synthetic/distill/lad_fpn_frcnnx50_frcnnr18_tiny_synthetic.yaml"
 TEACHER_CFG = str(REPO / "configs/synthetic/faster_rcnn_x50_tiny.yaml")
@@ -222,3 +222,34 @@ def test_train_net_rcnn_distillation_two_processes(data_root, mask_teacher_ckpt,
     )  # fmt: skip
     assert "World size: 2" in proc.stdout + proc.stderr
     assert any("loss_distill_lad_p6" in r for r in read_metrics(tmp_path))
+
+
+# ---- tiny_coco (real COCO images, polygon masks) -------------------------------------------
+TINY_COCO_MASK = "configs/tiny_coco/distill/lad_fpn_mrcnnx50_mrcnnr18_tiny_tiny_coco.yaml"
+
+
+@pytest.mark.slow
+@needs_tiny_coco
+def test_train_net_mask_rcnn_distillation_on_tiny_coco_polygons(tmp_path):
+    """Mask R-CNN distillation on real COCO images through tools/train_net.py: COCO's polygon
+    masks train the mask head (an image without boxes included), and COCOEvaluator scores boxes
+    and masks on tiny_coco val."""
+    from conftest import SHARED_DATA, read_metrics, run_train_net
+    from radkd_d2.modeling.teacher import load_teacher_cfg
+
+    cfg = load_cfg(TINY_COCO_MASK, "DATASETS.ROOT", SHARED_DATA, validate=True)
+    assert cfg.INPUT.MASK_FORMAT == "polygon" and cfg.MODEL.MASK_ON and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 80
+    teacher = tmp_path / "teacher.pth"
+    tcfg = load_teacher_cfg(str(REPO / cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE), "cpu")
+    torch.save({"model": build_model(tcfg).state_dict()}, teacher)
+    out = tmp_path / "run"
+    run_train_net(
+        "--config-file", REPO / TINY_COCO_MASK, "MODEL.DEVICE", "cpu", "DATASETS.ROOT", SHARED_DATA,
+        "OUTPUT_DIR", out, "MODEL.DISTILL.TEACHER.WEIGHTS", teacher, "SOLVER.MAX_ITER", 3,
+        "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", 1, "SOLVER.IMS_PER_BATCH", 2,
+        "SOLVER.CHECKPOINT_PERIOD", 3, "MODEL.DISTILL.DIAGNOSTICS_PERIOD", 1,
+    )  # fmt: skip
+    rows = read_metrics(out)
+    assert any("loss_mask" in r and "loss_distill_lad_p6" in r for r in rows)
+    final = [r for r in rows if "bbox/AP" in r][-1]
+    assert "segm/AP" in final and "bbox/AP50" in final
