@@ -191,6 +191,20 @@ def test_lad_weight_reweights_the_lad_arm_into_its_own_folder(tmp_path):
         demo.parse_args(["--task", "det", "--lad-weight", "0"])
 
 
+def test_lad_levels_keep_only_those_lad_taps_in_their_own_folder(tmp_path, capsys):
+    demo = _tool("demo")
+    args = ["--task", "det", "--output", str(tmp_path), "--lad-levels", "p3,p4"]
+    lad = [r for r, _ in demo.plan_runs(demo.parse_args(args)) if r.arm == "student_lad"]
+    assert [r.out_dir for r in lad] == [tmp_path / "student_lad_p3-p4" / f"seed{k}" for k in range(3)]
+    assert [list(t) for t in _cfg(lad[0]).MODEL.DISTILL.TAPS] == [[lv, lv, "lad", 10.0] for lv in ("p3", "p4")]
+    both = [r for r, _ in demo.plan_runs(demo.parse_args([*args, "--lad-weight", "2"])) if r.arm == "student_lad"]
+    assert both[0].out_dir == tmp_path / "student_lad_w2_p3-p4" / "seed0"
+    assert [list(t) for t in _cfg(both[0]).MODEL.DISTILL.TAPS] == [[lv, lv, "lad", 2.0] for lv in ("p3", "p4")]
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--task", "det", "--lad-levels", "p2,p3"])  # RetinaNet has no p2
+    assert "--lad-levels must name positions of the LAD arm's taps ['p3', 'p4', 'p5', 'p6', 'p7'], got ['p2', 'p3']" in capsys.readouterr().err
+
+
 def test_rcnn_demo_plan_and_report_with_mask_ap(tmp_path, monkeypatch):
     """--task rcnn: Mask R-CNN X50-tiny teacher, MobileNetV2 x0.5 Mask R-CNN student, no KD and
     LAD on P2-P6 from one start; the report has box and mask AP and both contrasts."""

@@ -277,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
         "then trains into <output>/student_lad_w<λ>/ (for choosing λ on --split val)",
     )
     parser.add_argument(
+        "--lad-levels",
+        default=None,
+        help="comma-separated positions the LAD arm keeps of its config's (e.g. p2,p3); the arm "
+        "then trains into <output>/student_lad_<positions>/ (with --lad-weight: "
+        "student_lad_w<λ>_<positions>/), for choosing the levels on --split val",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="reuse runs that finished earlier in --output with the same iterations "
@@ -309,6 +316,16 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.lad_weight is not None and not args.lad_weight > 0:
         parser.error(f"--lad-weight must be positive, got {args.lad_weight}")
+    if args.lad_levels is not None:
+        args.lad_levels = [lv.strip() for lv in args.lad_levels.split(",") if lv.strip()]
+        _, config, _ = next(x for x in task.students if x[2] == "student_lad")
+        known = [t[0] for t in lad_taps(REPO / config)]
+        unknown = [lv for lv in args.lad_levels if lv not in known]
+        if not args.lad_levels or unknown:
+            parser.error(
+                f"--lad-levels must name positions of the LAD arm's taps {known}, got "
+                f"{args.lad_levels}"
+            )
     args.output = args.output or task.output
     return args
 
@@ -360,10 +377,16 @@ def plan_runs(args: argparse.Namespace) -> List[Tuple[PlannedRun, int]]:
     for label, config, sub in task.students:
         opts = [*iters(args.iters), *start, *(teacher if sub in task.distilled else [])]
         arm_dir = out / sub
-        if sub == "student_lad" and args.lad_weight is not None:
-            opts += ["MODEL.DISTILL.TAPS", repr(reweighted_taps(REPO / config, args.lad_weight))]
-            arm_dir = out / f"{sub}_w{args.lad_weight:g}"
-            label += f", λ {args.lad_weight:g}"
+        if sub == "student_lad" and (args.lad_weight is not None or args.lad_levels):
+            taps = lad_taps(REPO / config, args.lad_weight, args.lad_levels)
+            opts += ["MODEL.DISTILL.TAPS", repr(taps)]
+            suffix = [f"w{args.lad_weight:g}"] if args.lad_weight is not None else []
+            suffix += ["-".join(args.lad_levels)] if args.lad_levels else []
+            arm_dir = out / "_".join([sub, *suffix])
+            label += "".join(
+                [f", λ {args.lad_weight:g}" if args.lad_weight is not None else ""]
+                + [f", on {','.join(args.lad_levels)}" if args.lad_levels else ""]
+            )
         per_arm.append(plan_seeds(sub, REPO / config, opts, arm_dir, args.seeds, label=label))
     # seed-major: an interrupted demo still has whole sets of arms to compare
     for k in range(args.seeds):
@@ -371,12 +394,17 @@ def plan_runs(args: argparse.Namespace) -> List[Tuple[PlannedRun, int]]:
     return plan
 
 
-def reweighted_taps(config: Path, weight: float) -> list:
-    """The config's ``MODEL.DISTILL.TAPS`` with every LAD entry's λ set to ``weight``."""
+def lad_taps(config: Path, weight: Optional[float] = None, levels=None) -> list:
+    """The config's ``MODEL.DISTILL.TAPS`` with every LAD entry's λ set to ``weight`` (None: as
+    it is) and only the LAD entries at the student positions ``levels`` kept (None: all)."""
     from fvcore.common.config import CfgNode
 
     taps = CfgNode.load_yaml_with_base(str(config), allow_unsafe=False)["MODEL"]["DISTILL"]["TAPS"]
-    return [[s, t, loss, weight if loss == "lad" else w] for s, t, loss, w in taps]
+    return [
+        [s, t, loss, weight if loss == "lad" and weight is not None else w]
+        for s, t, loss, w in taps
+        if loss != "lad" or levels is None or s in levels
+    ]
 
 
 def schedule(plan: List[Tuple[PlannedRun, int]], task: DemoTask) -> List[Job]:
