@@ -306,6 +306,31 @@ def test_mask_rcnn_round_trip(mask_rcnn, fmt, tmp_path):
         assert (o.pred_masks != r.pred_masks).float().mean() < 1e-3
 
 
+def test_parity_tool_scores_boxes_and_masks_of_a_mask_rcnn(mask_rcnn, data_root, tmp_path, capsys):
+    """tools/export_parity.py on a Mask R-CNN: box AP and mask AP of PyTorch and both exports
+    through COCOEvaluator on the same images, and how far the pasted masks differ."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_parity_tool", REPO / "tools" / "export_parity.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    _, _, weights = mask_rcnn
+    config = tmp_path / "config.yaml"
+    config.write_text(load_cfg(MASK_RCNN, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "TEST.DETECTIONS_PER_IMAGE", 20,
+                               "DATASETS.SYNTHETIC.NUM_VAL", 4, data_root=data_root).dump())  # fmt: skip
+    tool.main(["--config-file", str(config), "--weights", str(weights), "--output", str(tmp_path / "out")])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 3 and table[0] == ("| model | data | format | box AP | Δ vs PyTorch | mask AP | Δ vs PyTorch | max abs output "
+                        "diff | images with other detections | mask pixels differing (max) |")  # fmt: skip
+    rows = json.loads((tmp_path / "out" / "parity.json").read_text())
+    assert [r["format"] for r in rows] == ["pytorch", *FORMATS] and rows[0]["mask_pixels_differing"] is None
+    for row in rows[1:]:
+        assert row["images_differing"] == 0 and row["max_abs_diff"] < 1e-2, row
+        assert row["mask_pixels_differing"] < 1e-3, row  # pixels at probability 0.5 ± 1e-5 may flip
+        for task in ("bbox", "segm"):
+            assert row["metrics"][task]["AP"] == pytest.approx(rows[0]["metrics"][task]["AP"], abs=0.05), (row["format"], task)
+
+
 def test_faster_rcnn_exports_without_masks(tmp_path):
     cfg = load_cfg("configs/synthetic/faster_rcnn_r18_tiny.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
     torch.manual_seed(0)

@@ -19,11 +19,14 @@ from radkd_d2.engine.inputs import existing_file, readable_checkpoint, run_tool,
 from radkd_d2.engine.setup import load_config
 
 
-def headline(metrics: dict) -> tuple:
-    """(name, value) of the metric a parity row is judged by."""
+def headlines(metrics: dict) -> list:
+    """[(name, value)] of the metrics a parity row is judged by: mIoU, or box AP (and mask AP
+    for a Mask R-CNN)."""
     if "sem_seg" in metrics:
-        return "mIoU", metrics["sem_seg"]["mIoU"]
-    return "box AP", metrics["bbox"]["AP"]
+        return [("mIoU", metrics["sem_seg"]["mIoU"])]
+    return [("box AP", metrics["bbox"]["AP"])] + (
+        [("mask AP", metrics["segm"]["AP"])] if "segm" in metrics else []
+    )
 
 
 def main(argv=None):
@@ -46,14 +49,24 @@ def main(argv=None):
     if args.dataset:
         check_dataset_name(args.dataset, "--dataset")
     rows = export_parity(cfg, args.weights, args.output, args.formats, args.dataset, args.size, args.batch)
-    name, ref = headline(rows[0]["metrics"])
+    refs = headlines(rows[0]["metrics"])
+    masks = any(row["mask_pixels_differing"] is not None for row in rows)
     dataset = args.dataset or cfg.DATASETS.TEST[0]
-    print(f"| model | data | format | {name} | Δ vs PyTorch | max abs output diff | images with other detections |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    head = "".join(f" {name} | Δ vs PyTorch |" for name, _ in refs)
+    print(f"| model | data | format |{head} max abs output diff | images with other detections |"
+          + (" mask pixels differing (max) |" if masks else ""))
+    print("|---|---|---|" + "---:|---:|" * len(refs) + "---:|---:|" + ("---:|" if masks else ""))
     for row in rows:
-        value = headline(row["metrics"])[1]
-        print(f"| {args.label or Path(args.config_file).stem} | {dataset} | {row['format']} | {value:.4f} | "
-              f"{value - ref:+.5f} | {row['max_abs_diff']:.2e} | {row['images_differing']} |")
+        cells = "".join(
+            f" {value:.4f} | {value - ref:+.5f} |"
+            for (_, value), (_, ref) in zip(headlines(row["metrics"]), refs)
+        )
+        extra = ""
+        if masks:
+            m = row["mask_pixels_differing"]
+            extra = " – |" if m is None else f" {m:.2e} |"
+        print(f"| {args.label or Path(args.config_file).stem} | {dataset} | {row['format']} |{cells} "
+              f"{row['max_abs_diff']:.2e} | {row['images_differing']} |{extra}")
     Path(args.output, "parity.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
 
 

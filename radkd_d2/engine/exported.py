@@ -86,10 +86,32 @@ def _max_diff(out: dict, ref: dict) -> Optional[float]:
         return None
     if len(a) == 0:
         return 0.0
+    cost = _detection_cost(a, b)
+    return float(torch.maximum(cost.min(dim=1).values.max(), cost.min(dim=0).values.max()))
+
+
+def _detection_cost(a, b) -> torch.Tensor:
+    """max(|box - box'|_inf, |score - score'|) between the detections of ``a`` and ``b``; inf
+    across classes."""
     cost = torch.cdist(a.pred_boxes.tensor, b.pred_boxes.tensor, p=float("inf"))
     cost = torch.maximum(cost, (a.scores[:, None] - b.scores[None, :]).abs())
     cost[a.pred_classes[:, None] != b.pred_classes[None, :]] = float("inf")
-    return float(torch.maximum(cost.min(dim=1).values.max(), cost.min(dim=0).values.max()))
+    return cost
+
+
+def _mask_diff(out: dict, ref: dict) -> Optional[float]:
+    """The largest fraction of an image's pixels on which a detection's pasted mask differs from
+    that of its nearest detection in ``ref`` (as :func:`_max_diff` pairs them). None without
+    masks or when the detections differ in number."""
+    a, b = out.get("instances"), ref.get("instances")
+    if a is None or not a.has("pred_masks") or not b.has("pred_masks") or len(a) != len(b):
+        return None
+    if len(a) == 0:
+        return 0.0
+    a, b = a.to("cpu"), b.to("cpu")
+    nearest = _detection_cost(a, b).argmin(dim=1)
+    differ = a.pred_masks.bool() != b.pred_masks.bool()[nearest]
+    return float(differ.flatten(1).float().mean(dim=1).max())
 
 
 def export_parity(
@@ -100,7 +122,9 @@ def export_parity(
     score the PyTorch student and every export on the same test set in one pass, each with its
     own evaluator. Returns one row per model: format, metrics, and the max abs difference of its
     outputs from the PyTorch student's over every image (:func:`_max_diff`);
-    ``images_differing`` counts images whose detections differ in number (not compared)."""
+    ``images_differing`` counts images whose detections differ in number (not compared);
+    ``mask_pixels_differing`` (Mask R-CNN; None otherwise, and for the PyTorch row) is the largest
+    fraction of an image's pixels on which a pasted mask differs (:func:`_mask_diff`)."""
     student, scfg, _, dropped = load_student(cfg, weights, device="cpu")
     example = example_images(cfg, batch, size)
     models = {"pytorch": student}
@@ -112,6 +136,7 @@ def export_parity(
     for ev in evaluators.values():
         ev.reset()
     diffs = {k: 0.0 for k in models}
+    mask_diffs: dict = {k: None for k in models}
     differing = {k: 0 for k in models}
     with torch.no_grad():
         for inputs in Trainer.build_test_loader(scfg, name):
@@ -128,7 +153,11 @@ def export_parity(
                         differing[k] += 1
                     else:
                         diffs[k] = max(diffs[k], d)
+                    m = _mask_diff(out, ref)
+                    if m is not None:
+                        mask_diffs[k] = max(mask_diffs[k] or 0.0, m)
     return [
-        {"format": k, "metrics": evaluators[k].evaluate(), "max_abs_diff": diffs[k], "images_differing": differing[k]}
+        {"format": k, "metrics": evaluators[k].evaluate(), "max_abs_diff": diffs[k],
+         "images_differing": differing[k], "mask_pixels_differing": mask_diffs[k]}
         for k in models
-    ]
+    ]  # fmt: skip
