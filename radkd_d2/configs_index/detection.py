@@ -161,7 +161,7 @@ def _rcnn_models(mask: bool):
         zoo = f"{zoo_dir}/{kind}_rcnn_{arch}_FPN_3x"
         suffix, score = released[arch]
         return DetModelSpec(
-            f"{kind}_rcnn_{arch}_FPN", f"{short}{name.lower().replace('-', '')[:4]}",
+            f"{kind}_rcnn_{arch}_FPN", f"{short}{name.lower()}",
             f"{title}-{name}", f"{short}_{name.lower()}", resnets, weights,
             f"Teacher: {title} {name}-FPN, the model of Detectron2's {zoo}.yaml, whose released "
             f"checkpoint ({score} on COCO val, Detectron2's MODEL_ZOO.md) the distillation "
