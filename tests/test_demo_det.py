@@ -174,8 +174,16 @@ def test_det_demo_trains_and_reports_for_real(tmp_path, data_root, capsys):
     demo.main([*args, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", "1.5"])
     said = capsys.readouterr().out
     assert said.count("finished earlier with another config (") == 5 and "reused" not in said
+    assert said.count(": trained again") == 5
     assert said.count("MODEL.RETINANET.FOCAL_LOSS_GAMMA") == 5  # (the distilled: TEACHER.OPTS too)
     assert (out / "student_start" / "log.txt").stat().st_mtime > start_log
+    # a longer start alone: the arms continued from the old start are stale, the teacher is not
+    at = args.index("--start-iters") + 1
+    longer = [*args[:at], "3", *args[at + 1:]]
+    demo.main([*longer, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", "1.5"])
+    said = capsys.readouterr().out
+    assert "teacher RetinaNet" in said and said.count("finished earlier, reused") == 1
+    assert said.count("finished earlier but its student_start is trained again: trained again") == 3  # no KD, LAD, MGD
 
 
 def test_lad_weight_reweights_the_lad_arm_into_its_own_folder(tmp_path):

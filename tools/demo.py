@@ -286,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="reuse runs that finished earlier in --output with the same iterations "
-        "(after an interruption) instead of training them again",
+        help="reuse runs that finished earlier in --output with the same config and iterations "
+        "(after an interruption) instead of training them again; a run whose teacher or start "
+        "is trained again is trained again too",
     )
     parser.add_argument(
         "opts",
@@ -463,19 +464,25 @@ def main(argv=None):
         total=sum(n for _, n in plan), unit="it", desc=f"demo {task.name}", dynamic_ncols=True
     ) as bar:
         jobs = []
-        for job in schedule(plan, task):
+        for job in schedule(plan, task):  # a run's needs come before it
             if (
                 args.resume
                 and read_run(job.run.out_dir, max_iter=job.max_iter).status == "finished"
             ):
                 changed = job.run.config_changes()
-                if not changed:
+                # a run read from a checkpoint that is trained again is stale too
+                retrained = [n for n in job.needs if n not in seconds]
+                if not changed and not retrained:
                     bar.write(f"{job.run.label}: finished earlier, reused")
                     bar.update(job.max_iter)
                     seconds[job.run.name], threads[job.run.name] = 0.0, 0
                     continue
-                keys = ", ".join(k for k, _, _ in changed[:6]) + (", ..." if len(changed) > 6 else "")
-                bar.write(f"{job.run.label}: finished earlier with another config ({keys}), trained again")
+                if changed:
+                    keys = ", ".join(k for k, _, _ in changed[:6]) + (", ..." if len(changed) > 6 else "")
+                    why = f"with another config ({keys})"
+                else:
+                    why = f"but its {' and '.join(retrained)} is trained again"
+                bar.write(f"{job.run.label}: finished earlier {why}: trained again")
             jobs.append(job)
         reused = set(seconds)
         jobs = [Job(j.run, j.max_iter, tuple(n for n in j.needs if n not in reused)) for j in jobs]
