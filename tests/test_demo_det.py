@@ -219,6 +219,7 @@ def test_rcnn_demo_plan_and_report_with_mask_ap(tmp_path, monkeypatch):
     demo = _tool("demo")
     plan = [r for r, _ in demo.plan_runs(demo.parse_args(["--task", "rcnn", "--output", str(tmp_path / "p")]))]
     assert [r.arm for r in plan] == ["teacher", "student_start"] + ["student_nokd", "student_lad"] * 3
+    assert [n for _, n in demo.plan_runs(demo.parse_args(["--task", "rcnn"]))][:3] == [1500, 200, 300]
     teacher, start = _cfg(plan[0]), _cfg(plan[1])
     assert teacher.MODEL.MASK_ON and teacher.MODEL.RESNETS.DEPTH == 50
     assert start.MODEL.MASK_ON and start.MODEL.BACKBONE.NAME == "build_mobilenetv2_fpn_backbone"
