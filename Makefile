@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-det test test-fast bench clean-output
+.PHONY: setup demo demo-det demo-rcnn test test-fast bench clean-output
 
 setup:
 	@bash tools/setup_env.sh
@@ -14,6 +14,10 @@ demo: setup
 ## Detection demo: RetinaNet X50-tiny -> R18-tiny on the synthetic scenes (no KD, LAD, MGD).
 demo-det: setup
 	$(PY) tools/demo.py --task det
+
+## Two-stage demo: Mask R-CNN X50-tiny -> Mask R-CNN MobileNetV2 x0.5 (no KD, LAD on P2-P6).
+demo-rcnn: setup
+	$(PY) tools/demo.py --task rcnn
 
 ## Tests (CPU), one pytest worker per core, one thread each (the subprocess trainings the tests
 ## start inherit OMP_NUM_THREADS=1, so the workers do not oversubscribe the cores).
