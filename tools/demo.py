@@ -384,13 +384,14 @@ def plan_runs(args: argparse.Namespace) -> List[Tuple[PlannedRun, int]]:
         if sub == "student_lad" and (args.lad_weight is not None or args.lad_levels):
             taps = lad_taps(REPO / config, args.lad_weight, args.lad_levels)
             opts += ["MODEL.DISTILL.TAPS", repr(taps)]
-            suffix = [f"w{args.lad_weight:g}"] if args.lad_weight is not None else []
-            suffix += ["-".join(args.lad_levels)] if args.lad_levels else []
+            suffix = []
+            if args.lad_weight is not None:
+                suffix.append(f"w{args.lad_weight:g}")
+                label += f", λ {args.lad_weight:g}"
+            if args.lad_levels:
+                suffix.append("-".join(args.lad_levels))
+                label += f", on {','.join(args.lad_levels)}"
             arm_dir = out / "_".join([sub, *suffix])
-            label += "".join(
-                [f", λ {args.lad_weight:g}" if args.lad_weight is not None else ""]
-                + [f", on {','.join(args.lad_levels)}" if args.lad_levels else ""]
-            )
         per_arm.append(plan_seeds(sub, REPO / config, opts, arm_dir, args.seeds, label=label))
     # seed-major: an interrupted demo still has whole sets of arms to compare
     for k in range(args.seeds):

@@ -29,13 +29,6 @@ DET_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MASK_METRICS = tuple(f"mask_{m}" for m in DET_METRICS)  # COCOEvaluator's segm/* (Mask R-CNN)
 EVAL_TASKS = ("sem_seg", "bbox", "segm")
 
-
-def _metric_key(task: str, metric: str) -> Optional[str]:
-    """The run's key of one evaluation value: ``mask_AP`` for ``segm/AP``, the metric itself for
-    box and segmentation metrics, None for values the report does not read."""
-    if task == "segm":
-        return f"mask_{metric}" if metric in DET_METRICS else None
-    return metric if metric in SEM_SEG_METRICS + DET_METRICS else None
 STATUSES = ("finished", "unfinished", "missing")
 # config keys that differ between the seeds of one setting (and nothing else may)
 # keys (dotted for nested ones) that do not make a different setting: the seed, the folder, and
@@ -48,6 +41,14 @@ _SEED_DIR = re.compile(r"^seed(\d+)$")
 _COPYPASTE = re.compile(r"copypaste: (.*)$")
 _EVAL_FOR = re.compile(r"Evaluation results for (\S+) in csv format")
 _CRASH_MARKERS = ("Exception during training", "Traceback (most recent call last)")
+
+
+def _metric_key(task: str, metric: str) -> Optional[str]:
+    """The run's key of one evaluation value: ``mask_AP`` for ``segm/AP``, the metric itself for
+    box and segmentation metrics, None for values the report does not read."""
+    if task == "segm":
+        return f"mask_{metric}" if metric in DET_METRICS else None
+    return metric if metric in SEM_SEG_METRICS + DET_METRICS else None
 
 
 @dataclass
@@ -232,9 +233,9 @@ def _log_eval_metrics(log: Path, default_dataset: str) -> Tuple[Dict[str, dict],
             header, values = lines[0].split(","), lines[1].split(",")
             try:
                 parsed = {
-                    _metric_key(task, k): float(v)
+                    key: float(v)
                     for k, v in zip(header, values)
-                    if _metric_key(task, k) is not None
+                    if (key := _metric_key(task, k)) is not None
                 }
             except ValueError:
                 continue

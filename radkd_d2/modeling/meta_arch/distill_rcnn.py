@@ -14,9 +14,7 @@ from torch import nn
 
 from radkd_d2.errors import ConfigError
 
-from ..distill import parse_taps
-from ..pair import build_teacher_and_distiller, init_student_from_teacher
-from .taps import DetectorDistillMixin, backbone_tap_shapes, check_same_padding, refuse_logit_kd
+from .taps import DetectorDistillMixin, add_teacher_and_distiller
 
 
 def _roi_classes(model: nn.Module) -> int:
@@ -39,34 +37,21 @@ class DistillGeneralizedRCNN(DetectorDistillMixin, GeneralizedRCNN):
     @classmethod
     def from_config(cls, cfg):
         ret = GeneralizedRCNN.from_config(cfg)
-        dcfg = cfg.MODEL.DISTILL
-        refuse_logit_kd(cfg, cls.__name__)
         if ret["proposal_generator"] is None:
             raise ConfigError(
                 "MODEL.PROPOSAL_GENERATOR.NAME builds no proposal generator: DistillGeneralizedRCNN "
                 "trains a student with an RPN (Faster or Mask R-CNN); choose one of ['RPN']"
             )
-        backbone = ret["backbone"]
-        built = build_teacher_and_distiller(
+        return add_teacher_and_distiller(
             cfg,
-            kind="detection",
+            ret,
+            cls.__name__,
             teacher_type=GeneralizedRCNN,
             num_classes=_roi_classes,
             student_classes=int(ret["roi_heads"].num_classes),
             classes_key="MODEL.ROI_HEADS.NUM_CLASSES",
-            taps=parse_taps(dcfg.TAPS),
-            student_shapes=backbone_tap_shapes(backbone),
-            teacher_shapes=lambda m: backbone_tap_shapes(m.backbone),
+            student_parts=("backbone", "proposal_generator", "roi_heads"),
         )
-        check_same_padding(backbone, built["teacher"].backbone)
-        if dcfg.INIT_STUDENT_FROM_TEACHER:
-            student = nn.Module()  # the student's parameter names
-            student.backbone = backbone
-            student.proposal_generator = ret["proposal_generator"]
-            student.roi_heads = ret["roi_heads"]
-            init_student_from_teacher(student, built["teacher"], dcfg.INIT_STUDENT_FROM_TEACHER)
-        ret.update(built)
-        return ret
 
     def forward(self, batched_inputs: List[dict]):
         if not self.training:

@@ -9,11 +9,8 @@ from __future__ import annotations
 from typing import List
 
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
-from torch import nn
 
-from ..distill import parse_taps
-from ..pair import build_teacher_and_distiller, init_student_from_teacher
-from .taps import DetectorDistillMixin, backbone_tap_shapes, check_same_padding, refuse_logit_kd
+from .taps import DetectorDistillMixin, add_teacher_and_distiller
 
 
 @META_ARCH_REGISTRY.register()
@@ -29,28 +26,16 @@ class DistillRetinaNet(DetectorDistillMixin, RetinaNet):
     @classmethod
     def from_config(cls, cfg):
         ret = RetinaNet.from_config(cfg)
-        dcfg = cfg.MODEL.DISTILL
-        refuse_logit_kd(cfg, cls.__name__)
-        backbone = ret["backbone"]
-        built = build_teacher_and_distiller(
+        return add_teacher_and_distiller(
             cfg,
-            kind="detection",
+            ret,
+            cls.__name__,
             teacher_type=RetinaNet,
             num_classes=lambda m: m.num_classes,
             student_classes=ret["num_classes"],
             classes_key="MODEL.RETINANET.NUM_CLASSES",
-            taps=parse_taps(dcfg.TAPS),
-            student_shapes=backbone_tap_shapes(backbone),
-            teacher_shapes=lambda m: backbone_tap_shapes(m.backbone),
+            student_parts=("backbone", "head"),  # parameter names: backbone.*, head.*
         )
-        teacher = built["teacher"]
-        check_same_padding(backbone, teacher.backbone)
-        if dcfg.INIT_STUDENT_FROM_TEACHER:
-            student = nn.Module()  # the student's parameter names: backbone.*, head.*
-            student.backbone, student.head = backbone, ret["head"]
-            init_student_from_teacher(student, teacher, dcfg.INIT_STUDENT_FROM_TEACHER)
-        ret.update(built)
-        return ret
 
     def forward(self, batched_inputs: List[dict]):
         if not self.training:

@@ -4,7 +4,7 @@ bottom-up stages they are built from, read in one backbone pass."""
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from detectron2.config import configurable
@@ -14,10 +14,12 @@ from torch import nn
 
 from radkd_d2.errors import ConfigError
 
-from ..pair import TeacherMixin
+from ..distill import parse_taps
+from ..pair import TeacherMixin, build_teacher_and_distiller, init_student_from_teacher
 
 __all__ = [
     "DetectorDistillMixin",
+    "add_teacher_and_distiller",
     "backbone_tap_shapes",
     "backbone_taps",
     "check_same_padding",
@@ -73,6 +75,54 @@ def check_same_padding(student: nn.Module, teacher: nn.Module) -> None:
             f"student and teacher pad their inputs differently (size divisibility, "
             f"constraints: {s_pad} vs {t_pad}); their feature maps would not align"
         )
+
+
+def add_teacher_and_distiller(
+    cfg,
+    ret: dict,
+    wrapper: str,
+    *,
+    teacher_type: type,
+    num_classes: Callable[[nn.Module], int],
+    student_classes: int,
+    classes_key: str,
+    student_parts: Sequence[str],
+) -> dict:
+    """The part of a detection wrapper's ``from_config`` that is not the detector's own:
+    ``ret`` (the stock detector's ``from_config`` arguments) plus the frozen ``teacher`` and the
+    ``distiller`` (taps on :func:`backbone_tap_shapes`), after the checks every detection pair
+    needs (no logit KD, same input padding), and the student initialised from the teacher
+    where MODEL.DISTILL.INIT_STUDENT_FROM_TEACHER asks.
+
+    Args:
+        wrapper: the meta-architecture's name, for messages.
+        teacher_type: the detector class the teacher must be.
+        num_classes: a built detector's class count (the teacher's); ``student_classes`` the
+            student's, and ``classes_key`` their config key.
+        student_parts: the keys of ``ret`` holding the student's modules, named as its
+            parameters are (``backbone``, ``head``; ``proposal_generator``, ``roi_heads``).
+    """
+    dcfg = cfg.MODEL.DISTILL
+    refuse_logit_kd(cfg, wrapper)
+    backbone = ret["backbone"]
+    student = nn.Module()  # the student's modules under their parameter names
+    for name in student_parts:
+        setattr(student, name, ret[name])
+    built = build_teacher_and_distiller(
+        cfg,
+        kind="detection",
+        teacher_type=teacher_type,
+        num_classes=num_classes,
+        student_classes=student_classes,
+        classes_key=classes_key,
+        taps=parse_taps(dcfg.TAPS),
+        student_shapes=backbone_tap_shapes(backbone),
+        teacher_shapes=lambda m: backbone_tap_shapes(m.backbone),
+    )
+    check_same_padding(backbone, built["teacher"].backbone)
+    if dcfg.INIT_STUDENT_FROM_TEACHER:
+        init_student_from_teacher(student, built["teacher"], dcfg.INIT_STUDENT_FROM_TEACHER)
+    return {**ret, **built}
 
 
 class DetectorDistillMixin(TeacherMixin):
