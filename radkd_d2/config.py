@@ -46,6 +46,12 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]  # pyramid pooling output sizes (PSPNet)
     cfg.MODEL.SEM_SEG_HEAD.PSP_POOL_ALIGN_CORNERS = False  # align_corners of the pooled maps' upsampling; True for CIRKD/PSPNet weights
     cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]  # atrous rates of ASPP (DeepLabV3)
+    cfg.MODEL.SEM_SEG_HEAD.ASPP_VARIANT = "full"  # DeepLabV3Head: "full" (ASPP + 3x3 bottleneck) or "lite" (1x1 + pooling branches, TF mobile DeepLab)
+    # A source model's classes through a class map (radkd_d2/modeling/class_map.py): target
+    # class i is made of the source classes CLASS_MAP[i] (several may map to one).
+    cfg.MODEL.SEM_SEG_HEAD.CLASS_MAP = []  # per target class, the list of source class ids; [] off
+    cfg.MODEL.SEM_SEG_HEAD.CLASS_MAP_SOURCE_CLASSES = 0  # class count of MODEL.WEIGHTS' classifier when CLASS_MAP is set
+    cfg.MODEL.SEM_SEG_HEAD.CLASS_MAP_MODE = "init"  # "init": merge source rows into the classifier at load; "zero_shot": keep the source classifier, map its probabilities
     cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1  # dropout before the classifier
     cfg.MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE = "res4"  # input of the auxiliary FCN head
     cfg.MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT = 0.0  # weight of the auxiliary CE loss; 0 disables it
@@ -119,6 +125,14 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.MOBILENETV2.NORM = "BN"  # "BN", "SyncBN" or "FrozenBN" (timm builds BatchNorm2d)
     cfg.MODEL.MOBILENETV2.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned
     cfg.MODEL.MOBILENETV2.PAD_TYPE = ""  # "" PyTorch's symmetric padding; "same": TensorFlow's (timm pad_type)
+
+    # MobileNet-EdgeTPU v1 (timm "mobilenet_edgetpu", first block linear); res2..res5, head.
+    cfg.MODEL.EDGETPU = CN()
+    cfg.MODEL.EDGETPU.WIDTH_MULT = 0.75  # channel multiplier: 0.75 (the Cityscapes DeepLab) or 1.0
+    cfg.MODEL.EDGETPU.OUTPUT_STRIDE = 16  # 8, 16 (the Cityscapes DeepLab) or 32
+    cfg.MODEL.EDGETPU.NORM = "BN"  # "BN", "SyncBN" or "FrozenBN"
+    cfg.MODEL.EDGETPU.OUT_FEATURES = ["res4", "res5", "head"]  # among res2..res5 and head (the 1280-ch conv)
+    cfg.MODEL.EDGETPU.PAD_TYPE = "same"  # "same": TensorFlow's padding, as its weights; "": PyTorch's
 
     # Swin Transformer (timm SwinTransformer). Defaults: Swin-T; Swin-B: 128, [2,2,18,2], [4..32].
     cfg.MODEL.SWIN = CN()

@@ -11,6 +11,7 @@ installed radkd-d2 trains without the repository (relative paths in configs reso
 working directory).
 """
 import logging
+import os
 import sys
 
 import torch.distributed as dist
@@ -58,9 +59,23 @@ def _run(args):
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
+            write_eval_results(cfg.OUTPUT_DIR, res)
         return res
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def write_eval_results(output_dir: str, results) -> None:
+    """Keep an ``--eval-only`` run's full results (per-class IoUs included; ``log.txt``'s
+    copypaste lines hold only the summary metrics) in ``OUTPUT_DIR/eval_results.json``."""
+    import json
+
+    from radkd_d2.evaluation.runs import EVAL_RESULTS_FILE
+
+    path = os.path.join(output_dir, EVAL_RESULTS_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
 
 
 def build_parser():

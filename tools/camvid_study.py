@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -79,8 +80,8 @@ from radkd_d2.analysis.sweep import (  # noqa: E402
     sweep_curves,
 )
 from radkd_d2.evaluation.report import build_report, collect_runs, write_report  # noqa: E402
-from radkd_d2.evaluation.runs import read_run, read_scalars, seed_folder  # noqa: E402
-from radkd_d2.evaluation.summary import contrast_text, mean_std  # noqa: E402
+from radkd_d2.evaluation.runs import per_class_iou, read_run, read_scalars, seed_folder  # noqa: E402
+from radkd_d2.evaluation.summary import contrast_text, mean_std, paired_contrast_text  # noqa: E402
 
 CFG = REPO / "configs/camvid"
 # the models of a scale: teacher and student configs, the distillation configs' pair name
@@ -107,6 +108,35 @@ _MV2_FAMILY = dict(
     # every seed): the weights' own TensorFlow padding
     pad="same",
 )
+# the road-scene regime: a DeepLab trained on Cityscapes (MobileNet-EdgeTPU x0.75, ASPP-lite,
+# ../shared/data/pretrained), fine-tuned on CamVid from its own classes through the class map
+# of its config, teaches PSPNet-MV2 students from ImageNet. Taps: the last backbone feature of
+# each (the teacher's 1280-channel head conv, the student's res5)
+_DLCS_FAMILY = dict(
+    pair="dlcs_pspmv2",
+    teacher_config="deeplab_edgetpu_cityscapes_camvid.yaml",
+    student_config="pspnet_mv2_camvid.yaml",
+    lead=8,
+    pretrained=dict(
+        student="mobilenet_v2_imagenet_torchvision.pth",
+        teacher="deeplab_mobilenet_edgetpu075_cityscapes.pth",
+    ),
+    # converter of each pretrained file (tools/convert_weights.py --source)
+    sources=dict(student="torchvision_mobilenetv2", teacher="tf_deeplab_edgetpu"),
+    # the config each pretrained file is converted against (the source model's own classes)
+    convert_configs=dict(teacher="../cityscapes/deeplab_edgetpu_cityscapes.yaml"),
+    # the Cityscapes model scored on CamVid val through the class map, without training
+    zero_shot_config="deeplab_edgetpu_cityscapes_zeroshot_camvid.yaml",
+    checkpoint_period=100,
+    pad="same",
+    methods=("kd", "lad", "lad_nokd", "cad"),
+    seeds=5,
+    sweep_weights=(),
+    tap_key="res5_to_head",  # the distiller's name of the (res5, head) tap in diagnostics
+    curves="every arm",  # seed 0 of every arm evaluated every eval_period: the students' curves
+)
+# the per-class IoUs the road-scene study checks the teacher's lead on (CamVid names)
+HARD_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 
 
 def _gpu_common(workers: int, extra: Sequence = ()) -> list:
@@ -188,6 +218,39 @@ SCALES = {
         eval_period=100,
         **_MV2_FAMILY,
     ),
+    # the road-scene regime (--scale cityscapes): the pretrained scale's data and students, trained
+    # to their plateau (1000 iterations), under the fine-tuned Cityscapes DeepLab
+    "cityscapes": dict(
+        teacher=[],
+        student=[],
+        common=[
+            "INPUT.SEM_SEG.CROP_SIZE",
+            "(120, 160)",
+            "INPUT.MIN_SIZE_TEST",
+            180,
+            "INPUT.SEM_SEG.SCALE_RANGE",
+            "(0.375, 0.75)",
+            "SOLVER.IMS_PER_BATCH",
+            8,
+            "DATALOADER.NUM_WORKERS",
+            1,
+        ],
+        iters=1000,
+        start_iters=0,
+        teacher_iters=2000,
+        eval_period=125,
+        **_DLCS_FAMILY,
+    ),
+    "cityscapes-gpu": dict(
+        teacher=[],
+        student=[],
+        common=_gpu_common(workers=4, extra=["INPUT.SEM_SEG.SCALE_RANGE", "(0.5, 2.0)"]),
+        iters=4000,
+        start_iters=0,
+        teacher_iters=4000,
+        eval_period=500,
+        **_DLCS_FAMILY,
+    ),
     "pretrained-gpu": dict(
         teacher=[],
         student=[],
@@ -217,6 +280,7 @@ MAIN_METHODS = ("naive", "lad", "cad", "kd", "lad_nokd")
 KD_ALONE = "kd_logits"  # the arm the report's second Δ is taken against
 ALL_METHODS = tuple(ARMS)
 SWEEP_METHODS = ("naive", "lad")
+PLATEAU_GAIN = 0.5  # a val curve gaining less over its last quarter has reached its plateau
 MAIN_WEIGHT = 10.0  # λ of the main runs (their configs'): the sweep's λ = 10 points
 
 
@@ -316,22 +380,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         choices=ALL_METHODS,
-        default=list(MAIN_METHODS),
-        help="distilled arms besides no KD (default: naive lad cad kd lad_nokd; kd is logit KD "
-        "alone, lad_nokd the LAD term alone, the others a res5 term + logit KD)",
+        default=None,
+        help="distilled arms besides no KD (default: the scale's; naive lad cad kd lad_nokd, for "
+        "the cityscapes scales kd lad lad_nokd cad; kd is logit KD alone, lad_nokd the LAD term "
+        "alone, the others a res5 term + logit KD)",
     )
     p.add_argument(
         "--sweep-weights",
         type=float,
-        nargs="+",
-        default=[1, 100, 1000],
-        help="λ of the naive/LAD sweep besides the main runs' 10",
+        nargs="*",
+        default=None,
+        help="λ of the naive/LAD sweep besides the main runs' 10 (default: the scale's, 1 100 "
+        "1000; none for the cityscapes scales; an empty list: no sweep)",
     )
     p.add_argument(
         "--seeds",
         type=seeds_arg,
-        default=3,
-        help="runs (seeds) of every main student arm, SEED 42, 43, ... (default 3)",
+        default=None,
+        help="runs (seeds) of every main student arm, SEED 42, 43, ... shared across arms, so "
+        "that seed k of every arm has the same initialisation and data order (default: the "
+        "scale's, 3; 5 for the cityscapes scales)",
     )
     p.add_argument(
         "--sweep-seeds",
@@ -378,6 +446,9 @@ def plan_runs(args: argparse.Namespace, pad: Optional[str] = None) -> StudyPlan:
             ``--pad-type`` argument ("auto" plans the padding comparison's "torch" side).
     """
     s = SCALES[args.scale]
+    methods = list(args.methods or s.get("methods", MAIN_METHODS))
+    seeds = args.seeds or s.get("seeds", 3)
+    sweep_weights = list(s.get("sweep_weights", (1, 100, 1000)) if args.sweep_weights is None else args.sweep_weights)
     iters = args.iters or s["iters"]
     start_iters = s["start_iters"] if args.start_iters is None else args.start_iters
     teacher_iters = args.teacher_iters or s["teacher_iters"]
@@ -409,7 +480,9 @@ def plan_runs(args: argparse.Namespace, pad: Optional[str] = None) -> StudyPlan:
         "MODEL.DISTILL.TEACHER.WEIGHTS",
         teacher_dir / "model_best.pth",
         "MODEL.DISTILL.TEACHER.OPTS",
-        repr([str(x) for x in [*s["teacher"], *pad_opts]]),
+        # the teacher inside a distillation run is built as in its own run: its scale's
+        # overrides and the study's --opts (a model override reaches both)
+        repr([str(x) for x in [*s["teacher"], *pad_opts, *args.opts]]),
     ]
     teacher = plan_seeds(
         "teacher",
@@ -431,24 +504,27 @@ def plan_runs(args: argparse.Namespace, pad: Optional[str] = None) -> StudyPlan:
         from_start = ["MODEL.WEIGHTS", start.out_dir / "model_final.pth"]
     nokd_dir = padding_dir(out, pad) if pretrained else out / "student_nokd"
     students = plan_seeds(
-        "student_nokd", student_cfg, [*common, *s["student"], *from_start], nokd_dir, args.seeds
+        "student_nokd", student_cfg, [*common, *s["student"], *from_start], nokd_dir, seeds
     )
     students[0].opts.extend(curve)  # the plain student's val curve: has it flattened?
-    for m in args.methods:
+    for m in methods:
         arm, config, extra = ARMS[m]
-        students += plan_seeds(
+        runs = plan_seeds(
             arm,
             CFG / config.format(pair=s["pair"]),
             [*common, *s["student"], *teacher_opts, *from_start, *extra],
             out / arm,
-            args.seeds,
+            seeds,
         )
+        if s.get("curves") == "every arm":  # seed 0 of each arm with the same evaluations
+            runs[0].opts.extend(curve)
+        students += runs
     sweep_dir = out / "sweep"
     sweep_weight = {}
     for m in SWEEP_METHODS:
         cfg = CFG / f"{m}_res5_{s['pair']}_camvid.yaml"
         base = config_seed(cfg) if args.sweep_seeds > 1 else -1
-        for pt in plan_sweep(sweep_dir, [m], args.sweep_weights, args.sweep_seeds, base_seed=base):
+        for pt in plan_sweep(sweep_dir, [m], sweep_weights, args.sweep_seeds, base_seed=base):
             opts = [*common, *s["student"], *teacher_opts, *from_start, *point_opts(pt, "res5")]
             sweep_weight[pt.path] = pt.weight
             students.append(
@@ -468,14 +544,14 @@ def plan_runs(args: argparse.Namespace, pad: Optional[str] = None) -> StudyPlan:
         iters,
         start_iters,
         teacher_iters,
-        args.seeds,
+        seeds,
         args.sweep_seeds,
-        list(args.methods),
+        methods,
         teacher,
         start,
         students,
         sweep_dir,
-        list(args.sweep_weights),
+        sweep_weights,
         common,
         teacher_opts,
         sweep_weight,
@@ -490,7 +566,27 @@ def teacher_best_dir(plan: StudyPlan) -> Path:
 
 
 def _arm_values(dirs: Sequence[Path]) -> List[float]:
-    return [v for v in (read_run(d).metrics.get("mIoU") for d in dirs) if v is not None]
+    return [v for v in _seed_values(dirs) if v is not None]
+
+
+def _seed_values(dirs: Sequence[Path]) -> List[Optional[float]]:
+    """Val mIoU of each seed folder in seed order, None where the run has not finished: seed k
+    of one arm pairs with seed k of another (same SEED, initialisation and data order)."""
+    return [read_run(d).metrics.get("mIoU") for d in dirs]
+
+
+def zero_shot_dir(plan: "StudyPlan") -> Path:
+    """Where the eval-only run of the source model through the class map writes its scores."""
+    return plan.out / "zero_shot"
+
+
+# the test every conclusion of the report rests on, fixed before any arm was looked at
+TEST_STATEMENT = (
+    "Conclusions rest on the **paired** Δ: seed k of every arm shares SEED 42 + k (same student "
+    "initialisation and data order), so Δ is the mean of the per-seed differences ± its standard "
+    "error (sample std / √n), significant (*) when |Δ| > 2·SE. The unpaired Δ (difference of "
+    "the means ± √(s²/n + s_b²/n_b)) is shown beside it."
+)
 
 
 def contrast_section(plan: StudyPlan) -> str:
@@ -498,24 +594,70 @@ def contrast_section(plan: StudyPlan) -> str:
     values), Δ against the plain student and Δ against logit KD alone, each ± the SE of the
     difference (``*``: |Δ| > 2·SE). The second Δ is what a feature term adds over KD."""
     arms = ["student_nokd"] + [ARMS[m][0] for m in plan.methods]
-    base = _arm_values(plan.arm_dirs("student_nokd"))
-    kd = _arm_values(plan.arm_dirs(KD_ALONE)) if KD_ALONE in arms else []
+    base = _seed_values(plan.arm_dirs("student_nokd"))
+    kd = _seed_values(plan.arm_dirs(KD_ALONE)) if KD_ALONE in arms else []
     lines = [
-        "## Arms against no KD and against KD alone (val mIoU)", "",
-        "| arm | seeds | mean ± std (seed values) | Δ vs no KD ± SE | Δ vs KD alone ± SE |",
-        "|---|---:|---|---|---|",
+        "## Arms against no KD and against KD alone (val mIoU)", "", TEST_STATEMENT, "",
+        "| arm | seeds | mean ± std (seed values) | Δ vs no KD, paired | Δ vs no KD, unpaired "
+        "| Δ vs KD alone, paired | Δ vs KD alone, unpaired |",
+        "|---|---:|---|---|---|---|---|",
     ]  # fmt: skip
     for arm in arms:
-        values = _arm_values(plan.arm_dirs(arm))
+        by_seed = _seed_values(plan.arm_dirs(arm))
+        values = [v for v in by_seed if v is not None]
         if not values:
-            lines.append(f"| {arm} | 0 | (not finished) | | |")
+            lines.append(f"| {arm} | 0 | (not finished) | | | | |")
             continue
         m, sd, _ = mean_std(values)
         text = f"{m:.2f} ± {sd:.2f}" if math.isfinite(sd) else f"{m:.2f}"
-        text += " (" + " / ".join(f"{v:.2f}" for v in values) + ")"
-        vs_base = contrast_text(values, base) if arm != "student_nokd" else ""
-        vs_kd = contrast_text(values, kd) if arm not in ("student_nokd", KD_ALONE) else ""
-        lines.append(f"| {arm} | {len(values)} | {text} | {vs_base} | {vs_kd} |")
+        text += " (" + " / ".join("–" if v is None else f"{v:.2f}" for v in by_seed) + ")"
+        cells = []
+        for ref, skip in ((base, ("student_nokd",)), (kd, ("student_nokd", KD_ALONE))):
+            if arm in skip or not ref:
+                cells += ["", ""]
+            else:
+                cells += [paired_contrast_text(by_seed, ref), contrast_text(values, [v for v in ref if v is not None])]
+        lines.append(f"| {arm} | {len(values)} | {text} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_class_section(plan: StudyPlan, lead_needed: float, hard: Sequence[str] = HARD_CLASSES) -> str:
+    """Per-class val IoU: the source model zero-shot (when the scale has one), the teacher the
+    students learn from, and the mean over seeds of every arm; then the teacher's lead over the
+    plain student overall and on the ``hard`` classes, against ``lead_needed``."""
+    columns = []
+    if zero_shot_dir(plan).is_dir():
+        columns.append(("zero-shot", [per_class_iou(zero_shot_dir(plan))]))
+    columns.append(("teacher", [per_class_iou(teacher_best_dir(plan))]))
+    for arm in ["student_nokd"] + [ARMS[m][0] for m in plan.methods]:
+        columns.append((arm, [per_class_iou(d) for d in plan.arm_dirs(arm)]))
+    columns = [(name, [c for c in runs if c]) for name, runs in columns]
+    columns = [(name, runs) for name, runs in columns if runs]
+    if not columns:
+        return "## Per-class val IoU\n\n(no evaluations yet)\n"
+    classes = list(columns[0][1][0])
+    mean = lambda runs, c: sum(r.get(c, math.nan) for r in runs) / len(runs)  # noqa: E731
+    lines = [
+        "## Per-class val IoU (mean over the finished seeds)", "",
+        "| class | " + " | ".join(f"{n} ({len(r)})" for n, r in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]  # fmt: skip
+    for c in classes:
+        lines.append(f"| {c} | " + " | ".join(f"{mean(r, c):.1f}" for _, r in columns) + " |")
+    by_name = dict(columns)
+    if "teacher" in by_name and "student_nokd" in by_name:
+        t, p = by_name["teacher"], by_name["student_nokd"]
+        rows = [("mIoU (overall)", read_run(teacher_best_dir(plan)).metrics.get("mIoU"),
+                 mean_std(_arm_values(plan.arm_dirs("student_nokd")))[0])]
+        rows += [(c, mean(t, c), mean(p, c)) for c in hard if c in classes]
+        lines += ["", f"Teacher lead over the plain student (at least {lead_needed:g} points asked):", "",
+                  "| class | teacher | plain student | lead | |", "|---|---:|---:|---:|---|"]  # fmt: skip
+        for c, tv, pv in rows:
+            if tv is None or pv is None:
+                continue
+            lead = tv - pv
+            ok = "ok" if lead >= lead_needed else f"short by {lead_needed - lead:.1f}"
+            lines.append(f"| {c} | {tv:.1f} | {pv:.1f} | {lead:+.1f} | {ok} |")
     return "\n".join(lines) + "\n"
 
 
@@ -545,16 +687,25 @@ def schedule_section(plan: StudyPlan, lead_needed: float = 8) -> str:
     curves = [("teacher", plan.teacher.out_dir)]
     curves += [("shared start", plan.start.out_dir)] if plan.start else []
     curves += [("no KD, seed 0 (from the start)" if plan.start else "no KD, seed 0", plan.arm_dirs("student_nokd")[0])]
+    curves += [(f"{ARMS[m][0]}, seed 0", plan.arm_dirs(ARMS[m][0])[0]) for m in plan.methods]
     lines += ["| run | curve (iteration: mIoU) | gain over the last quarter |", "|---|---|---:|"]
+    gains = {}
     for label, d in curves:
         pts = read_scalars(d, "sem_seg/mIoU").get("sem_seg/mIoU", [])
-        if not pts:
-            lines.append(f"| {label} | (no evaluations) | |")
+        if len(pts) < 2:  # an arm whose seed 0 is scored only at its end has no curve
+            if label.startswith(("teacher", "no KD")):
+                lines.append(f"| {label} | (no evaluations) | |")
             continue
         end = read_run(d).max_iter or pts[-1][0] + 1
         # a periodic evaluation is logged at the iteration before its count, the final one after
         text = ", ".join(f"{min(it + 1, end)}: {v:.1f}" for it, v in pts)
-        lines.append(f"| {label} | {text} | {last_quarter_gain(pts):+.1f} |")
+        gains[label] = last_quarter_gain(pts)
+        lines.append(f"| {label} | {text} | {gains[label]:+.1f} |")
+    plain = next((g for label, g in gains.items() if label.startswith("no KD")), None)
+    if plain is not None:
+        verdict = "at its plateau" if plain < PLATEAU_GAIN else "NOT at its plateau"
+        lines += ["", f"Plain student (seed 0): {plain:+.2f} points over the last quarter of its schedule, {verdict} "
+                  f"(a gain under {PLATEAU_GAIN:g} counts as the plateau)."]
     teach = read_run(teacher_best_dir(plan)).metrics.get("mIoU")
     plain = [read_run(d).metrics.get("mIoU") for d in plan.arm_dirs("student_nokd")]
     plain = [v for v in plain if v is not None]
@@ -608,7 +759,8 @@ def convert_pretrained(args, s: dict, out: Path) -> None:
     ``pretrained/`` folder through ``tools/convert_weights.py`` (every backbone key checked
     against the model of the config; nothing dropped silently). Converted files are kept."""
     root = Path(args.pretrained_root or Path(args.data_root) / "pretrained")
-    for model, config in (("student", s["student_config"]), ("teacher", s["teacher_config"])):
+    configs = {"student": s["student_config"], "teacher": s["teacher_config"], **s.get("convert_configs", {})}
+    for model, config in configs.items():
         dst = pretrained_file(out, model, s)
         if dst is None or dst.is_file():
             continue
@@ -622,7 +774,7 @@ def convert_pretrained(args, s: dict, out: Path) -> None:
         tmp = dst.with_name(dst.stem + ".partial.pth")
         cmd = [
             sys.executable, str(REPO / "tools/convert_weights.py"), "--source",
-            "torchvision_mobilenetv2", "--input", str(src), "--output", str(tmp),
+            s.get("sources", {}).get(model, "torchvision_mobilenetv2"), "--input", str(src), "--output", str(tmp),
             "--config-file", str(CFG / config), "MODEL.WEIGHTS", "",
         ]  # fmt: skip
         log = out / "pretrained" / f"convert_{model}.log"
@@ -663,7 +815,8 @@ def main(argv=None):
     pretrained = "pretrained" in s
     deadline = Deadline(args.time_limit)
 
-    def train(run: PlannedRun, max_iter=None):
+    def train(run: PlannedRun, max_iter=None, alone=False):
+        """Train ``run`` (resuming it), ``alone``: no other run beside it (all the threads)."""
         max_iter = max_iter or iters
         if read_run(run.out_dir, max_iter=max_iter).status == "finished":
             print(f"{run.name}: finished earlier, skipped", flush=True)
@@ -671,10 +824,14 @@ def main(argv=None):
         if deadline.left() is not None and deadline.left() <= 0:
             raise TimeLimit(run.name)
         log = run.out_dir / "study.log"
+        # runs side by side (--jobs) share the cores: each gets its part of the threads, so its
+        # floating-point order (and result) does not depend on what runs beside it
+        threads = None if alone or args.jobs == 1 else max(1, (os.cpu_count() or 1) // args.jobs)
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else None
         # --resume: a run interrupted earlier goes on from its last checkpoint
         rc = run_training(
             run.command(resume=True), log, label=run.label, max_iter=max_iter, cwd=REPO,
-            started=deadline.watch,
+            started=deadline.watch, env=env,
         )  # fmt: skip
         if deadline.hit:
             raise TimeLimit(run.name)
@@ -696,7 +853,7 @@ def main(argv=None):
                 convert_pretrained(args, s, plan.out)
                 if args.pad_type == "auto":
                     plan = plan_runs(args, choose_padding(args, train))
-            failed = _train_all(plan, train, args.jobs)
+            failed = _train_all(plan, train, args.jobs, s)
     except TimeLimit as e:
         print(
             f"time limit ({args.time_limit:g} s) reached at {e}: stopped; rerun the same command to "
@@ -708,11 +865,23 @@ def main(argv=None):
     sys.exit(1 if failed else 0)
 
 
-def _train_all(plan: StudyPlan, train, jobs: int) -> List[str]:
-    """The teacher, the start, then every student run; returns the names of failed runs."""
+def _train_all(plan: StudyPlan, train, jobs: int, s: dict) -> List[str]:
+    """The zero-shot score of the source model (scales that have one), the teacher, the start,
+    then every student run; returns the names of failed runs."""
+    if s.get("zero_shot_config"):
+        zs = zero_shot_dir(plan)
+        if per_class_iou(zs):
+            print("      zero-shot score: finished earlier, skipped", flush=True)
+        else:
+            opts = [*plan.common, "OUTPUT_DIR", zs, "MODEL.WEIGHTS", pretrained_file(plan.out, "teacher", s)]
+            cmd = train_command(CFG / s["zero_shot_config"], opts, eval_only=True, replace=True)
+            print("[0/3] the source model on val through the class map (no training)", flush=True)
+            if run_training(cmd, zs / "study.log", label="zero-shot, val", cwd=REPO):
+                print(log_tail(zs / "study.log"))
+                sys.exit(1)
     teacher_iters = plan.teacher_iters
     print(f"[1/3] teacher ({teacher_iters} iterations)", flush=True)
-    if train(plan.teacher, teacher_iters)[1]:
+    if train(plan.teacher, teacher_iters, alone=True)[1]:
         sys.exit(1)
     best = teacher_best_dir(plan)
     if read_run(best).metrics.get("mIoU") is None:
@@ -724,7 +893,7 @@ def _train_all(plan: StudyPlan, train, jobs: int) -> List[str]:
             sys.exit(1)
     if plan.start is not None:
         print(f"      shared student start ({plan.start_iters} iterations)", flush=True)
-        if train(plan.start, plan.start_iters)[1]:
+        if train(plan.start, plan.start_iters, alone=True)[1]:
             sys.exit(1)
     # seed-major main arms first (an interrupted study still has whole seeds to compare), then
     # the sweep points seed-major too, the largest λ first, naive and LAD side by side
@@ -756,21 +925,23 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
     with open(out / "report" / "report.md", "a") as f:
         f.write("\n" + contrast_section(plan))
         f.write("\n" + schedule_section(plan, s["lead"]))
+        f.write("\n" + per_class_section(plan, s["lead"]))
         f.write("\n" + padding_section(plan))
-    collected = collect_sweep(plan.sweep_dir, list(SWEEP_METHODS), plan.sweep_weights, plan.sweep_seeds)
-    for method in SWEEP_METHODS:
-        main_pts = [(MAIN_WEIGHT, read_run(d)) for d in plan.arm_dirs(f"{method}_res5")]
-        collected[method] = sorted(collected.get(method, []) + main_pts, key=lambda x: x[0])
-    print(format_sweep(collected))
-    base = [read_run(d).metrics.get("mIoU") for d in plan.arm_dirs("student_nokd")]
-    base = [v for v in base if v is not None]
-    teach = read_run(teacher_best_dir(plan)).metrics.get("mIoU")
-    plot_sweep(
-        sweep_curves(collected),
-        out / "sweep.png",
-        baseline=sum(base) / len(base) if base else None,
-        teacher=teach,
-    )
+    if plan.sweep_weights:  # the naive/LAD sweep (a scale without one has no sweep table or plot)
+        collected = collect_sweep(plan.sweep_dir, list(SWEEP_METHODS), plan.sweep_weights, plan.sweep_seeds)
+        for method in SWEEP_METHODS:
+            main_pts = [(MAIN_WEIGHT, read_run(d)) for d in plan.arm_dirs(f"{method}_res5")]
+            collected[method] = sorted(collected.get(method, []) + main_pts, key=lambda x: x[0])
+        print(format_sweep(collected))
+        base = [read_run(d).metrics.get("mIoU") for d in plan.arm_dirs("student_nokd")]
+        base = [v for v in base if v is not None]
+        teach = read_run(teacher_best_dir(plan)).metrics.get("mIoU")
+        plot_sweep(
+            sweep_curves(collected),
+            out / "sweep.png",
+            baseline=sum(base) / len(base) if base else None,
+            teacher=teach,
+        )
     # the figures of single runs show seed 0
     first = {ARMS[m][0]: plan.arm_dirs(ARMS[m][0])[0] for m in plan.methods}
     sweep_first = [
@@ -780,7 +951,7 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
     plot_magnitudes(
         sweep_first + [(f"{label} λ=10", first[a]) for label, a in (("naive", "naive_res5"), ("LAD", "lad_res5")) if a in first],
         out / "magnitudes.png",
-        taps=["res5"],
+        taps=[s.get("tap_key", "res5")],
     )
     try:
         from radkd_d2.analysis.heatmaps import heatmaps_from_config

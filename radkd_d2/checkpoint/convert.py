@@ -27,6 +27,8 @@ Sources (see each ``convert_*`` docstring for its key mapping and what it leaves
 - ``torchvision_swin`` / ``timm_swin`` -> :class:`SwinBackbone` (timm under ``body.``).
 - ``cirkd_resnet``: CIRKD deep-stem ResNetV1b backbones and full PSPNet / DeepLabV3 checkpoints.
 - ``mmseg_pspnet`` / ``mmseg_deeplabv3``: mmsegmentation ResNetV1c + PSPHead / ASPPHead + FCN aux.
+- ``tf_deeplab_edgetpu``: the TensorFlow model zoo's mobile DeepLab on MobileNet-EdgeTPU
+  (dequantised, timm names) -> :class:`MobileNetEdgeTPU` + the "lite" DeepLabV3 head, whole model.
 - ``mmdet_retinanet``: mmdetection RetinaNet (ResNet/ResNeXt, FPN, RetinaHead) -> Detectron2
   RetinaNet, anchors reordered.
 - ``d2_pkl``: Detectron2 / Caffe2 model-zoo files through Detectron2's own loader.
@@ -47,6 +49,7 @@ from typing import Callable, Dict, Mapping, Tuple
 import torch
 from torch import nn
 
+from .edgetpu import convert_tf_deeplab_edgetpu
 from .mobilenetv2 import convert_timm_mobilenetv2, convert_torchvision_mobilenetv2
 from .openmmlab import (
     convert_mmdet_retinanet,
@@ -73,6 +76,7 @@ __all__ = [
     "convert_mmdet_retinanet",
     "convert_mmseg_deeplabv3",
     "convert_mmseg_pspnet",
+    "convert_tf_deeplab_edgetpu",
     "convert_timm_mobilenetv2",
     "convert_timm_swin",
     "convert_torchvision_mobilenetv2",
@@ -147,6 +151,7 @@ CONVERTERS: Dict[str, Callable] = {
     "mmseg_pspnet": convert_mmseg_pspnet,
     "mmseg_deeplabv3": convert_mmseg_deeplabv3,
     "mmdet_retinanet": convert_mmdet_retinanet,
+    "tf_deeplab_edgetpu": convert_tf_deeplab_edgetpu,
     "d2_pkl": convert_d2_pkl,
 }
 """Converter functions by source name: ``fn(state_dict_or_path, target, *, prefix=None,

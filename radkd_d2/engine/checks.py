@@ -9,7 +9,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from radkd_d2.configs_index import PRETRAINED, pixel_order
 from radkd_d2.errors import ConfigError  # noqa: F401  (re-exported)
 from radkd_d2.losses import distill_loss_options
+from radkd_d2.modeling.class_map import CLASS_MAP_MODES
 from radkd_d2.modeling.connectors import connector_choices
+from radkd_d2.modeling.heads.deeplab import ASPP_VARIANTS
 from radkd_d2.modeling.teacher import load_teacher_cfg
 
 
@@ -148,6 +150,11 @@ def validate_config(cfg) -> None:
     check_choice(cfg, "MODEL.DRN.DEPTH", (18, 34, 50, 101))
     check_choice(cfg, "MODEL.DRN.OUTPUT_STRIDE", (8, 16, 32))
     check_choice(cfg, "MODEL.MOBILENETV2.PAD_TYPE", ("", "same"))
+    check_choice(cfg, "MODEL.EDGETPU.PAD_TYPE", ("", "same"))
+    check_choice(cfg, "MODEL.EDGETPU.WIDTH_MULT", (0.75, 1.0))
+    check_choice(cfg, "MODEL.EDGETPU.OUTPUT_STRIDE", (8, 16, 32))
+    check_choice(cfg, "MODEL.SEM_SEG_HEAD.ASPP_VARIANT", ASPP_VARIANTS)
+    check_choice(cfg, "MODEL.SEM_SEG_HEAD.CLASS_MAP_MODE", CLASS_MAP_MODES)
     check_range(cfg, "MODEL.DRN.WIDTH_MULT", low=0, low_inclusive=False)
     check_range(cfg, "SOLVER.MAX_ITER", low=1)
     check_range(cfg, "SOLVER.BASE_LR", low=0, low_inclusive=False)

@@ -229,6 +229,9 @@ class _Preflight:
         from .guard import check_model_weights
 
         checkpointer.partial = self.cfg.MODEL.WEIGHTS_PARTIAL
+        head = self.cfg.MODEL.SEM_SEG_HEAD
+        if head.CLASS_MAP and head.CLASS_MAP_MODE == "init":
+            checkpointer.class_map = (head.CLASS_MAP, head.CLASS_MAP_SOURCE_CLASSES)
         if isinstance(model, DistributedDataParallel):
             model = model.module
         path, key = self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"

@@ -145,6 +145,22 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     partial = False
     _loading = ""
+    # (CLASS_MAP, source class count) of MODEL.SEM_SEG_HEAD in "init" mode: a file whose
+    # classifier has the source classes is given the merged target rows as it is read
+    class_map = None
+
+    def _load_file(self, filename):
+        checkpoint = super()._load_file(filename)
+        if self.class_map and isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+            from radkd_d2.modeling.class_map import map_checkpoint_classifiers
+
+            changed = map_checkpoint_classifiers(checkpoint["model"], self.model.state_dict(), *self.class_map)
+            if changed:
+                logger.info(
+                    "MODEL.SEM_SEG_HEAD.CLASS_MAP: %s initialised from %d source classes of %s",
+                    ", ".join(changed), self.class_map[1], filename,
+                )
+        return checkpoint
 
     def load(self, path: str, checkpointables=None):
         self._loading = path

@@ -351,3 +351,30 @@ def read_scalars(path: str | Path, prefix: str = "") -> Dict[str, List[Tuple[int
             if key.startswith(prefix) and isinstance(value, (int, float)) and key != "iteration":
                 series[key][int(it)] = float(value)
     return {k: sorted(v.items()) for k, v in series.items()}
+
+
+EVAL_RESULTS_FILE = "eval_results.json"  # an --eval-only run's full results (train_net writes it)
+
+
+def per_class_iou(path: str | Path) -> Dict[str, float]:
+    """``{class name: IoU}`` of a segmentation run's last evaluation (of its first test set):
+    from ``metrics.json`` (``sem_seg/IoU-<class>``, a training run) or, for an ``--eval-only``
+    run, from :data:`EVAL_RESULTS_FILE`; {} when neither has them."""
+    path = Path(path)
+    last: Dict[str, float] = {}
+    for row in read_metrics_json(path / "metrics.json"):
+        found = {k.split("/IoU-", 1)[1]: float(v) for k, v in row.items() if "sem_seg/IoU-" in k}
+        if found:
+            last = found
+    if last:
+        return last
+    f = path / EVAL_RESULTS_FILE
+    if not f.is_file():
+        return {}
+    try:
+        results = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    first = next(iter(results.values()), {}) if results and "sem_seg" not in results else results
+    sem = first.get("sem_seg", {}) if isinstance(first, dict) else {}
+    return {k[len("IoU-"):]: float(v) for k, v in sem.items() if k.startswith("IoU-")}

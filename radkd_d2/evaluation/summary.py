@@ -176,6 +176,34 @@ def contrast_text(values: Sequence[float], base: Sequence[float]) -> str:
     return f"{delta:+.2f} ± {se:.2f}" + (" *" if abs(delta) > 2 * se else "")
 
 
+def paired_contrast(values: Sequence[Optional[float]], base: Sequence[Optional[float]]) -> Tuple[float, float, int]:
+    """``(Δ, SE, n)`` of two arms compared seed by seed: ``values[k]`` and ``base[k]`` come from
+    the same seed (same initialisation and data order), so Δ is the mean of the per-seed
+    differences and SE their sample standard deviation / sqrt(n). Seeds missing (None or NaN)
+    on either side are left out; SE is NaN with fewer than two pairs."""
+    diffs = [
+        v - b
+        for v, b in zip(values, base)
+        if v is not None and b is not None and not (math.isnan(v) or math.isnan(b))
+    ]
+    if not diffs:
+        raise ValueError("paired_contrast needs at least one seed with a value on both sides")
+    m, s, n = mean_std(diffs)
+    return m, (s / math.sqrt(n) if n > 1 else math.nan), n
+
+
+def paired_contrast_text(values: Sequence[Optional[float]], base: Sequence[Optional[float]]) -> str:
+    """``"+1.23 ± 0.45 (n 5)"`` of :func:`paired_contrast`, ``" *"`` appended when |Δ| > 2·SE;
+    "" when no seed has both values."""
+    try:
+        delta, se, n = paired_contrast(values, base)
+    except ValueError:
+        return ""
+    if not math.isfinite(se):
+        return f"{delta:+.2f} (n {n})"
+    return f"{delta:+.2f} ± {se:.2f} (n {n})" + (" *" if abs(delta) > 2 * se else "")
+
+
 def significant(delta: Optional[float], se: Optional[float]) -> bool:
     """Whether an improvement Δ is more than twice its standard error (never when the SE is
     undefined)."""

@@ -18,7 +18,7 @@ res4 input; CIRKD (``models/pspnet.py``, ``models/deeplabv3.py``, ``_FCNHead``) 
 a quarter of the input (256 / 64), the default here (``aux_channels`` 0).
 """
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -28,6 +28,8 @@ from torch.nn import functional as F
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
 from radkd_d2.errors import ConfigError
+
+from ..class_map import check_class_map, map_log_probs
 
 __all__ = ["DilatedSegHead", "FCNHead"]
 
@@ -97,6 +99,9 @@ class DilatedSegHead(nn.Module):
         aux_loss_weight: float = 0.0,
         aux_channels: int = 0,
         align_corners: bool = False,
+        class_map: Sequence[Sequence[int]] = (),
+        class_map_mode: str = "init",
+        source_classes: int = 0,
     ):
         """
         Args:
@@ -116,6 +121,10 @@ class DilatedSegHead(nn.Module):
             aux_channels: width of the auxiliary head's 3x3 conv; 0: its input's channels // 4.
             align_corners: ``align_corners`` of the logits' bilinear upsampling (losses and
                 inference); True as the SKD/IFVD/CWD and CIRKD code bases, False as Detectron2.
+            class_map, class_map_mode, source_classes: a source label set's classes per target
+                class (:mod:`radkd_d2.modeling.class_map`); in "zero_shot" mode the classifier
+                has ``source_classes`` outputs and "logits" are the mapped log-probabilities
+                (K = ``num_classes`` channels). Empty: no map.
         """
         super().__init__()
         if in_feature not in input_shape:
@@ -138,7 +147,11 @@ class DilatedSegHead(nn.Module):
         self.align_corners = align_corners
 
         self.dropout = nn.Dropout2d(dropout)
-        self.predictor = Conv2d(conv_dims, num_classes, kernel_size=1)
+        self.class_map = (
+            check_class_map(class_map, source_classes, num_classes, class_map_mode) if class_map else []
+        )
+        self.zero_shot = bool(self.class_map) and class_map_mode == "zero_shot"
+        self.predictor = Conv2d(conv_dims, source_classes if self.zero_shot else num_classes, kernel_size=1)
         weight_init.c2_msra_fill(self.predictor)
 
         self.aux_in_feature = None
@@ -177,6 +190,9 @@ class DilatedSegHead(nn.Module):
             "aux_loss_weight": head.AUX_LOSS_WEIGHT,
             "aux_channels": head.AUX_CONVS_DIM,
             "align_corners": head.ALIGN_CORNERS,
+            "class_map": head.CLASS_MAP,
+            "class_map_mode": head.CLASS_MAP_MODE,
+            "source_classes": head.CLASS_MAP_SOURCE_CLASSES,
         }
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
@@ -206,7 +222,10 @@ class DilatedSegHead(nn.Module):
             (B x K x h' x w' at the stride of ``aux_in_feature``).
         """
         decoder = self.decode_features(features)
-        outputs = {"decoder": decoder, "logits": self.predictor(self.dropout(decoder))}
+        logits = self.predictor(self.dropout(decoder))
+        if self.zero_shot:
+            logits = map_log_probs(logits, self.class_map)
+        outputs = {"decoder": decoder, "logits": logits}
         if self.aux_head is not None and self.training:
             outputs["aux_logits"] = self.aux_head(features[self.aux_in_feature])
         return outputs
