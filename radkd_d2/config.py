@@ -111,7 +111,6 @@ def _add_data_config(cfg: CN) -> None:
 def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype with SOLVER.AMP.ENABLED: float16/bfloat16
     cfg.SOLVER.POLY_LR_POWER = 0.9  # power of WarmupPolyLR (LR_SCHEDULER_NAME: WarmupPolyLR)
-    cfg.TEST.SEM_SEG_EVAL_PIXEL_ACC = True  # report pixel accuracy next to mIoU
     cfg.TEST.BEST_CHECKPOINT_METRIC = ""  # e.g. "sem_seg/mIoU": keep model_best.pth at its best eval; "" off
     cfg.TEST.BEST_CHECKPOINT_MODE = "max"  # "max" or "min": which way TEST.BEST_CHECKPOINT_METRIC is better
 

@@ -10,6 +10,7 @@ tools/train_net.py: default_argument_parser, default_setup, launch. Part of the 
 installed radkd-d2 trains without the repository (relative paths in configs resolve against the
 working directory).
 """
+import json
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from radkd_d2.engine import Trainer, setup_cfg
 from radkd_d2.engine.setup import preflight, start_run
 from radkd_d2.engine.train_loop import AtomicCheckpointer
 from radkd_d2.engine.inputs import USER_ERRORS
+from radkd_d2.evaluation.runs import EVAL_RESULTS_FILE
 
 
 def main(args):
@@ -68,10 +70,6 @@ def _run(args):
 def write_eval_results(output_dir: str, results) -> None:
     """Keep an ``--eval-only`` run's full results (per-class IoUs included; ``log.txt``'s
     copypaste lines hold only the summary metrics) in ``OUTPUT_DIR/eval_results.json``."""
-    import json
-
-    from radkd_d2.evaluation.runs import EVAL_RESULTS_FILE
-
     path = os.path.join(output_dir, EVAL_RESULTS_FILE)
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1, default=float)

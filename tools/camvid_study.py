@@ -245,7 +245,7 @@ SCALES = {
         teacher=[],
         student=[],
         common=_gpu_common(workers=4, extra=["INPUT.SEM_SEG.SCALE_RANGE", "(0.5, 2.0)"]),
-        iters=4000,
+        iters=2000,
         start_iters=0,
         teacher_iters=4000,
         eval_period=500,

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The pretrained-regime CamVid study (tools/camvid_study.py --scale pretrained-gpu: 360x480 crops,
-# bf16 AMP, teacher 4000 and students 1000 iterations) on a lent GPU machine, in commands of at
-# most 10 minutes each: the study stops at --time-limit and the next command resumes it.
+# The road-scene CamVid study (tools/camvid_study.py --scale cityscapes-gpu: the Cityscapes
+# DeepLab of ../shared/data/pretrained fine-tuned on CamVid teaches PSPNet-MV2 students from
+# ImageNet; 360x480 crops, bf16 AMP, teacher 4000 and students 2000 iterations, 5 paired seeds) on
+# a lent GPU machine, in commands of at most 10 minutes each: the study stops at --time-limit and
+# the next command resumes it.
 #
 #   bash tools/gpu_camvid_study.sh prepare   # here, once: fills gpu_carry/ (git-ignored, ~55 MB)
 #   bash tools/gpu_camvid_study.sh run       # on the GPU machine, carrying gpu_carry; repeat
 #   bash tools/gpu_camvid_study.sh tiny      # here, on CPU: the same steps at a tiny size
 #
 # prepare: CamVid as JPEG images (quality 90) + PNG labels (datasets/prepare_camvid.py --jpeg),
-#   the two MobileNetV2 files of ../shared/data/pretrained, and wheels (Python 3.12, x86-64) of
+#   the pretrained files of ../shared/data/pretrained (.pth), and wheels (Python 3.12, x86-64) of
 #   what the GPU image lacks: Detectron2 (the repacked wheel tools/setup_env.sh builds), fvcore,
 #   iopath, yacs, termcolor, omegaconf, hydra-core, antlr4 and pycocotools. Its torch, torchvision,
 #   timm, opencv, matplotlib and tqdm are used as they are.
@@ -27,7 +29,7 @@ mode="${1:-}"
 prepare() {
   local venv_py="$ROOT/.venv/bin/python"
   [ -x "$venv_py" ] || { echo "prepare needs the project venv: run 'make setup' first" >&2; exit 1; }
-  for f in mobilenet_v2_imagenet_torchvision.pth mobilenet_v2_cocovoc_seg_backbone_torchvision.pth; do
+  for f in mobilenet_v2_imagenet_torchvision.pth deeplab_mobilenet_edgetpu075_cityscapes.pth; do
     [ -f "$SHARED/pretrained/$f" ] || { echo "missing $SHARED/pretrained/$f" >&2; exit 1; }
   done
   mkdir -p "$CARRY/data/pretrained" "$CARRY/wheels"
@@ -70,12 +72,14 @@ case "$mode" in
       --target /tmp/site "$CARRY"/wheels/*.whl
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
-    study "$CARRY/data" "$ROOT/output/camvid_gpu" --scale pretrained-gpu --jobs 2
+    study "$CARRY/data" "$ROOT/output/camvid_gpu" --scale cityscapes-gpu --jobs 2
     ;;
   tiny)
-    # the run step's study at a tiny size on CPU (the project venv; no wheels needed here)
+    # the run step's study at a tiny size on CPU (the project venv; no wheels needed here), with
+    # no time limit: how long it takes depends on the machine and its load, not on the code
     PY="$ROOT/.venv/bin/python"
-    study "$SHARED" "${TINY_OUT:-$ROOT/output/camvid_gpu_tiny}" --scale pretrained-gpu --iters 2 \
+    LIMIT="${STUDY_TIME_LIMIT:-0}"
+    study "$SHARED" "${TINY_OUT:-$ROOT/output/camvid_gpu_tiny}" --scale cityscapes-gpu --iters 2 \
       --teacher-iters 2 --eval-period 1 --seeds 2 --sweep-seeds 1 --sweep-weights 1 --pad-type auto \
       --methods kd lad --opts INPUT.SEM_SEG.CROP_SIZE "(32, 48)" INPUT.MIN_SIZE_TEST 32 \
       SOLVER.IMS_PER_BATCH 2 DATALOADER.NUM_WORKERS 0 SOLVER.AMP.ENABLED False

@@ -19,6 +19,8 @@ from detectron2.utils.events import get_event_storage
 
 from radkd_d2.errors import CorruptCheckpointError
 
+from radkd_d2.modeling.class_map import map_checkpoint_classifiers
+
 logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -152,8 +154,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename):
         checkpoint = super()._load_file(filename)
         if self.class_map and isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
-            from radkd_d2.modeling.class_map import map_checkpoint_classifiers
-
             changed = map_checkpoint_classifiers(checkpoint["model"], self.model.state_dict(), *self.class_map)
             if changed:
                 logger.info(

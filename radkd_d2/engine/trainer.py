@@ -57,6 +57,22 @@ def primary_score(results: dict):
     return None
 
 
+def teacher_eval_config(cfg):
+    """The config :meth:`Trainer.evaluate_teacher` scores the teacher with: the teacher's own
+    model and pixel convention (``MODEL.DISTILL.TEACHER.CONFIG_FILE`` + ``OPTS``), on the run's
+    test sets at the run's test size (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``: the inputs the
+    student is scored on, not the teacher file's own, often full-size, setting)."""
+    dcfg = cfg.MODEL.DISTILL
+    tcfg = load_teacher_cfg(dcfg.TEACHER.CONFIG_FILE, cfg.MODEL.DEVICE, dcfg.TEACHER.OPTS)
+    tcfg.defrost()
+    tcfg.DATASETS = cfg.DATASETS.clone()  # the student's data: where it will be scored
+    tcfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MIN_SIZE_TEST
+    tcfg.INPUT.MAX_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST
+    tcfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "teacher_eval")
+    tcfg.freeze()
+    return tcfg
+
+
 def _is_sem_seg(dataset_name: str) -> bool:
     return getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None) == "sem_seg"
 
@@ -143,13 +159,9 @@ class Trainer(DefaultTrainer):
                 "MODEL.DISTILL.TEACHER.EVAL_BEFORE_TRAIN / MIN_SCORE need a Distill* "
                 f"meta-architecture; MODEL.META_ARCHITECTURE is {self.cfg.MODEL.META_ARCHITECTURE!r}"
             )
-        tcfg = load_teacher_cfg(dcfg.TEACHER.CONFIG_FILE, self.cfg.MODEL.DEVICE, dcfg.TEACHER.OPTS)
-        tcfg.defrost()
-        tcfg.DATASETS = self.cfg.DATASETS.clone()  # the student's data: where it will be scored
-        tcfg.OUTPUT_DIR = os.path.join(self.cfg.OUTPUT_DIR, "teacher_eval")
-        tcfg.freeze()
-        logger.info("Evaluating the teacher (%s) on %s before distillation",
-                    dcfg.TEACHER.WEIGHTS or "random weights", tuple(tcfg.DATASETS.TEST))
+        tcfg = teacher_eval_config(self.cfg)
+        logger.info("Evaluating the teacher (%s) on %s at the run's test size (MIN_SIZE_TEST %s) before distillation",
+                    dcfg.TEACHER.WEIGHTS or "random weights", tuple(tcfg.DATASETS.TEST), tcfg.INPUT.MIN_SIZE_TEST)
         results = comm.all_gather(self.test(tcfg, teacher))[0]  # the main process's results
         score = primary_score(results)
         if comm.is_main_process():
@@ -157,6 +169,8 @@ class Trainer(DefaultTrainer):
                 "config_file": dcfg.TEACHER.CONFIG_FILE,
                 "weights": dcfg.TEACHER.WEIGHTS,
                 "datasets": list(tcfg.DATASETS.TEST),
+                "min_size_test": tcfg.INPUT.MIN_SIZE_TEST,
+                "max_size_test": tcfg.INPUT.MAX_SIZE_TEST,
                 "results": results,
             }
             os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
