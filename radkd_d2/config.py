@@ -77,6 +77,7 @@ def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL.TAPS = [["res5", "res5", "lad", 10.0]]
     cfg.MODEL.DISTILL.CONNECTOR = "conv_bn_relu"  # student->teacher adapter: conv_bn_relu/conv/none
     cfg.MODEL.DISTILL.ALWAYS_CONNECT = False  # add a connector even when channels already match
+    cfg.MODEL.DISTILL.SHARED_PADDING = False  # segmentation pairs whose backbones pad differently: True pads both to the lcm; False refuses them
     # Pixel-wise logit KD (Hinton) term, lambda_kd in the paper's Eq. 9.
     cfg.MODEL.DISTILL.KD_WEIGHT = 10.0  # lambda_kd; 0 disables the logit KD term
     # KD_TEMPERATURE and KD_REDUCTION: declared with the loss (radkd_d2/losses/logits.py).

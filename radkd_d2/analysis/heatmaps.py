@@ -109,7 +109,7 @@ def _teacher_feats(model, batched: List[dict]):
     """Teacher features at every position (backbone and head), from one teacher forward on the
     teacher's own preprocessing, including positions that are not distilled."""
     with model.teacher_context():
-        return seg_taps(model.teacher, model.teacher_images(batched).tensor, need_head=True)
+        return seg_taps(model.teacher, model.teacher_images(batched, model.train_size_divisibility).tensor, need_head=True)
 
 
 @torch.no_grad()

@@ -177,6 +177,12 @@ def validate_config(cfg) -> None:
     check_choice(cfg, "MODEL.DISTILL.CONNECTOR", connector_choices())
     check_choice(cfg, "MODEL.DISTILL.TEACHER.DTYPE", ("float32", "float16", "bfloat16"))
     check_choice(cfg, "SOLVER.AMP.PRECISION", ("float16", "bfloat16"))
+    if cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.PRECISION == "float16" and cfg.MODEL.DEVICE == "cpu":
+        raise ConfigError(
+            "SOLVER.AMP.PRECISION = 'float16' with SOLVER.AMP.ENABLED on MODEL.DEVICE 'cpu': CPU "
+            "training has no loss scaling, so small float16 gradients would vanish; set "
+            "SOLVER.AMP.PRECISION 'bfloat16' (float32's range, no scaler needed) or turn AMP off"
+        )
     check_range(cfg, "MODEL.DISTILL.KD_WEIGHT", low=0)
     for key, option in distill_loss_options():  # declared with each loss
         if option.choices:

@@ -54,6 +54,10 @@ class MixedPrecisionTrainer(_FiniteLossMixin, AMPTrainer):
         scaler = torch.amp.GradScaler(device_type, enabled=precision == torch.float16 and device_type == "cuda")
         super().__init__(model, data_loader, optimizer, grad_scaler=scaler, precision=precision)
         self.device_type = device_type
+        # the loss-balance diagnostics differentiate the loss as the step does: scaled
+        distiller = getattr(getattr(model, "module", model), "distiller", None)
+        if distiller is not None and scaler.is_enabled():
+            distiller.balance.scale_fn = scaler.get_scale
 
     def run_step(self):
         """Detectron2's ``AMPTrainer.run_step`` on CUDA; on the CPU the same step with

@@ -122,10 +122,23 @@ class LossBalanceMonitor:
     The norms come from ``torch.autograd.grad`` with ``retain_graph``: one partial backward per
     term, down to the tapped features only (no parameter gradient is touched). Ordinary
     iterations cost nothing.
+
+    Under fp16 autocast the features and their gradients are half precision, and the small
+    gradients of a task loss underflow to 0 unless the loss is scaled, as the training step's
+    GradScaler scales it. ``scale_fn`` (set by the mixed-precision trainer to its scaler's
+    ``get_scale``) gives that scale: each term's gradient is taken of ``loss * scale`` and
+    divided by it in fp32, so the ratios measure what the step's backward sees.
     """
 
-    def __init__(self, taps: Sequence[Tap], warn_ratio: float = 10.0, patience: int = 3):
+    def __init__(
+        self,
+        taps: Sequence[Tap],
+        warn_ratio: float = 10.0,
+        patience: int = 3,
+        scale_fn: Optional[Callable[[], float]] = None,
+    ):
         self.taps = list(taps)
+        self.scale_fn = scale_fn
         self.warn_ratio, self.patience = float(warn_ratio), int(patience)
         self._over: Dict[str, int] = {}
         self._warned: set = set()
@@ -139,16 +152,18 @@ class LossBalanceMonitor:
         if not positions:
             return {}
         feats = [student_feats[p] for p in positions]
+        scale = float(self.scale_fn()) if self.scale_fn is not None else 1.0
         norms: Dict[str, torch.Tensor] = {}
         task_grads: Dict[str, torch.Tensor] = {}
         for name, loss in losses.items():
             if not (torch.is_tensor(loss) and loss.requires_grad):
                 continue
-            grads = torch.autograd.grad(loss, feats, retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(loss * scale, feats, retain_graph=True, allow_unused=True)
             for pos, g in zip(positions, grads):
                 if g is None:
                     continue
-                norms[f"grad_norm/{name}/{pos}"] = g.detach().float().norm()
+                g = g.detach().float() / scale
+                norms[f"grad_norm/{name}/{pos}"] = g.norm()
                 if not name.startswith("loss_distill_"):
                     task_grads[pos] = g if pos not in task_grads else task_grads[pos] + g
         for pos, g in task_grads.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Callable, Dict, List, Sequence
 
 import torch
@@ -19,6 +20,37 @@ from .distill import FeatureDistiller, Tap
 from .teacher import build_teacher, teacher_input_tensors
 
 logger = logging.getLogger(__name__)
+
+def input_frame(student: nn.Module, teacher: nn.Module, *, shared: bool) -> int:
+    """The size divisibility a distillation pair pads each batch to, so that the student's and
+    the teacher's feature maps cover the same image area.
+
+    Backbones that pad alike keep their own value. When their size divisibilities differ (a
+    stride-16 teacher and a stride-8 student: an input of 120 rows is padded to 128 for one and
+    not for the other, and resizing one map onto the other would shift every position), the pair
+    is refused unless ``shared`` (MODEL.DISTILL.SHARED_PADDING): then both pad to the least
+    common multiple, one frame for both. Different padding constraints are always refused.
+
+    Args:
+        student, teacher: the backbones (``size_divisibility``, ``padding_constraints``).
+    """
+    s_pad = (student.size_divisibility, student.padding_constraints)
+    t_pad = (teacher.size_divisibility, teacher.padding_constraints)
+    if s_pad == t_pad:
+        return student.size_divisibility
+    if shared and s_pad[1] == t_pad[1]:
+        return math.lcm(max(1, s_pad[0]), max(1, t_pad[0]))
+    hint = (
+        "; set MODEL.DISTILL.SHARED_PADDING True to pad every batch to their least common "
+        f"multiple ({math.lcm(max(1, s_pad[0]), max(1, t_pad[0]))}) for both"
+        if s_pad[1] == t_pad[1] else ""
+    )
+    raise ConfigError(
+        f"student and teacher pad their inputs differently (size divisibility, constraints: "
+        f"{s_pad} vs {t_pad}); their feature maps would cover different image areas and not "
+        f"align{hint}"
+    )
+
 
 def build_teacher_and_distiller(
     cfg,
@@ -89,7 +121,8 @@ class TeacherMixin:
 
     def teacher_context(self):
         """Context for teacher forwards: no autograd graph, and autocast to ``teacher_dtype``
-        on GPU (fp16/bf16 halves the teacher's cost there; losses compute in fp32 anyway).
+        on GPU (fp16/bf16 halves the teacher's cost there; losses compute in fp32 anyway); a
+        ``float32`` teacher runs in float32 even inside the student's autocast (AMP).
 
         ``torch.no_grad`` rather than ``torch.inference_mode``: the losses save the teacher
         features for their backward, which autograd refuses for inference tensors (it would
@@ -100,17 +133,20 @@ class TeacherMixin:
         stack.enter_context(torch.no_grad())
         if low:
             stack.enter_context(torch.autocast(device_type, dtype=self.teacher_dtype))
+        elif self.teacher_dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+            # a float32 teacher inside the student's mixed-precision step leaves its autocast
+            stack.enter_context(torch.autocast(device_type, enabled=False))
         return stack
 
-    def teacher_images(self, batched_inputs: List[dict]) -> ImageList:
-        """A batch as the teacher takes it: its channel order, its normalisation, padded to its
-        backbone's size divisibility. ``input_format`` / ``teacher_input_format`` are set by
-        the meta-architecture."""
+    def teacher_images(self, batched_inputs: List[dict], size_divisibility: int = 0) -> ImageList:
+        """A batch as the teacher takes it: its channel order, its normalisation, padded to
+        ``size_divisibility`` (default: its backbone's; a pair with shared padding passes the
+        pair's). ``input_format`` / ``teacher_input_format`` are set by the meta-architecture."""
         t = self.teacher
         images = teacher_input_tensors(batched_inputs, self.input_format, self.teacher_input_format, t.device)
         return ImageList.from_tensors(
             [(x - t.pixel_mean) / t.pixel_std for x in images],
-            t.backbone.size_divisibility,
+            size_divisibility or t.backbone.size_divisibility,
             padding_constraints=t.backbone.padding_constraints,
         )
 

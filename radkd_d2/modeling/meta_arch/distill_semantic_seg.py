@@ -16,7 +16,7 @@ from torch import nn
 from radkd_d2.errors import ConfigError
 
 from ..distill import FeatureDistiller, current_iteration, parse_taps
-from ..pair import TeacherMixin, build_teacher_and_distiller
+from ..pair import TeacherMixin, build_teacher_and_distiller, input_frame
 
 
 def seg_tap_shapes(model: nn.Module) -> Dict[str, ShapeSpec]:
@@ -66,8 +66,16 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
         input_format: str = "RGB",
         teacher_input_format: str = "RGB",
         teacher_dtype: str = "float32",
+        size_divisibility: int = 0,
     ):
+        """
+        Args:
+            size_divisibility: what every training batch is padded to, for student and teacher
+                alike (:func:`~radkd_d2.modeling.pair.input_frame`); 0: the student backbone's.
+                Inference pads as the stock student.
+        """
         super().__init__(backbone=backbone, sem_seg_head=sem_seg_head, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        self.train_size_divisibility = size_divisibility or backbone.size_divisibility
         self.teacher = teacher
         self.distiller = distiller
         self.input_format = input_format
@@ -95,6 +103,10 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
             ),
             input_format=cfg.INPUT.FORMAT,
         )
+        # one input frame for both, or a refusal (feature maps over different image areas)
+        ret["size_divisibility"] = input_frame(
+            ret["backbone"], ret["teacher"].backbone, shared=dcfg.SHARED_PADDING
+        )
         return ret
 
     def attach_holistic(self, term: Optional[Callable[..., Dict[str, torch.Tensor]]]) -> None:
@@ -114,19 +126,20 @@ class DistillSemanticSegmentor(TeacherMixin, SemanticSegmentor):
     def _teacher_features(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
         positions = self.distiller.teacher_positions
         need_head = bool(positions & {"decoder", "logits"}) or self._holistic is not None
-        return seg_taps(self.teacher, self.teacher_images(batched_inputs).tensor, need_head=need_head)
+        images = self.teacher_images(batched_inputs, self.train_size_divisibility)
+        return seg_taps(self.teacher, images.tensor, need_head=need_head)
 
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
             return super().forward(batched_inputs)
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         images = ImageList.from_tensors(
-            images, self.backbone.size_divisibility, padding_constraints=self.backbone.padding_constraints
+            images, self.train_size_divisibility, padding_constraints=self.backbone.padding_constraints
         )
         head = self.sem_seg_head
         targets = ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs],
-            self.backbone.size_divisibility,
+            self.train_size_divisibility,
             head.ignore_value,
             self.backbone.padding_constraints,
         ).tensor

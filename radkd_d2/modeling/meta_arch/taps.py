@@ -15,7 +15,7 @@ from torch import nn
 from radkd_d2.errors import ConfigError
 
 from ..distill import parse_taps
-from ..pair import TeacherMixin, build_teacher_and_distiller, init_student_from_teacher
+from ..pair import TeacherMixin, build_teacher_and_distiller, init_student_from_teacher, input_frame
 
 __all__ = [
     "DetectorDistillMixin",
@@ -68,13 +68,7 @@ def refuse_logit_kd(cfg, wrapper: str) -> None:
 def check_same_padding(student: nn.Module, teacher: nn.Module) -> None:
     """Refuse a pair whose backbones pad their inputs differently: their feature maps would not
     align, and the boxes given to the losses are in the student's padded frame."""
-    s_pad = (student.size_divisibility, student.padding_constraints)
-    t_pad = (teacher.size_divisibility, teacher.padding_constraints)
-    if s_pad != t_pad:
-        raise ConfigError(
-            f"student and teacher pad their inputs differently (size divisibility, "
-            f"constraints: {s_pad} vs {t_pad}); their feature maps would not align"
-        )
+    input_frame(student, teacher, shared=False)
 
 
 def add_teacher_and_distiller(
