@@ -218,14 +218,17 @@ SCALES = {
         eval_period=100,
         **_MV2_FAMILY,
     ),
-    # the road-scene regime (--scale cityscapes): the pretrained scale's data and students, trained
-    # to their plateau (1000 iterations), under the fine-tuned Cityscapes DeepLab
+    # the road-scene regime (--scale cityscapes): the pretrained scale's data (crops 128 x 160, a
+    # multiple of both strides) and students, trained to their plateau (1000 iterations), under
+    # the fine-tuned Cityscapes DeepLab
     "cityscapes": dict(
         teacher=[],
         student=[],
         common=[
+            # 128 = 8 x 16: the stride-8 student and the stride-16 teacher need no padding, so
+            # the distilled arms' students see exactly the plain students' inputs
             "INPUT.SEM_SEG.CROP_SIZE",
-            "(120, 160)",
+            "(128, 160)",
             "INPUT.MIN_SIZE_TEST",
             180,
             "INPUT.SEM_SEG.SCALE_RANGE",
