@@ -288,3 +288,46 @@ def test_training_start_checks_weights_before_writing(tmp_path, data_root):
         ckpt.load(str(path), checkpointables=[])  # the loader itself is strict too
     ckpt.partial = True
     ckpt.load(str(path), checkpointables=[])
+
+
+def _no_flock(monkeypatch):
+    import errno
+
+    import radkd_d2.engine.guard as guard
+
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(guard.fcntl, "flock", flock)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_without_flock_an_owner_file_stands_in(tmp_path, monkeypatch):
+    """A file system without flock (Lustre without -o flock): no raw OSError, no leaked
+    descriptor; the exclusive owner file guards the folder, a live holder is refused with what
+    to do, a dead one (killed on this host) is taken over."""
+    _no_flock(monkeypatch)
+    before = _open_fds()
+    lock = RunLock(tmp_path / "run")
+    lock.acquire()
+    assert _open_fds() == before  # nothing held open, nothing leaked
+    owner = tmp_path / "run" / ".run.owner"
+    assert str(os.getpid()) in owner.read_text()
+    assert RunLock(tmp_path / "run").held_by_another()
+    with pytest.raises(RunFolderError, match=r"in use by another run \(pid %d.*delete .*\.run\.owner" % os.getpid()):
+        RunLock(tmp_path / "run").acquire()
+    assert _open_fds() == before
+    # a holder that was killed: its pid is gone, the next run takes the folder
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owner.write_text(owner.read_text().replace(f'"pid": {os.getpid()}', f'"pid": {dead.pid}'))
+    assert not RunLock(tmp_path / "run").held_by_another()
+    RunLock(tmp_path / "run").acquire()
+    assert str(os.getpid()) in owner.read_text()
+    # a holder on another host cannot be checked: refused, with the file to delete named
+    owner.write_text('{"pid": 1, "host": "elsewhere", "started": 0, "command": "x"}')
+    with pytest.raises(RunFolderError, match="on elsewhere.*no file locks"):
+        RunLock(tmp_path / "run").acquire()

@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -40,6 +41,7 @@ from radkd_d2.errors import ConfigError, RunFolderError, WeightsLoadError
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".run.lock"
+OWNER_NAME = ".run.owner"  # stands in for the lock where the file system has no flock
 # keys an --eval-only run may set differently from the run whose folder it evaluates in
 EVAL_KEYS = ("MODEL.WEIGHTS", "MODEL.DEVICE", "DATASETS.TEST", "TEST.", "DATALOADER.", "INPUT.MIN_SIZE_TEST",
              "INPUT.MAX_SIZE_TEST", "SEED")  # fmt: skip
@@ -58,10 +60,10 @@ class RunLock:
         self.path = self.folder / LOCK_NAME
         self._fd: Optional[int] = None
 
-    def holder(self) -> str:
-        """Who holds the lock, as written in the lock file ("" if unknown)."""
+    def holder(self, path: Optional[Path] = None) -> str:
+        """Who holds the lock, as written in the lock file (or ``path``; "" if unknown)."""
         try:
-            info = json.loads(self.path.read_text() or "{}")
+            info = json.loads((path or self.path).read_text() or "{}")
         except (OSError, ValueError):
             return ""
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
@@ -76,13 +78,18 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
+        except OSError:  # no flock on this file system: the owner file tells
+            return self._owner_alive()
         finally:
             os.close(fd)  # closing drops a lock taken here
         return False
 
     def acquire(self) -> None:
         """Take the lock (creating the folder) or raise :class:`RunFolderError` naming the
-        holder. Kept until the process exits."""
+        holder. Kept until the process exits. Where the file system has no ``flock`` (Lustre
+        without ``-o flock``, some NFS set-ups), an owner file created exclusively
+        (:data:`OWNER_NAME`) stands in: removed when the process exits normally, and taken over
+        when its process is gone (same host) after a kill."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -90,15 +97,68 @@ class RunLock:
         except BlockingIOError:
             os.close(fd)
             raise RunFolderError(self._refusal()) from None
+        except OSError as e:
+            os.close(fd)
+            logger.info("OUTPUT_DIR %s: no file locks here (%s); using the owner file %s", self.folder, e, OWNER_NAME)
+            self._acquire_owner_file()
+            return
         os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                "command": " ".join(sys.argv)}  # fmt: skip
-        os.write(fd, json.dumps(info).encode())
+        os.write(fd, json.dumps(self._info()).encode())
         self._fd = fd
 
-    def _refusal(self) -> str:
+    @staticmethod
+    def _info() -> dict:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                "command": " ".join(sys.argv)}  # fmt: skip
+
+    @property
+    def owner_path(self) -> Path:
+        return self.folder / OWNER_NAME
+
+    def _owner_alive(self) -> bool:
+        """Whether the owner file names a process that may still run (any other host's, since
+        its liveness cannot be checked from here; this host's while its pid exists)."""
+        try:
+            info = json.loads(self.owner_path.read_text() or "{}")
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            return True  # being written, or unreadable: assume held
+        if info.get("host") != socket.gethostname():
+            return True
+        try:
+            os.kill(int(info.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError, TypeError):
+            return True
+        return True
+
+    def _acquire_owner_file(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.owner_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if self._owner_alive():
+                    raise RunFolderError(
+                        self._refusal(self.owner_path)
+                        + f". This file system has no file locks: if no run uses the folder any more "
+                        f"(a run killed on another machine), delete {self.owner_path} and start again"
+                    ) from None
+                self.owner_path.unlink(missing_ok=True)  # its process is gone: a stale owner
+                continue
+            try:
+                os.write(fd, json.dumps(self._info()).encode())
+            finally:
+                os.close(fd)
+            atexit.register(self.owner_path.unlink, missing_ok=True)
+            return
+        raise RunFolderError(f"OUTPUT_DIR {self.folder}: could not take {self.owner_path}; another run took it first")
+
+    def _refusal(self, path: Optional[Path] = None) -> str:
+        path = path or self.path
         return (
-            f"OUTPUT_DIR {self.folder} is in use by another run ({self.holder() or 'holder unknown'}). "
+            f"OUTPUT_DIR {self.folder} is in use by another run ({self.holder(path) or 'holder unknown'}). "
             "A run folder belongs to one run: wait for it to end, or give this run another OUTPUT_DIR"
         )
 
