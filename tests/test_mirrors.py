@@ -22,6 +22,16 @@ def test_the_mirrored_detectron2_code_is_unchanged():
     )
 
 
+def test_every_copied_forward_is_fingerprinted():
+    """The distillation wrappers repeat the training branch of their stock model's forward: each
+    original is under watch, so a Detectron2 upgrade that changes one is named."""
+    from detectron2.modeling import GeneralizedRCNN, RetinaNet, SemanticSegmentor
+
+    watched = {fn for fn, _ in mirrors.FINGERPRINTS.values()}
+    for model in (SemanticSegmentor, RetinaNet, GeneralizedRCNN):
+        assert model.forward in watched, model.__name__
+
+
 def test_fingerprint_sees_code_not_docstrings_or_comments():
     fp = mirrors.fingerprint_source
     base = "def f(a):\n    x = a + 1\n    return x\n"
