@@ -64,7 +64,7 @@ def test_table7_layout_from_the_runs(tmp_path, monkeypatch, capsys):
         out = Path(o["OUTPUT_DIR"])
         arm = out.name if out.name == "teacher" else out.parent.name
         trained.append(arm)
-        cfg = yaml.safe_load(open(cmd[at + 1]).read())  # the family's file: enough for its kind
+        cfg = yaml.safe_load(Path(cmd[at + 1]).read_text())  # the family's file: enough for its kind
         from radkd_d2.engine.setup import load_config
 
         full = yaml.safe_load(load_config(cmd[at + 1], opts, validate=False).dump())
