@@ -128,3 +128,45 @@ def test_sem_seg_test_resize_follows_min_size_test(tmp_path):
                    "INPUT.MAX_SIZE_TEST", 1000, data_root=tmp_path, validate=False)
     out = SemSegDatasetMapper(cfg, False)(dict(d))
     assert out["image"].shape[-2:] == (12, 16) and (out["height"], out["width"]) == (24, 32)
+
+
+def _coco_layout(root):
+    """COCO 2017's on-disk layout, made from tiny_coco: coco/{train2017,val2017}/ and
+    coco/annotations/instances_{train,val}2017.json."""
+    coco = root / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (coco / split).symlink_to((SHARED_DATA / "tiny_coco" / split).resolve())
+        src = SHARED_DATA / "tiny_coco" / "annotations" / f"instances_{split}.json"
+        (coco / "annotations" / f"instances_{split}.json").write_text(src.read_text())
+    return coco
+
+
+@needs_shared
+def test_coco_2017_is_found_under_datasets_root(tmp_path):
+    """The README's COCO command passes DATASETS.ROOT: Detectron2's coco_2017_* names are found
+    there, in COCO's layout, with Detectron2's metadata, before any model is built."""
+    from radkd_d2.engine.checks import validate_config
+
+    coco = _coco_layout(tmp_path)
+    cfg = load_cfg("configs/coco/distill/lad_fpn_retx101_retr50_2x_coco.yaml", data_root=tmp_path, validate=False)
+    assert cfg.DATASETS.TRAIN == ("coco_2017_train",)
+    validate_config(cfg)  # registers under the root and checks the required paths
+    meta = MetadataCatalog.get("coco_2017_val")
+    assert meta.json_file == str(coco / "annotations" / "instances_val2017.json")
+    assert meta.evaluator_type == "coco" and len(meta.thing_classes) == 80
+    val = DatasetCatalog.get("coco_2017_val")
+    assert val and all(d["file_name"].startswith(str(coco / "val2017")) for d in val)
+
+
+def test_coco_2017_missing_is_named_before_any_model(tmp_path, monkeypatch):
+    from detectron2.modeling import build_model  # noqa: F401  (must not be reached)
+
+    from radkd_d2.engine.checks import validate_config
+
+    built = []
+    monkeypatch.setattr("detectron2.modeling.build_model", lambda *a: built.append(a))
+    cfg = load_cfg("configs/coco/distill/lad_fpn_retx101_retr50_2x_coco.yaml", data_root=tmp_path, validate=False)
+    with pytest.raises(FileNotFoundError, match=r"coco_2017_train.*coco/annotations/instances_train2017.json is missing.*DATASETS.ROOT"):
+        validate_config(cfg)
+    assert not built

@@ -4,7 +4,7 @@ from .mappers import RandomScale, ReadableDatasetMapper, SemSegDatasetMapper
 from .register_ade20k import register_ade20k
 from .register_camvid import register_camvid
 from .register_cityscapes import register_cityscapes
-from .register_coco_folder import register_coco_folder
+from .register_coco_folder import register_coco_2017, register_coco_folder
 from .register_synthetic import register_synthetic, spec_from_cfg
 from .register_voc import register_voc
 from .synthetic import SyntheticSpec, ensure_synthetic
@@ -19,6 +19,7 @@ def register_all(cfg=None) -> None:
     register_voc(root)
     register_ade20k(root)
     register_coco_folder("tiny_coco", root)
+    register_coco_2017(root)
 
 
 register_all()

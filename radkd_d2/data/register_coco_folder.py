@@ -1,7 +1,10 @@
-"""Register any COCO-format folder: ``<root>/<name>/{annotations/instances_<split>.json, <split>/}``.
+"""Register COCO-format folders: ``<root>/<name>/{annotations/instances_<split>.json, <split>/}``.
 
-Used for ``tiny_coco`` (tiny_coco_train2017 / tiny_coco_val2017); COCO 2017 itself uses
-Detectron2's built-in ``coco_2017_{train,val}`` registration.
+Used for ``tiny_coco`` (tiny_coco_train2017 / tiny_coco_val2017) and for COCO 2017 itself: the
+Detectron2 names ``coco_2017_train``, ``coco_2017_val`` and ``coco_2017_val_100`` are registered
+again under ``DATASETS.ROOT`` (else ``$DETECTRON2_DATASETS``, else ``./datasets``), in COCO's
+own layout ``coco/{train2017,val2017}/`` + ``coco/annotations/instances_{train,val}2017.json``,
+with Detectron2's COCO metadata and the paths the start-up checks require.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import json
 from pathlib import Path
 
 from detectron2.data.datasets import load_coco_json
+from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
 from .common import datasets_root, register, require_folder
 
@@ -59,4 +63,43 @@ def register_coco_folder(name: str, root: str = "", splits=("train2017", "val201
             evaluator_type="coco",
             required_paths=[str(json_file), str(image_root)],
             prepare_hint=f"Point DATASETS.ROOT or $DETECTRON2_DATASETS at the folder holding {name}/.",
+        )
+
+
+# Detectron2's COCO 2017 instance splits: name -> (image folder, annotation file) under coco/
+COCO_2017 = {
+    "coco_2017_train": ("train2017", "instances_train2017.json"),
+    "coco_2017_val": ("val2017", "instances_val2017.json"),
+    "coco_2017_val_100": ("val2017", "instances_val2017_100.json"),
+}
+
+
+def _load_coco(json_file: Path, image_root: Path, name: str) -> list[dict]:
+    fix = f"Check DATASETS.ROOT / $DETECTRON2_DATASETS (looked for {json_file} and {image_root})."
+    require_folder(image_root, f"{name} images", fix)
+    if not json_file.is_file():
+        raise FileNotFoundError(f"{name}: annotation file {json_file} does not exist. {fix}")
+    return load_coco_json(str(json_file), str(image_root), name)
+
+
+def register_coco_2017(root: str = "") -> None:
+    """Register Detectron2's ``coco_2017_*`` instance splits under ``<root>/coco`` (see the
+    module docstring): the same names, metadata and evaluator as Detectron2's built-ins, found
+    where DATASETS.ROOT says, and checked before any model is built."""
+    folder = datasets_root(root) / "coco"
+    meta = _get_builtin_metadata("coco")
+    for name, (images, annotations) in COCO_2017.items():
+        json_file, image_root = folder / "annotations" / annotations, folder / images
+        register(
+            name,
+            lambda j=json_file, i=image_root, n=name: _load_coco(j, i, n),
+            **meta,
+            json_file=str(json_file),
+            image_root=str(image_root),
+            evaluator_type="coco",
+            required_paths=[str(json_file), str(image_root)],
+            prepare_hint=(
+                "Point DATASETS.ROOT (or $DETECTRON2_DATASETS) at the folder holding coco/ in COCO's "
+                "layout: coco/train2017/, coco/val2017/, coco/annotations/instances_{train,val}2017.json"
+            ),
         )
