@@ -113,7 +113,9 @@ def test_a_released_teacher_is_fetched_through_detectron2s_path_manager(tmp_path
     assert asked[0] == url
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in loaded.state_dict().items())
     bad = "https://example.invalid/teacher.pth"
-    with pytest.raises(TeacherLoadError, match=r"could not fetch teacher weights 'https://example.invalid/teacher.pth': HTTP Error 404"):
+    with pytest.raises(TeacherLoadError, match=r"could not fetch teacher weights MODEL.DISTILL.TEACHER.WEIGHTS = "
+                       r"'https://example.invalid/teacher.pth' \(HTTP Error 404: Not Found\): with no network, download it "
+                       r"elsewhere and put it at .*/teacher.pth"):
         build_teacher(cfg_file, bad, device="cpu")
     assert asked[-1] == bad
 

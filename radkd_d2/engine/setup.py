@@ -18,7 +18,8 @@ from detectron2.utils.logger import setup_logger
 from radkd_d2.config import add_radkd_config
 from radkd_d2.data import register_all
 
-from radkd_d2.errors import ConfigError
+from radkd_d2.errors import ConfigError, WeightsLoadError
+from radkd_d2.modeling.teacher import local_weights
 
 from .checks import validate_config
 
@@ -237,7 +238,10 @@ class _Preflight:
         path, key = self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"
         if resume and checkpointer.has_checkpoint():
             path, key = checkpointer.get_checkpoint_file(), "the checkpoint to resume from"
-        if path and "://" not in path:
+        if path and "://" in path:
+            # fetched now (or found in Detectron2's download cache), before anything is written
+            path = str(local_weights(path, "the model's", key=key, error=WeightsLoadError))
+        if path:
             check_model_weights(model, checkpointer, path, partial=self.cfg.MODEL.WEIGHTS_PARTIAL, key=key)
         if eval_only or self.cfg.TEST.EVAL_PERIOD > 0:
             for name in self.cfg.DATASETS.TEST:

@@ -5,12 +5,15 @@ Shared by every Distill* meta-architecture (segmentation and detection).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.utils.file_io import PathManager
+from detectron2.utils.file_io import Detectron2Handler, PathManager
+from iopath.common.file_io import get_cache_dir
 from torch import nn
 
 from radkd_d2.checkpoint.report import ReportingCheckpointer, format_incompatible_keys
@@ -40,19 +43,36 @@ def load_teacher_cfg(config_file: str, device: str, opts=()):
     return cfg
 
 
-def local_weights(weights: str, what: str = "teacher") -> Path:
+def url_cache_path(url: str) -> Path:
+    """Where Detectron2's PathManager keeps the download of ``url`` (iopath's HTTP cache:
+    ``$FVCORE_CACHE`` or ``~/.torch/iopath_cache``, then the URL's path; ``detectron2://`` is
+    its model zoo's https prefix). A file placed there by hand is used without the network."""
+    if url.startswith(Detectron2Handler.PREFIX):
+        url = Detectron2Handler.S3_DETECTRON2_PREFIX + url[len(Detectron2Handler.PREFIX):]
+    parsed = urlparse(url)
+    return Path(get_cache_dir()) / os.path.dirname(parsed.path.lstrip("/")) / url.split("/")[-1]
+
+
+def local_weights(
+    weights: str, what: str = "teacher", key: str = "MODEL.DISTILL.TEACHER.WEIGHTS", error=TeacherLoadError
+) -> Path:
     """The local file of ``weights``: a path, or a URL that Detectron2 resolves as it does for
     MODEL.WEIGHTS (``detectron2://`` for its model zoo's releases, ``https://``), downloaded once
-    into its cache. One clear error when the file is missing or cannot be fetched."""
+    into its cache. One clear ``error`` when the file is missing or cannot be fetched, naming
+    the URL and where to put the file by hand."""
     if "://" in weights:
         try:
             return Path(PathManager.get_local_path(weights))
         except Exception as e:  # network, HTTP and handler errors differ by cause
-            raise TeacherLoadError(
-                f"could not fetch {what} weights {weights!r}: {e} (download the file and set "
-                "MODEL.DISTILL.TEACHER.WEIGHTS to its local path)"
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise error(
+                f"could not fetch {what} weights {key} = {weights!r} ({reason}): with no network, "
+                f"download it elsewhere and put it at {url_cache_path(weights)} (Detectron2's "
+                f"download cache, used as it is), or set {key} to a local path"
             ) from e
     path = Path(weights)
+    if path.is_dir():
+        raise error(f"{what} weights {key} = {weights!r} is a folder: name the .pth file in it (model_final.pth)")
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights {weights!r} do not exist")
     return path
