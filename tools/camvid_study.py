@@ -49,6 +49,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -63,6 +64,7 @@ sys.path.insert(0, str(REPO))
 
 from radkd_d2.analysis.launch import (  # noqa: E402
     PlannedRun,
+    claim_folder,
     config_seed,
     log_tail,
     plan_seeds,
@@ -812,6 +814,15 @@ def choose_padding(args, train) -> str:
     return choice
 
 
+def study_scale_of(out: Path) -> Optional[str]:
+    """The scale a study folder made before folder claims holds, from its report's title."""
+    report = out / "report" / "report.md"
+    if not report.is_file():
+        return None
+    m = re.search(r"CamVid study \(([\w-]+) scale", report.read_text(errors="replace")[:3000])
+    return f"--scale {m.group(1)}" if m else None
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     s = SCALES[args.scale]
@@ -845,6 +856,8 @@ def main(argv=None):
 
     plan = plan_runs(args)
     iters = plan.iters
+    if not args.report_only:
+        claim_folder(plan.out, "tools/camvid_study.py", f"--scale {args.scale}", infer=study_scale_of)
     try:
         if args.report_only:
             failed = []

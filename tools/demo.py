@@ -41,6 +41,7 @@ iterations, with an ETA; the table gives each run's time and threads.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
@@ -56,6 +57,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 from radkd_d2.analysis.launch import (  # noqa: E402
     Job,
     PlannedRun,
+    claim_folder,
     log_tail,
     plan_seeds,
     run_jobs,
@@ -456,10 +458,20 @@ def contrast_lines(
     ]
 
 
+def demo_task_of(out: Path) -> Optional[str]:
+    """The task a demo folder made before folder claims holds, from its report's title."""
+    report = out / "report.md"
+    if not report.is_file():
+        return None
+    m = re.search(r"radkd-d2 demo \((\w+)\)", report.read_text(errors="replace")[:2000])
+    return m.group(1) if m else None
+
+
 def main(argv=None):
     args = parse_args(argv)
     task = TASKS[args.task]
     out = (REPO / args.output).resolve()
+    claim_folder(out, "tools/demo.py", f"--task {task.name}", infer=lambda o: (f"--task {t}" if (t := demo_task_of(o)) else None))
     plan = plan_runs(args)
     t0 = time.time()
     seconds = {}

@@ -45,7 +45,7 @@ from radkd_d2.analysis.sweep import (  # noqa: E402
     point_opts,
     sweep_curves,
 )
-from radkd_d2.analysis.launch import seeds_arg, train_command  # noqa: E402
+from radkd_d2.analysis.launch import claim_folder, seeds_arg, train_command  # noqa: E402
 from radkd_d2.evaluation.runs import SEM_SEG_METRICS, read_run, seed_run_dirs  # noqa: E402
 
 
@@ -141,6 +141,8 @@ def main(argv=None) -> int:
                 cmd = train_command(Path(args.config).resolve(), [*opts, *point_opts(p, args.tap)])
                 print(shlex.join(cmd))
             return 0
+        # a sweep folder holds one config's sweep on one tap: another's would mix into its table
+        claim_folder(out, "tools/sweep.py", f"{Path(args.config).name}, tap {args.tap}")
         print(
             f"sweep: {len(points)} runs ({', '.join(methods)} × "
             f"λ {', '.join(f'{w:g}' for w in weights)}"

@@ -12,6 +12,7 @@ folder, as before seeds existed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -372,3 +373,42 @@ def log_tail(log_path: str | Path, lines: int = 30) -> str:
     """The last ``lines`` lines of a log file ("" when it does not exist)."""
     p = Path(log_path)
     return "".join(p.read_text(errors="replace").splitlines(True)[-lines:]) if p.is_file() else ""
+
+
+FOLDER_OWNER = ".radkd-folder.json"  # which tool and which kind of result an output folder holds
+
+
+class FolderOfAnotherKind(SystemExit):
+    """An output folder that holds another tool's or another task's results (the tool exits
+    with status 1 and the message)."""
+
+
+def claim_folder(out: Path, tool: str, kind: str, infer: Optional[Callable[[Path], Optional[str]]] = None) -> None:
+    """Make ``out`` the folder of ``tool``'s ``kind`` of results (the demo's task, the study's
+    scale, the sweep's config), or refuse it, naming what it holds: a tool writes report.md,
+    CSV tables and run folders of the same names for every kind, so reusing another kind's
+    folder would overwrite its results without a copy and table stale runs beside new ones.
+
+    The claim is ``out/.radkd-folder.json``. A folder made before claims existed is judged by
+    ``infer(out)`` (the kind its files show, or None when they show nothing) and claimed when it
+    agrees. Raises :class:`FolderOfAnotherKind` (a ``SystemExit`` with the message).
+    """
+    marker = out / FOLDER_OWNER
+    held = None
+    if marker.is_file():
+        try:
+            held = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            held = None
+    elif infer is not None and out.is_dir():
+        found = infer(out)
+        held = {"tool": tool, "kind": found} if found else None
+    if held is not None and (held.get("tool"), held.get("kind")) != (tool, kind):
+        raise FolderOfAnotherKind(
+            f"{out} holds the results of {held.get('tool')} ({held.get('kind')}), not of {tool} ({kind}): "
+            "a folder belongs to one kind of result, so nothing in it is overwritten. Give this "
+            "run another output folder, or move that one away"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        marker.write_text(json.dumps({"tool": tool, "kind": kind}) + "\n")
