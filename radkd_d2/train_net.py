@@ -10,6 +10,7 @@ tools/train_net.py: default_argument_parser, default_setup, launch. Part of the 
 installed radkd-d2 trains without the repository (relative paths in configs resolve against the
 working directory).
 """
+import argparse
 import json
 import logging
 import os
@@ -94,6 +95,12 @@ def cli(argv=None):
     args = build_parser().parse_args(argv)
     logging.getLogger(__name__).info("Command line arguments: %s", args)
     try:
+        world = args.num_gpus * args.num_machines
+        if world > 1 and args.machine_rank == 0:
+            # the start-up checks once, here, before the processes are spawned: a bad input is
+            # one line with exit status 2, as in a single-process run, not one traceback per
+            # process (each process checks again, and builds the run, before writing anything)
+            setup_cfg(argparse.Namespace(**vars(args)), world_size=world)
         return launch(
             main,
             args.num_gpus,

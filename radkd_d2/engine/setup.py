@@ -167,11 +167,15 @@ def load_config(config_file: str, opts=(), *, validate: bool = True):
     return cfg
 
 
-def setup_cfg(args):
+def setup_cfg(args, world_size: int = 0):
     """``load_config`` from parsed ``default_argument_parser`` args (checked), frozen, and the
     run folder's checks: not held by another running process, and holding no run of another
     config (:mod:`radkd_d2.engine.guard`). Writes nothing: :func:`preflight` builds the run and
-    :func:`start_run` then takes the folder and writes to it."""
+    :func:`start_run` then takes the folder and writes to it.
+
+    ``world_size``: the number of processes the run will have (default: this process group's);
+    ``train_net`` runs these checks once before ``launch`` spawns several processes, so a bad
+    input gives one line there too."""
     from .guard import RunLock, check_config_unchanged, check_eval_only, check_fresh_start
 
     _explain_misplaced_flags(getattr(args, "opts", []))
@@ -181,7 +185,7 @@ def setup_cfg(args):
         check_eval_only(cfg)
     elif not cfg.DATASETS.TRAIN:
         raise ConfigError("DATASETS.TRAIN is empty: name a training set, e.g. \"('camvid_train',)\"")
-    world = comm.get_world_size()
+    world = world_size or comm.get_world_size()
     if cfg.SOLVER.IMS_PER_BATCH % world:
         raise ConfigError(
             f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the {world} "
