@@ -88,3 +88,25 @@ def test_table7_layout_from_the_runs(tmp_path, monkeypatch, capsys):
     # a rerun trains nothing
     trained.clear()
     assert tool.main(argv) == 0 and trained == []
+    # another --iters: every run is stale; trained again (the old ones kept), never tabled
+    capsys.readouterr()
+    assert tool.main([*argv[:-4], "--iters", "30", "--teacher-iters", "40"]) == 0
+    out = capsys.readouterr().out
+    assert trained == [m for m in tool.METHODS for _ in range(2)]  # the students, not the teacher
+    assert "nokd/seed0: finished earlier with another config (" in out and "SOLVER.MAX_ITER" in out and ": trained again" in out
+    # a teacher trained again makes every student stale
+    trained.clear()
+    assert tool.main([*argv[:-4], "--iters", "30", "--teacher-iters", "50"]) == 0
+    assert trained == ["teacher"] + [m for m in tool.METHODS for _ in range(2)]
+    assert "under a teacher trained again since: trained again" in capsys.readouterr().out
+    # --report-only with the old --iters: the runs of another config are left out of the table
+    assert tool.main([*argv[:-4], "--iters", "20", "--teacher-iters", "50", "--report-only"]) == 0
+    assert "finished with another config than this command's: left out of the table" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--iters", "--teacher-iters"])
+def test_zero_iterations_are_refused(tmp_path, capsys, flag):
+    tool = _tool("table7")
+    with pytest.raises(SystemExit):
+        tool.main(["--family", "synthetic", "--out", str(tmp_path), flag, "0"])
+    assert f"{flag} 0: give a positive count" in capsys.readouterr().err

@@ -16,8 +16,9 @@ Families (configs/<family>/ and configs/<family>/distill/<method>_fpn_*.yaml):
   tiny_coco  RetinaNet X50 tiny -> R18 tiny on ../shared/data/tiny_coco (50 train / 50 val images)
   synthetic  RetinaNet X50 tiny -> R18 tiny on the embedded synthetic detection scenes
 Without --teacher-weights the tool trains the family's teacher first (not for coco). Runs go to
-``<out>/<arm>/seed<k>/``; finished runs are skipped and an interrupted one resumes, so the command
-can be rerun. KEY VALUE overrides after the flags apply to every run (the teacher's too).
+``<out>/<arm>/seed<k>/``; a finished run is reused only when its config is this command's (and its
+teacher was not trained again), else trained afresh (the old one kept in ``replaced-<time>/``); an
+interrupted one resumes, so the command can be rerun. KEY VALUE overrides after the flags apply to every run (the teacher's too).
 """
 
 from __future__ import annotations
@@ -115,10 +116,23 @@ def plan(args) -> tuple[Optional[PlannedRun], Path, List[PlannedRun]]:
     return teacher_run, weights, students
 
 
+def _stale(run: PlannedRun, teacher_retrained: bool) -> str:
+    """Why a finished run is not this plan's ("" when it is): another config (the changed keys
+    named), or a teacher trained again since."""
+    changed = run.config_changes()
+    if changed:
+        keys = ", ".join(k for k, _, _ in changed[:6]) + (", ..." if len(changed) > 6 else "")
+        return f"with another config ({keys})"
+    return "under a teacher trained again since" if teacher_retrained else ""
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     fam = FAMILIES[args.family]
+    for flag, value in (("--iters", args.iters), ("--teacher-iters", args.teacher_iters), ("--num-gpus", args.num_gpus)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} {value}: give a positive count (leave the flag out for the config's own value)")
     if len(args.opts) % 2:
         parser.error(f"the KEY VALUE overrides have an odd number of items: {args.opts}")
     if args.teacher_weights:
@@ -133,19 +147,33 @@ def main(argv=None) -> int:
         for r in runs:
             print(" ".join(map(str, r.command(resume=True)[:3] + flags + r.command(resume=True)[3:])))
         return 0
+    stale = set()
     if not args.report_only:
+        retrained = False  # a teacher trained again makes every finished student stale
         for i, r in enumerate(runs):
-            if read_run(r.out_dir).status == "finished":
-                print(f"[{i + 1}/{len(runs)}] {r.name}: finished earlier, skipped", flush=True)
+            finished = read_run(r.out_dir).status == "finished"
+            why = _stale(r, retrained and r is not teacher_run) if finished else ""
+            if finished and not why:
+                print(f"[{i + 1}/{len(runs)}] {r.name}: finished earlier with the same config, reused", flush=True)
                 continue
-            cmd = r.command(resume=True)
+            if finished:
+                # trained afresh; train_net --replace-run keeps the old run in <run>/replaced-<time>/
+                print(f"[{i + 1}/{len(runs)}] {r.name}: finished earlier {why}: trained again", flush=True)
+                cmd = r.command(replace=True)
+            else:
+                cmd = r.command(resume=True)
+            retrained = retrained or r is teacher_run
             cmd = cmd[:3] + flags + cmd[3:]
             log = r.out_dir / "table7.log"
             print(f"[{i + 1}/{len(runs)}] {r.name}", flush=True)
             if run_training(cmd, log, label=r.label, cwd=REPO):
                 print(f"{r.name} failed; last lines of {log}:\n{log_tail(log)}")
                 return 1
-    arms = {m: [r.out_dir for r in students if r.arm == m] for m in args.methods}
+    else:  # the table holds only runs of this plan's config
+        stale = {r.out_dir for r in runs if read_run(r.out_dir).status == "finished" and _stale(r, False)}
+        for d in sorted(stale):
+            print(f"{d}: finished with another config than this command's: left out of the table", flush=True)
+    arms = {m: [r.out_dir for r in students if r.arm == m and r.out_dir not in stale] for m in args.methods}
     infos = collect_runs(
         [d for m in args.methods if m != "nokd" for d in arms[m]],
         teachers=[teacher_run.out_dir] if teacher_run else [],
