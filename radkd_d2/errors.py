@@ -47,3 +47,38 @@ class WeightsLoadError(RuntimeError):
 class RunFolderError(RuntimeError):
     """OUTPUT_DIR belongs to another run: held by a running process, or holding a run whose
     config differs from this one."""
+
+
+class LabelRangeError(ValueError):
+    """A semantic-segmentation label map holds values that are neither a class index
+    (0..num_classes-1) nor the data set's ignore label. The message names the file, the values,
+    how many pixels hold them and the allowed range; ``file_name``, ``values``, ``pixels``,
+    ``num_classes`` and ``ignore_label`` hold the same (``file_name`` is None while the label map's
+    file is not known yet: :meth:`naming` adds it). A ValueError, like the other bad-data errors
+    of the data layer."""
+
+    def __init__(self, message: str, *, file_name: Optional[str] = None, values=(), pixels: int = 0,
+                 num_classes: Optional[int] = None, ignore_label: Optional[int] = None):  # fmt: skip
+        # one positional argument: the error survives a DataLoader worker's re-raise
+        super().__init__(message)
+        self.file_name, self.values, self.pixels = file_name, list(values), pixels
+        self.num_classes, self.ignore_label = num_classes, ignore_label
+
+    @classmethod
+    def of(cls, file_name: Optional[str], values, pixels: int, num_classes: int,
+           ignore_label: int) -> "LabelRangeError":  # fmt: skip
+        values = [int(v) for v in values]
+        shown = str(values) if len(values) <= 10 else f"[{', '.join(map(str, values[:10]))}, ...]"
+        what = f"label file {file_name}" if file_name is not None else "a label map"
+        return cls(
+            f"{what} has values {shown} ({pixels} pixel{'s' if pixels != 1 else ''}) outside the "
+            f"allowed range: class indices 0..{num_classes - 1} ({num_classes} classes) or the "
+            f"ignore label {ignore_label}. Fix the file (or the data set's stuff_classes / "
+            f"ignore_label if those are wrong)",
+            file_name=file_name, values=values, pixels=pixels, num_classes=num_classes,
+            ignore_label=ignore_label,
+        )  # fmt: skip
+
+    def naming(self, file_name: str) -> "LabelRangeError":
+        """The same error, naming ``file_name``."""
+        return self.of(file_name, self.values, self.pixels, self.num_classes, self.ignore_label)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform
+
+from radkd_d2.errors import LabelRangeError
+
+from .labels import check_label_range
 
 
 class RandomScale(T.Augmentation):
@@ -46,26 +49,48 @@ def build_sem_seg_train_augmentation(cfg) -> list[T.Augmentation]:
     return augs
 
 
+class LabelRangeCheck(T.Augmentation):
+    """First augmentation of the semantic-segmentation mapper: checks the whole label map as it
+    was read (before any scale or crop, so a bad patch the crop would cut away is refused too)
+    and changes nothing. Raises :class:`LabelRangeError`; the mapper adds the file name."""
+
+    input_args = ("sem_seg",)  # a one-argument get_transform would otherwise be given the image
+
+    def __init__(self, num_classes: int, ignore_label: int):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, sem_seg):
+        if sem_seg is not None:
+            check_label_range(sem_seg, self.num_classes, self.ignore_label)
+        return NoOpTransform()
+
+
 class ReadableDatasetMapper(DatasetMapper):
     """Detectron2's DatasetMapper; an image or label file that cannot be decoded fails with
-    one error naming the file (instead of a PIL traceback from inside a data-loader worker)."""
+    one error naming the file (instead of a PIL traceback from inside a data-loader worker), and
+    so does a label map with values outside the classes (:class:`LabelRangeError`)."""
 
     def __call__(self, dataset_dict):
         try:
             return super().__call__(dataset_dict)
+        except LabelRangeError as e:
+            raise (e if e.file_name else e.naming(dataset_dict.get("sem_seg_file_name"))) from None
         except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
             files = [dataset_dict.get(k) for k in ("file_name", "sem_seg_file_name") if dataset_dict.get(k)]
             raise ValueError(f"cannot read {' / '.join(files)}: {type(e).__name__}: {e}") from e
 
 
 class SemSegDatasetMapper(ReadableDatasetMapper):
-    """Detectron2's DatasetMapper for semantic segmentation, plus a label check: every label
-    value must be a class index (< number of classes) or the dataset's ignore label; anything
-    else is an error naming the file, instead of silent garbage in the loss."""
+    """Detectron2's DatasetMapper for semantic segmentation, plus a label check: every value of
+    the label map, read whole before any augmentation, must be a class index (< number of
+    classes) or the dataset's ignore label; anything else is a :class:`LabelRangeError` naming
+    the file, the values and the allowed range, instead of silent garbage in the loss."""
 
     @configurable
-    def __init__(self, is_train: bool, *, num_classes: int, ignore_label: int, **kwargs):
-        super().__init__(is_train, **kwargs)
+    def __init__(self, is_train: bool, *, num_classes: int, ignore_label: int, augmentations, **kwargs):
+        augmentations = [LabelRangeCheck(num_classes, ignore_label), *augmentations]
+        super().__init__(is_train, augmentations=augmentations, **kwargs)
         self.num_classes = num_classes
         self.ignore_label = ignore_label
 
@@ -85,17 +110,3 @@ class SemSegDatasetMapper(ReadableDatasetMapper):
         # the trainer checks at start-up that this equals each data set's ignore_label
         ret["ignore_label"] = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         return ret
-
-    def __call__(self, dataset_dict):
-        label_file = dataset_dict.get("sem_seg_file_name")
-        out = super().__call__(dataset_dict)
-        sem_seg = out.get("sem_seg")
-        if sem_seg is not None:
-            values = torch.unique(sem_seg)
-            bad = values[(values >= self.num_classes) & (values != self.ignore_label)]
-            if len(bad):
-                raise ValueError(
-                    f"label file {label_file} has values {bad.tolist()} outside "
-                    f"0..{self.num_classes - 1} that are not the ignore label {self.ignore_label}"
-                )
-        return out

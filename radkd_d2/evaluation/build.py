@@ -3,20 +3,15 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
-from PIL import Image
+from detectron2.evaluation import COCOEvaluator
 
-
-def _load_label(path: str, dtype) -> np.ndarray:
-    # Detectron2's default loader calls np.array(..., copy=False), which numpy 2 rejects
-    with Image.open(path) as img:
-        return np.asarray(img, dtype=dtype)
+from .sem_seg import LabelCheckedSemSegEvaluator
 
 
 def _sem_seg(cfg, name, output_dir):
-    return SemSegEvaluator(name, distributed=True, output_dir=output_dir, sem_seg_loading_fn=_load_label)
+    # every ground-truth file is checked against the data set's classes and ignore label
+    return LabelCheckedSemSegEvaluator(name, distributed=True, output_dir=output_dir)
 
 
 def _coco(cfg, name, output_dir):
