@@ -181,6 +181,20 @@ def test_teacher_files_missing(tmp_path):
         build_model(cfg)
 
 
+def test_teacher_weights_folder_and_empty_file_are_named(tmp_path):
+    from radkd_d2.errors import TeacherLoadError
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(TeacherLoadError, match=r"MODEL.DISTILL.TEACHER.WEIGHTS = '.*run' is a folder: name the .pth file in it"):
+        build_model(distill_cfg(tmp_path, teacher_weights=str(tmp_path / "run")))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(TeacherLoadError, match=r"empty.pth': the file is empty \(0 bytes\)$"):
+        build_model(distill_cfg(tmp_path, teacher_weights=str(tmp_path / "empty.pth")))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(TeacherLoadError, match=r"junk.pth': \w+.*\(truncated, damaged or not a checkpoint\)$"):
+        build_model(distill_cfg(tmp_path, teacher_weights=str(tmp_path / "junk.pth")))
+
+
 def test_strict_teacher_loading_lists_keys(tmp_path):
     cfg = distill_cfg(tmp_path)
     teacher = build_model(cfg).teacher

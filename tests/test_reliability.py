@@ -263,7 +263,8 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, caplog):
         extra = ckpt.resume_or_load("", resume=True)
     assert extra["iteration"] == 9 and torch.all(model.weight == 9.0)
     text = caplog.text
-    assert str(paths[2]) in text and "also unreadable" in text and str(paths[1]) in text
+    assert f"names {paths[2].name}, which cannot be read (truncated or damaged)" in text
+    assert "unreadable: " in text and str(paths[2]) in text and str(paths[1]) in text
     # an intact newest checkpoint is used as before, silently
     model2, ckpt2, paths2 = _checkpoints(tmp_path / "ok", [9, 19])
     assert ckpt2.get_checkpoint_file() == str(paths2[1])
@@ -279,6 +280,34 @@ def test_resume_with_no_readable_checkpoint_names_every_file(tmp_path):
         ckpt.resume_or_load("", resume=True)
     msg = str(e.value)
     assert all(str(p) in msg for p in paths) and "mv " in msg and "last_checkpoint" in msg
+
+
+def test_resume_names_an_empty_tag_and_a_deleted_checkpoint(tmp_path, caplog):
+    """An empty last_checkpoint and one naming a deleted file are called what they are (not
+    "truncated or damaged"), the newest readable checkpoint is used, and with none left the
+    advice names only files that exist."""
+    import logging
+
+    from radkd_d2.errors import CorruptCheckpointError
+
+    model, ckpt, paths = _checkpoints(tmp_path, [9, 19])
+    tag = tmp_path / "last_checkpoint"
+    tag.write_text("")
+    with caplog.at_level(logging.WARNING):
+        assert ckpt.get_checkpoint_file() == str(paths[1])
+    assert "last_checkpoint is empty (it names no checkpoint); resuming from the newest readable checkpoint" in caplog.text
+    tag.write_text(paths[1].name)
+    paths[1].unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert ckpt.get_checkpoint_file() == str(paths[0])
+    assert f"names {paths[1].name}, which does not exist (deleted or moved)" in caplog.text
+    paths[0].unlink()
+    with pytest.raises(CorruptCheckpointError) as e:
+        ckpt.get_checkpoint_file()
+    msg = str(e.value)
+    assert f"names {paths[1].name}, which does not exist" in msg and "holds no other checkpoint" in msg
+    assert "mv " not in msg and f"remove {tag}" in msg
 
 
 def test_fvcore_save_contract_the_atomic_checkpointer_relies_on(tmp_path):

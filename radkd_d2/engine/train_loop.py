@@ -197,39 +197,53 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def get_checkpoint_file(self) -> str:
         """The newest *readable* checkpoint of ``save_dir`` (fvcore's ``resume_or_load`` resumes
-        from what this returns). When the one ``last_checkpoint`` names is truncated or damaged
-        (a full disk, a bad copy), the newest intact ``model_*.pth`` is used instead, with a
-        warning naming both; when none is intact, :class:`CorruptCheckpointError` says so."""
-        newest = super().get_checkpoint_file()
-        if not newest or checkpoint_readable(newest):
-            return newest
+        from what this returns). When ``last_checkpoint`` is empty, names a file that is gone, or
+        names one that is truncated or damaged (a full disk, a bad copy), the newest intact
+        ``model_*.pth`` is used instead, with a warning saying which and why; when none is
+        intact, :class:`CorruptCheckpointError` says so and what to do."""
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        try:
+            with open(tag) as f:
+                name = f.read().strip()
+        except OSError:
+            return super().get_checkpoint_file()  # no tag: nothing to resume (fvcore's answer)
+        named = os.path.join(self.save_dir, name) if name else ""
+        if name and os.path.isfile(named) and checkpoint_readable(named):
+            return named
+        if not name:
+            problem = "is empty (it names no checkpoint)"
+        elif not os.path.isfile(named):
+            problem = f"names {name}, which does not exist (deleted or moved)"
+        else:
+            problem = f"names {name}, which cannot be read (truncated or damaged)"
         others = sorted(
             (
                 p
                 for p in Path(self.save_dir).glob("model_*.pth")
-                if str(p) != newest and not p.name.endswith(".partial.pth")
+                if str(p) != named and not p.name.endswith(".partial.pth")
             ),
             key=lambda p: p.stat().st_mtime,
             reverse=True,
         )
-        bad = [newest]
+        bad = [named] if name and os.path.isfile(named) else []
         for p in others:
             if checkpoint_readable(str(p)):
                 self.logger.warning(
-                    "Checkpoint %s cannot be read (truncated or damaged); resuming from the newest "
-                    "readable one, %s%s",
-                    newest,
-                    p,
-                    f" (also unreadable: {', '.join(bad[1:])})" if len(bad) > 1 else "",
+                    "%s %s; resuming from the newest readable checkpoint, %s%s", tag, problem, p,
+                    f" (unreadable: {', '.join(bad)})" if bad else "",
                 )
                 return str(p)
             bad.append(str(p))
-        raise CorruptCheckpointError(
-            f"--resume: no checkpoint in {self.save_dir} can be read; unreadable: "
-            f"{', '.join(bad)}. Move them away (and last_checkpoint) to start again: "
-            f"mkdir -p {self.save_dir}/corrupt && mv {' '.join(bad)} "
-            f"{os.path.join(self.save_dir, 'last_checkpoint')} {self.save_dir}/corrupt/"
-        )
+        if bad:
+            remedy = (
+                f"Move them away (and last_checkpoint) to start again: mkdir -p {self.save_dir}/corrupt && "
+                f"mv {' '.join(bad)} {tag} {self.save_dir}/corrupt/"
+            )
+            found = f"; no checkpoint in {self.save_dir} can be read: {', '.join(bad)}"
+        else:
+            remedy = f"To train from MODEL.WEIGHTS instead, remove {tag} (or run without --resume)"
+            found = f"; {self.save_dir} holds no other checkpoint (model_*.pth)"
+        raise CorruptCheckpointError(f"--resume: {tag} {problem}{found}. {remedy}")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")

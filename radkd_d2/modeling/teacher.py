@@ -84,11 +84,15 @@ def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True
     unexpected or shape-mismatched key is listed: as an error when ``strict``, as a warning
     otherwise; nothing is loaded silently in part."""
     path = local_weights(weights, what)
+    if path.stat().st_size == 0:
+        raise TeacherLoadError(f"could not read {what} checkpoint {weights!r}: the file is empty (0 bytes)")
     ckpt = ReportingCheckpointer(model)
     try:
         ckpt.load(str(path), checkpointables=[])
     except Exception as e:  # torch.load / pickle errors differ by the kind of corruption
-        raise TeacherLoadError(f"could not read {what} checkpoint {weights!r}: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise TeacherLoadError(f"could not read {what} checkpoint {weights!r}: {reason} (truncated, damaged or not a checkpoint)") from e
     # Detectron2's loader (name heuristics for .pkl, "module." prefixes) skips mismatched shapes
     # and reports every incompatible key; on error the caller discards the model.
     incompatible = ckpt.incompatible
