@@ -49,6 +49,12 @@ class RunFolderError(RuntimeError):
     config differs from this one."""
 
 
+class DiskFullError(OSError):
+    """A file of the run (a checkpoint) could not be written: no space left on the device, a
+    quota, or a read-only file system. The message names the folder, the space free and the
+    space needed, and says that the last checkpoint is intact for ``--resume``."""
+
+
 class LabelRangeError(ValueError):
     """A semantic-segmentation label map holds values that are neither a class index
     (0..num_classes-1) nor the data set's ignore label. The message names the file, the values,

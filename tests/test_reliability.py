@@ -323,3 +323,32 @@ def test_fvcore_save_contract_the_atomic_checkpointer_relies_on(tmp_path):
     ckpt.save("model_0000003", iteration=3)
     assert sorted(p.name for p in (tmp_path / "atomic").iterdir()) == ["last_checkpoint", "model_0000003.pth"]
     assert torch.load(tmp_path / "atomic" / "model_0000003.pth", weights_only=False)["iteration"] == 3
+
+
+def test_full_disk_at_a_checkpoint_is_one_message_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """ENOSPC while a checkpoint is written: one DiskFullError naming the folder, the space free
+    and needed, the half-written .partial.pth removed, the last checkpoint intact for --resume."""
+    import errno
+
+    from fvcore.common.checkpoint import Checkpointer
+
+    from radkd_d2.errors import DiskFullError
+
+    model, ckpt, paths = _checkpoints(tmp_path, [9])
+    real_save = Checkpointer.save
+
+    def full(self, name, **kwargs):
+        with open(os.path.join(self.save_dir, f"{name}.pth"), "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Checkpointer, "save", full)
+    with pytest.raises(DiskFullError) as e:
+        ckpt.save("model_0000019", iteration=19)
+    msg = str(e.value)
+    assert f"cannot write checkpoint model_0000019.pth to {tmp_path}: no space left on the device (" in msg
+    assert " free, a checkpoint takes about " in msg
+    assert "the last checkpoint model_0000009.pth is intact: free space and rerun with --resume" in msg
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000009.pth"]
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    assert ckpt.get_checkpoint_file() == str(paths[0])  # --resume goes on from there

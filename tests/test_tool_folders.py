@@ -59,3 +59,21 @@ def test_sweep_refuses_another_configs_folder(tmp_path):
     cfg = "configs/synthetic/distill/lad_res5_pspr101_pspr18_tiny_synthetic.yaml"
     with pytest.raises(SystemExit, match=r"other.yaml, tap res5\), not of tools/sweep.py \(lad_res5_pspr101_pspr18_tiny_synthetic.yaml, tap res5\)"):
         sweep.main(["--config", cfg, "--out", str(out), "--weights", "1"])
+
+
+def test_read_only_output_is_one_line_before_any_run(tmp_path, monkeypatch):
+    import os
+
+    from radkd_d2.engine.inputs import ToolInputError
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(ro) else real_access(p, mode))
+    demo = _tool("demo")
+    with pytest.raises(ToolInputError, match=f"--output {ro}/demo: {ro} is not writable"):
+        demo.main(["--output", str(ro / "demo")])
+    study = _tool("camvid_study")
+    with pytest.raises(ToolInputError, match=f"--out {ro}/study: {ro} is not writable"):
+        study.main(["--data-root", str(tmp_path), "--out", str(ro / "study")])
+    assert list(ro.iterdir()) == []

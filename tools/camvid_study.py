@@ -82,6 +82,7 @@ from radkd_d2.analysis.sweep import (  # noqa: E402
     sweep_curves,
 )
 from radkd_d2.evaluation.report import build_report, collect_runs, write_report  # noqa: E402
+from radkd_d2.engine.inputs import run_tool, writable_output  # noqa: E402
 from radkd_d2.evaluation.runs import per_class_iou, read_run, read_scalars, seed_folder  # noqa: E402
 from radkd_d2.evaluation.summary import contrast_text, mean_std, paired_contrast_text  # noqa: E402
 
@@ -857,6 +858,7 @@ def main(argv=None):
     plan = plan_runs(args)
     iters = plan.iters
     if not args.report_only:
+        writable_output(plan.out, "--out", folder=True)  # a read-only mount: one line, before any run
         claim_folder(plan.out, "tools/camvid_study.py", f"--scale {args.scale}", infer=study_scale_of)
     try:
         if args.report_only:
@@ -994,4 +996,4 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

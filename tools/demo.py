@@ -63,6 +63,7 @@ from radkd_d2.analysis.launch import (  # noqa: E402
     run_jobs,
     seeds_arg,
 )
+from radkd_d2.engine.inputs import run_tool, writable_output  # noqa: E402
 from radkd_d2.evaluation.runs import read_run  # noqa: E402
 from radkd_d2.evaluation.summary import contrast_text  # noqa: E402
 from radkd_d2.evaluation.report import (  # noqa: E402
@@ -471,6 +472,7 @@ def main(argv=None):
     args = parse_args(argv)
     task = TASKS[args.task]
     out = (REPO / args.output).resolve()
+    writable_output(out, "--output", folder=True)  # a read-only mount: one line, before any run
     claim_folder(out, "tools/demo.py", f"--task {task.name}", infer=lambda o: (f"--task {t}" if (t := demo_task_of(o)) else None))
     plan = plan_runs(args)
     t0 = time.time()
@@ -549,4 +551,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

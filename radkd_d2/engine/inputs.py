@@ -12,6 +12,7 @@ from typing import Callable, Optional
 from radkd_d2.errors import (
     ConfigError,
     CorruptCheckpointError,
+    DiskFullError,
     ExportError,
     RunFolderError,
     TeacherLoadError,
@@ -28,7 +29,7 @@ class ToolInputError(ValueError):
 # errors that name a bad input and its fix: shown as one message (exit status 2)
 USER_ERRORS = (ToolInputError, ConfigError, RunFolderError, WeightsLoadError, TeacherLoadError,
                CorruptCheckpointError, UnknownDistillLossError, WeightConversionError, ExportError,
-               FileNotFoundError)  # fmt: skip
+               FileNotFoundError, DiskFullError)  # fmt: skip
 
 
 def existing_file(path, flag: str, what: str = "file") -> Path:

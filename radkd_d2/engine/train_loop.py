@@ -2,9 +2,12 @@
 RNG state in checkpoints, and a train sampler that resumes where it stopped."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import random
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -17,13 +20,24 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
-from radkd_d2.errors import CorruptCheckpointError
+from radkd_d2.errors import CorruptCheckpointError, DiskFullError
 
 from radkd_d2.modeling.class_map import map_checkpoint_classifiers
 
 logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# write errors that mean "no room here", as opposed to a bug
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _size(n: float) -> str:
+    """Bytes as "12.3 MB"."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} GB"
 
 
 class _FiniteLossMixin:
@@ -189,11 +203,43 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         partial = f"{name}.partial"
-        super().save(partial, **kwargs)
+        try:
+            super().save(partial, **kwargs)
+        except OSError as e:
+            if e.errno not in _NO_ROOM:
+                raise
+            raise self._disk_full(name, partial, e) from None
         os.replace(
             os.path.join(self.save_dir, f"{partial}.pth"), os.path.join(self.save_dir, f"{name}.pth")
         )
         self.tag_last_checkpoint(f"{name}.pth")
+
+    def _disk_full(self, name: str, partial: str, error: OSError) -> DiskFullError:
+        """Remove the half-written ``<partial>.pth`` and describe the failure: the folder, the
+        free space, the size a checkpoint takes (the last one's, else the model state's), and
+        that the last checkpoint is intact (``--resume`` goes on once there is room)."""
+        half = os.path.join(self.save_dir, f"{partial}.pth")
+        with contextlib.suppress(OSError):
+            os.remove(half)
+        try:
+            free = shutil.disk_usage(self.save_dir).free
+        except OSError:
+            free = None
+        last = super().get_checkpoint_file() if self.has_checkpoint() else ""
+        if last and os.path.isfile(last):
+            need = os.path.getsize(last)
+        else:
+            need = sum(t.numel() * t.element_size() for t in self.model.state_dict().values() if torch.is_tensor(t))
+        why = {errno.EROFS: "the file system is read-only", errno.EDQUOT: "the disk quota is used up"}.get(
+            error.errno, "no space left on the device"
+        )
+        return DiskFullError(
+            error.errno,
+            f"cannot write checkpoint {name}.pth to {self.save_dir}: {why} "
+            f"({_size(free) if free is not None else 'unknown'} free, a checkpoint takes about {_size(need)}); "
+            + (f"the last checkpoint {os.path.basename(last)} is intact: free space and rerun with --resume"
+               if last else "free space and start again"),
+        )
 
     def get_checkpoint_file(self) -> str:
         """The newest *readable* checkpoint of ``save_dir`` (fvcore's ``resume_or_load`` resumes
