@@ -56,6 +56,14 @@ def _run(args):
         else:
             trainer = Trainer(cfg)
             early.check_weights(trainer.model, trainer.checkpointer, resume=args.resume)
+    if early.finished:
+        # nothing to train, and nothing written: no second evaluation row, no new config.yaml
+        print(
+            f"train_net: the run in {cfg.OUTPUT_DIR} has finished (SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER} "
+            "reached): nothing to train, its results are left as they are. Score it again with --eval-only",
+            file=sys.stderr,
+        )
+        return {}
     start_run(cfg, args, early)
     if args.eval_only:
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -331,3 +331,18 @@ def test_without_flock_an_owner_file_stands_in(tmp_path, monkeypatch):
     owner.write_text('{"pid": 1, "host": "elsewhere", "started": 0, "command": "x"}')
     with pytest.raises(RunFolderError, match="on elsewhere.*no file locks"):
         RunLock(tmp_path / "run").acquire()
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_writes_nothing_and_cannot_go_backwards(trained, data_root):
+    """--resume of a finished run: nothing trained, no second evaluation row, no new config.yaml;
+    --resume --replace-run with a MAX_ITER below the iterations reached is refused (it would
+    leave a config of fewer iterations beside later weights)."""
+    files = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file() and p.name != ".run.lock"}
+    proc = run_train_net("--config-file", SEG, "--resume", *_small(data_root, trained), timeout=300)
+    assert f"the run in {trained} has finished (SOLVER.MAX_ITER = 3 reached): nothing to train" in proc.stderr
+    proc = run_train_net("--config-file", SEG, "--resume", "--replace-run", *_small(data_root, trained, 2),
+                         check=False, timeout=300)  # fmt: skip
+    _refused(proc, f"has reached iteration 3", "past SOLVER.MAX_ITER = 2; a run cannot resume backwards")
+    after = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file() and p.name != ".run.lock"}
+    assert after == files

@@ -378,17 +378,19 @@ def mismatch_error(key: str, path: str, report: str, scope: str) -> WeightsLoadE
     )
 
 
-def check_model_weights(model, checkpointer, path: str, *, partial: bool, key: str = "MODEL.WEIGHTS") -> None:
+def check_model_weights(model, checkpointer, path: str, *, partial: bool, key: str = "MODEL.WEIGHTS") -> dict:
     """Read ``path`` and check that it fills ``model`` (:func:`weights_problems`), without
-    loading it. Detectron2 model-zoo files matched by its name heuristics are only read."""
+    loading it; returns the checkpoint read. Detectron2 model-zoo files matched by its name
+    heuristics are only read."""
     ckpt = read_checkpoint(checkpointer, path)
     if ckpt.get("matching_heuristics"):
-        return  # Caffe2/Detectron2 model-zoo names: Detectron2 matches and reports them
+        return ckpt  # Caffe2/Detectron2 model-zoo names: Detectron2 matches and reports them
     report, scope = mismatch_report(model, ckpt)
     if report and not partial:
         raise mismatch_error(key, path, report, scope)
     if report:
         logger.warning("MODEL.WEIGHTS_PARTIAL: loading the matching part of %s; not loaded:\n%s", path, report)
+    return ckpt
 
 
 def check_eval_only(cfg) -> None:

@@ -223,6 +223,7 @@ class _Preflight:
     def __init__(self, cfg):
         self.cfg = cfg
         self.records = []
+        self.finished = False  # --resume of a run that has reached SOLVER.MAX_ITER
 
     def check_weights(self, model, checkpointer, *, resume: bool, eval_only: bool = False) -> None:
         """The checkpoint that will be loaded (``--resume``: the run's newest readable one, else
@@ -246,10 +247,27 @@ class _Preflight:
             # fetched now (or found in Detectron2's download cache), before anything is written
             path = str(local_weights(path, "the model's", key=key, error=WeightsLoadError))
         if path:
-            check_model_weights(model, checkpointer, path, partial=self.cfg.MODEL.WEIGHTS_PARTIAL, key=key)
+            ckpt = check_model_weights(model, checkpointer, path, partial=self.cfg.MODEL.WEIGHTS_PARTIAL, key=key)
+            if key != "MODEL.WEIGHTS" and not eval_only and isinstance(ckpt.get("iteration"), int):
+                self._check_resume_point(ckpt["iteration"] + 1, path)
         if eval_only or self.cfg.TEST.EVAL_PERIOD > 0:
             for name in self.cfg.DATASETS.TEST:
                 DatasetCatalog.get(name)
+
+
+    def _check_resume_point(self, reached: int, path: str) -> None:
+        """``--resume`` of a run that reached ``reached`` iterations: past SOLVER.MAX_ITER is
+        refused (a run cannot resume backwards; the old config.yaml would sit beside later
+        weights); exactly at it, the run is finished and nothing is to be done (``finished``)."""
+        max_iter = self.cfg.SOLVER.MAX_ITER
+        if reached > max_iter:
+            raise ConfigError(
+                f"--resume: the run in {self.cfg.OUTPUT_DIR} has reached iteration {reached} ({path}), "
+                f"past SOLVER.MAX_ITER = {max_iter}; a run cannot resume backwards. Set SOLVER.MAX_ITER "
+                f">= {reached} to go on, or start afresh with --replace-run and without --resume (the old "
+                "run is kept in replaced-<time>/)"
+            )
+        self.finished = reached == max_iter
 
 
 class _ListHandler(logging.Handler):
