@@ -295,6 +295,20 @@ def test_read_run_eval_only_crashed_and_empty(tmp_path):
     assert read_run(tmp_path / "empty").status == "missing"
 
 
+def test_a_segmentation_run_without_config_is_tabled_as_segmentation(tmp_path):
+    """report.py on a run folder that lost its config.yaml: its evaluation says what it scored,
+    so it is a segmentation row with its mIoU, not a detection row of dashes."""
+    from radkd_d2.evaluation.report import build_report, collect_runs, report_markdown
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"iteration": 99, "sem_seg/mIoU": 41.5, "sem_seg/pACC": 88.0}) + "\n")
+    (info,) = collect_runs([run])
+    assert info.task == "sem_seg"
+    text = report_markdown(build_report([info]), "t")
+    assert "41.5" in text and "AP50" not in text.split("## Runs read")[0]
+
+
 def test_plot_magnitudes_png(fabricated, tmp_path, capsys):
     out = tmp_path / "fig2.png"
     tool = _tool("plot_magnitudes")

@@ -128,7 +128,11 @@ def _seg_tables(report: Report) -> List[str]:
     for t, g in groups:
         g += [r for r in rows if r["role"] == "baseline" and r["model"] in students_of[t]]
         used_baselines.update(r["run"] for r in g if r["role"] == "baseline")
-    orphans = [r for r in rows if r["role"] == "baseline" and r["run"] not in used_baselines]
+    # plain runs no student uses, and runs whose role is unknown (a folder without config.yaml)
+    orphans = [
+        r for r in rows
+        if (r["role"] == "baseline" and r["run"] not in used_baselines) or r["role"] not in ("student", "teacher", "baseline")
+    ]
     if orphans:
         groups.append(("", orphans))
     for t, g in groups:

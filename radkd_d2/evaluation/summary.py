@@ -215,6 +215,8 @@ def describe_run(result: RunResult, role: Optional[str] = None) -> RunInfo:
     later by :func:`assign_roles`)."""
     cfg = result.config
     info = RunInfo(result, role=role or "?")
+    if result.task:  # what its evaluation scored, with or without a config.yaml beside it
+        info.task = result.task
     if not cfg:
         return info
     meta = cfg_get(cfg, "MODEL.META_ARCHITECTURE", "")
@@ -223,9 +225,7 @@ def describe_run(result: RunResult, role: Optional[str] = None) -> RunInfo:
     )
     info.model = model_name(cfg)
     info.dataset = dataset_name((cfg_get(cfg, "DATASETS.TEST") or ["?"])[0])
-    if result.task:
-        info.task = result.task
-    else:
+    if not result.task:
         student_meta = (
             cfg_get(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE", "")
             if meta.startswith("Distill")
