@@ -98,6 +98,18 @@ def test_eval_exported_checks_model_dataset_and_output_first(files, tmp_path):
         tool.main(["--model", str(model), "--output", str(files["blocker"] / "m.json")])
 
 
+def test_eval_exported_output_into_a_missing_folder_is_written(tmp_path, monkeypatch):
+    """--output naming a folder that does not exist yet: the metrics are written there (it was
+    an error only after the whole evaluation)."""
+    tool = _tool("eval_exported")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    monkeypatch.setattr(tool, "evaluate_exported", lambda *a: ({"sem_seg": {"mIoU": 12.5}}, None))
+    out = tmp_path / "new" / "deeper" / "metrics.json"
+    tool.main(["--model", str(model), "--output", str(out)])
+    assert json.loads(out.read_text()) == {"sem_seg": {"mIoU": 12.5}}
+
+
 def test_unknown_dataset_suggests_close_names():
     from radkd_d2.engine.exported import check_dataset_name
 

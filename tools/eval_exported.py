@@ -32,7 +32,8 @@ def main(argv=None):
     setup_logger(name="detectron2")
     results, _ = evaluate_exported(args.model, args.dataset, args.opts)
     print_csv_format(results)
-    if args.output:
+    if args.output:  # its folder is made if missing (checked writable before the evaluation)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
     return results
 
