@@ -170,3 +170,19 @@ def test_coco_2017_missing_is_named_before_any_model(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"coco_2017_train.*coco/annotations/instances_train2017.json is missing.*DATASETS.ROOT"):
         validate_config(cfg)
     assert not built
+
+
+def test_a_model_on_the_other_tasks_data_set_is_refused(tmp_path):
+    """A Faster R-CNN scored on a segmentation set was told to set NUM_CLASSES (then failed with
+    KeyError 'sem_seg'); the task mismatch itself is named, both ways."""
+    from radkd_d2.engine.checks import ConfigError, validate_config
+
+    _fake_camvid(tmp_path)
+    det = load_cfg("configs/synthetic/faster_rcnn_r18_tiny.yaml", "DATASETS.TEST", "('camvid_val',)",
+                   data_root=tmp_path, validate=False)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"DATASETS.TEST names 'camvid_val', a semantic-segmentation set, but MODEL.META_ARCHITECTURE = 'GeneralizedRCNN' is a detector"):
+        validate_config(det)
+    seg = load_cfg("configs/synthetic/pspnet_r18_tiny.yaml", "DATASETS.TEST", "('tiny_coco_val2017',)",
+                   data_root=SHARED_DATA, validate=False)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'tiny_coco_val2017', an object-detection set, but .*'SemanticSegmentor' is a semantic segmentor"):
+        validate_config(seg)

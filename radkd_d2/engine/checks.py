@@ -49,6 +49,7 @@ def check_datasets(cfg) -> None:
                     f"{key} names unknown data set {name!r}; registered: {sorted(registered)}"
                 )
             meta = MetadataCatalog.get(name)
+            _check_task(cfg, key, name, meta)
             for path in getattr(meta, "required_paths", ()):
                 p = Path(path)
                 if not p.exists() or (p.is_dir() and not any(p.iterdir())):
@@ -58,6 +59,29 @@ def check_datasets(cfg) -> None:
                     )
             if getattr(meta, "evaluator_type", None) == "sem_seg":
                 _check_sem_seg_meta(cfg, name, meta)
+
+
+# the kind of data set each kind of model trains on and is scored with
+_SEG_MODELS = ("SemanticSegmentor", "DistillSemanticSegmentor")
+
+
+def _check_task(cfg, key, name, meta) -> None:
+    """A segmentation model on a detection set, or a detector on a segmentation set, is refused
+    before its class-count advice could send the user down the wrong road."""
+    kind = getattr(meta, "evaluator_type", None)
+    arch = cfg.MODEL.META_ARCHITECTURE
+    student = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE if arch.startswith("Distill") else arch
+    seg_model = arch in _SEG_MODELS or student == "SemanticSegmentor"
+    if kind == "sem_seg" and not seg_model:
+        raise ConfigError(
+            f"{key} names {name!r}, a semantic-segmentation set, but MODEL.META_ARCHITECTURE = {arch!r} "
+            "is a detector: name a COCO-format detection set (e.g. coco_2017_val, tiny_coco_val2017)"
+        )
+    if kind == "coco" and seg_model:
+        raise ConfigError(
+            f"{key} names {name!r}, an object-detection set, but MODEL.META_ARCHITECTURE = {arch!r} "
+            "is a semantic segmentor: name a segmentation set (e.g. camvid_val, cityscapes_fine_sem_seg_val)"
+        )
 
 
 def _check_sem_seg_meta(cfg, name, meta) -> None:
