@@ -80,6 +80,26 @@ def test_evaluator_metrics_equal_on_synthetic_images(data_root, tmp_path):
             assert row["metrics"]["sem_seg"][key] == pytest.approx(reference[key], abs=1e-9), (row["format"], key)
 
 
+def test_exported_model_on_a_data_set_of_other_classes_is_named(data_root, tmp_path):
+    """A 6-class model scored on an 11-class set: the class counts are named before any image
+    is read (it blamed a label file)."""
+    from radkd_d2.engine.exported import evaluate_exported
+    from radkd_d2.errors import ExportError
+
+    cfg = load_cfg("configs/synthetic/pspnet_r18_tiny.yaml", "DATASETS.SYNTHETIC.NUM_VAL", 4,
+                   "DATASETS.SYNTHETIC.SIZE", 64, data_root=data_root)  # fmt: skip
+    path, _ = export_deployable(cfg, _save(build_model(cfg), tmp_path / "w.pth"), str(tmp_path / "out"), "torchscript",
+                                [torch.rand(3, 64, 64) * 255])
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        (root / "camvid" / split).mkdir(parents=True)
+        (root / "camvid" / f"{split}annot").mkdir(parents=True)
+        (root / "camvid" / split / "a.png").write_bytes(b"x")
+        (root / "camvid" / f"{split}annot" / "a.png").write_bytes(b"x")
+    with pytest.raises(ExportError, match=r"predicts 6 classes but data set 'camvid_val' has 11 \(Sky, Building, Pole, Road, ...\)"):
+        evaluate_exported(str(path), "camvid_val", ["DATASETS.ROOT", str(root)])
+
+
 @pytest.fixture(scope="module")
 def retinanet(tmp_path_factory):
     cfg = load_cfg(RETINANET)

@@ -9,6 +9,7 @@ from itertools import islice
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.data import MetadataCatalog
 from detectron2.config import CfgNode
 from detectron2.evaluation import inference_on_dataset
 
@@ -68,10 +69,32 @@ def evaluate_exported(
     if not name:
         raise ExportError("no test set: give --dataset or set DATASETS.TEST")
     check_dataset_name(name, "--dataset" if dataset else "DATASETS.TEST[0]")
+    _check_model_fits_dataset(model, name)
     loader = Trainer.build_test_loader(cfg, name)
     evaluator = Trainer.build_evaluator(cfg, name, output_dir or str(model.path.parent / "inference" / name))
     logger.info("Evaluating %s (%s) on %s", model_path, model.info.format, name)
     return inference_on_dataset(model, loader, evaluator), cfg
+
+
+def _check_model_fits_dataset(model: "ExportedModel", name: str) -> None:
+    """The exported model's task and class count against the data set's, before any image is
+    read: a mismatch is the model's, not a label file's."""
+    meta = MetadataCatalog.get(name)
+    kind = getattr(meta, "evaluator_type", None)
+    task = model.info.task
+    if (kind == "sem_seg") != (task == "sem_seg") and kind in ("sem_seg", "coco"):
+        raise ExportError(
+            f"{model.path} is a {'segmentation' if task == 'sem_seg' else 'detection'} model but data set "
+            f"{name!r} is for {'semantic segmentation' if kind == 'sem_seg' else 'object detection'}: give "
+            "--dataset a set of its task"
+        )
+    classes = getattr(meta, "stuff_classes", None) if task == "sem_seg" else None
+    if classes and len(classes) != model.info.num_classes:
+        raise ExportError(
+            f"{model.path} predicts {model.info.num_classes} classes but data set {name!r} has {len(classes)} "
+            f"({', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''}): give --dataset a set of the "
+            "model's classes"
+        )
 
 
 def _max_diff(out: dict, ref: dict) -> Optional[float]:
