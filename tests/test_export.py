@@ -148,9 +148,14 @@ def test_student_keys_missing_is_an_error(seg_models, tmp_path):
     cfg, model = seg_models["PSPHead"]
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("sem_seg_head.predictor")}
     torch.save({"model": state}, tmp_path / "w.pth")
-    with pytest.raises(Exception, match="sem_seg_head.predictor"):
+    with pytest.raises(Exception, match="sem_seg_head.predictor") as e:
         export_deployable(cfg, str(tmp_path / "w.pth"), str(tmp_path / "out"), "onnx", [torch.rand(3, 64, 64)])
     assert not any((tmp_path / "out").glob("model_student*"))
+    # the message names the user's file and the user's flags, not a temporary copy or a teacher key
+    msg = str(e.value)
+    assert f"student checkpoint '{tmp_path / 'w.pth'}' does not match the student model" in msg
+    assert "check that --weights is a checkpoint of the model --config-file builds" in msg
+    assert "TEACHER" not in msg and "/tmp" not in msg.replace(str(tmp_path), "")
 
 
 class _Odd(nn.Module):

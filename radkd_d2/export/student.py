@@ -90,7 +90,10 @@ def load_student(cfg: CfgNode, weights: str, device: str = "cpu") -> Tuple[nn.Mo
     with tempfile.TemporaryDirectory() as tmp:  # the reporting loader reads files
         path = Path(tmp) / "student.pth"
         torch.save({"model": state}, path)
-        load_weights_strictly(model, str(path), strict=True, what="student")
+        load_weights_strictly(
+            model, str(path), strict=True, what="student", shown=str(weights),
+            hint="check that --weights is a checkpoint of the model --config-file builds",
+        )
     if dropped:
         logger.info("Dropped the distillation-only parts %s of %s", dropped, weights)
     return model.eval(), scfg, state, dropped

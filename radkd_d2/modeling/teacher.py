@@ -78,11 +78,16 @@ def local_weights(
     return path
 
 
-def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True, what="teacher"):
+def load_weights_strictly(
+    model: nn.Module, weights: str, *, strict: bool = True, what="teacher", shown: str = "", hint: str = ""
+):
     """Load ``weights`` (.pth or Detectron2/Caffe2 .pkl; a path or a URL as
     :func:`local_weights` takes) into ``model`` through Detectron2's checkpointer. Every missing,
     unexpected or shape-mismatched key is listed: as an error when ``strict``, as a warning
-    otherwise; nothing is loaded silently in part."""
+    otherwise; nothing is loaded silently in part. ``shown``: the name of the file in messages
+    (the user's, when ``weights`` is a temporary copy); ``hint``: what to do on a mismatch
+    (default: the teacher config and MODEL.DISTILL.TEACHER.STRICT)."""
+    shown = shown or weights
     path = local_weights(weights, what)
     if path.stat().st_size == 0:
         raise TeacherLoadError(f"could not read {what} checkpoint {weights!r}: the file is empty (0 bytes)")
@@ -101,9 +106,10 @@ def load_weights_strictly(model: nn.Module, weights: str, *, strict: bool = True
     )
     if report and strict:
         raise TeacherLoadError(
-            f"{what} checkpoint {weights!r} does not match the {what} model:\n{report}\n"
-            f"(check the {what} config, or set MODEL.DISTILL.TEACHER.STRICT False to load "
-            "the matching part anyway)"
+            f"{what} checkpoint {shown!r} does not match the {what} model:\n{report}\n("
+            + (hint or f"check the {what} config, or set MODEL.DISTILL.TEACHER.STRICT False to load "
+               "the matching part anyway")
+            + ")"
         )
     if report:
         logger.warning("Loaded %s checkpoint %s non-strictly:\n%s", what, weights, report)
