@@ -66,8 +66,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_train_net(*args, cwd: Path | None = None, timeout: int = 600, check: bool = True):
-    """Run tools/train_net.py in a subprocess (as a user would); returns CompletedProcess."""
+def run_train_net(*args, cwd: Path | None = None, timeout: int = 1800, check: bool = True):
+    """Run tools/train_net.py in a subprocess (as a user would); returns CompletedProcess.
+    ``timeout`` is a hang guard only (no test depends on how fast the machine is)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     args = [str(a) for a in args]
     if "--num-gpus" in args and "--dist-url" not in args:

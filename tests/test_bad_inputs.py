@@ -12,7 +12,7 @@ SEG = REPO / "configs/synthetic/pspnet_r18_tiny.yaml"
 
 def _fails(tmp_path, *args, match):
     out = tmp_path / "out"
-    proc = run_train_net(*args, "OUTPUT_DIR", out, check=False, timeout=120)
+    proc = run_train_net(*args, "OUTPUT_DIR", out, check=False, timeout=1800)
     assert proc.returncode != 0
     assert match in proc.stderr, proc.stderr[-3000:]
     assert not out.exists(), "nothing may be written for a bad input"
@@ -102,7 +102,7 @@ def test_corrupt_image_file_names_it(tmp_path):
         open(d["file_name"], "wb").write(b"\x89PNG\r\n\x1a\n garbage")
     out = tmp_path / "out"
     proc = run_train_net("--config-file", SEG, "MODEL.DEVICE", "cpu", "DATASETS.ROOT", root, *small,
-                         "OUTPUT_DIR", out, check=False, timeout=180)
+                         "OUTPUT_DIR", out, check=False, timeout=1800)
     assert proc.returncode != 0
     assert re.search(r"ValueError: cannot read \S+/images/\d+\.png", proc.stderr), proc.stderr[-2000:]
     assert _no_results(out)
@@ -137,7 +137,7 @@ def test_empty_dataset(tmp_path):
     proc = run_train_net(
         "--config-file", REPO / "configs/synthetic/retinanet_r18_tiny.yaml", "MODEL.DEVICE", "cpu",
         "DATASETS.ROOT", tmp_path / "data", "DATASETS.TRAIN", "('tiny_coco_train2017',)",
-        "DATASETS.TEST", "()", "OUTPUT_DIR", out, check=False, timeout=180,
+        "DATASETS.TEST", "()", "OUTPUT_DIR", out, check=False, timeout=1800,
     )
     assert proc.returncode != 0 and "Dataset 'tiny_coco_train2017' is empty!" in proc.stderr
     assert _no_results(out)

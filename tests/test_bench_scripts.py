@@ -11,7 +11,7 @@ from conftest import REPO
 
 def run(script, *args):
     out = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True,
-                         text=True, timeout=600, cwd=REPO)
+                         text=True, timeout=1800, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 

@@ -64,7 +64,7 @@ def teacher_cfg(config_file: str):
 def test_generator_check_passes():
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "make_config_matrix.py"), "--check"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -139,7 +139,7 @@ def test_fig1_runs_differ_only_in_loss_and_weight():
 def test_listing_tool_prints_every_row(capsys):
     tool = REPO / "tools" / "list_configs.py"
     cmd = [sys.executable, str(tool)]  # the command as users run it: every row
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True).stdout
     for row in all_rows():
         assert row.run.path in out and f"--config-file {row.run.path} --num-gpus 8" in out
     spec = importlib.util.spec_from_file_location("list_configs", tool)

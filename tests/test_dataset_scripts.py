@@ -23,7 +23,7 @@ SCRIPTS = REPO / "datasets"
 def run_script(name: str, *args, ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / f"prepare_{name}.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     if ok:
         assert proc.returncode == 0, proc.stderr

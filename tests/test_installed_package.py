@@ -26,13 +26,13 @@ def test_wheel_installed_outside_the_repo_builds_a_distillation_model(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
          "-w", str(wheels), str(src)],
-        check=True, capture_output=True, text=True, timeout=300,
+        check=True, capture_output=True, text=True, timeout=1800,
     )
     (wheel,) = wheels.glob("radkd_d2-*.whl")
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-        check=True, capture_output=True, text=True, timeout=300,
+        check=True, capture_output=True, text=True, timeout=1800,
     )
     # a user's working folder: their own copy of the config files, no repository anywhere
     work = tmp_path / "work"
@@ -60,13 +60,13 @@ def test_wheel_installed_outside_the_repo_builds_a_distillation_model(tmp_path):
     # the editable install's source tree, which the assertion on radkd_d2.__file__ checks
     proc = subprocess.run(
         [sys.executable, "-c", script, str(target)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+        cwd=work, env=env, capture_output=True, text=True, timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["DistillSemanticSegmentor", "SemanticSegmentor"]
     # the package's own train_net answers, from outside the repository
     help_ = subprocess.run(
         [sys.executable, "-m", "radkd_d2.train_net", "--help"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+        cwd=work, env=env, capture_output=True, text=True, timeout=1800,
     )
     assert help_.returncode == 0 and "--config-file" in help_.stdout

@@ -91,7 +91,7 @@ def test_one_lane_runs_in_order(tmp_path, fake_train):
 
 def test_a_failure_stops_the_running_jobs_and_starts_no_new_one(tmp_path, fake_train):
     events, delay, rc, _ = fake_train
-    delay.update(teacher=5.0)
+    delay.update(teacher=600.0)
     rc["start"] = 1
     jobs = [
         _job(tmp_path, "teacher"),
@@ -101,8 +101,8 @@ def test_a_failure_stops_the_running_jobs_and_starts_no_new_one(tmp_path, fake_t
     t0 = time.time()
     _, _, failed = run_jobs(jobs, "log.txt", lanes=2, threads=2)
     assert failed is jobs[1]
-    assert ("stopped", "teacher") in events  # not left to train for 5 s
-    assert time.time() - t0 < 4.0
+    assert ("stopped", "teacher") in events  # stopped, not left to train its 600 s
+    assert time.time() - t0 < 300  # a hang guard: a stop that works takes a second, however loaded
     assert ("start", "plain") not in events
 
 

@@ -198,7 +198,7 @@ def test_train_net_config_mistake_is_one_line(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(REPO / SEG),
                            "SOLVER.BASE_LR", "0.1", "--eval-only", "OUTPUT_DIR", str(tmp_path / "o")],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "train_net: error: --eval-only came after the config overrides" in proc.stderr
     assert not (tmp_path / "o").exists()
