@@ -55,7 +55,16 @@ class DiskFullError(OSError):
     space needed, and says that the last checkpoint is intact for ``--resume``."""
 
 
-class LabelRangeError(ValueError):
+class DataError(ValueError):
+    """A training or test file cannot be used (it cannot be decoded, or its labels are out of
+    range); the message names the file."""
+
+
+class TeacherFault(RuntimeError):
+    """The frozen teacher misbehaved during training (its weights changed)."""
+
+
+class LabelRangeError(DataError):
     """A semantic-segmentation label map holds values that are neither a class index
     (0..num_classes-1) nor the data set's ignore label. The message names the file, the values,
     how many pixels hold them and the allowed range; ``file_name``, ``values``, ``pixels``,

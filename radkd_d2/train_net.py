@@ -13,10 +13,12 @@ working directory).
 import argparse
 import json
 import logging
+import re
 import os
 import sys
 
 import torch.distributed as dist
+from torch.multiprocessing import ProcessRaisedException
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -25,7 +27,7 @@ import radkd_d2  # noqa: F401  (registers models, losses and data sets)
 from radkd_d2.engine import Trainer, setup_cfg
 from radkd_d2.engine.setup import preflight, start_run
 from radkd_d2.engine.train_loop import AtomicCheckpointer
-from radkd_d2.engine.inputs import USER_ERRORS
+from radkd_d2.engine.inputs import RUN_FAULTS, USER_ERRORS
 from radkd_d2.evaluation.runs import EVAL_RESULTS_FILE
 
 
@@ -121,6 +123,31 @@ def cli(argv=None):
         # a bad input of the user's: its one message, no traceback (nothing has been written)
         print(f"train_net: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RUN_FAULTS as e:
+        # a fault met while training (Detectron2 has logged where): the cause on the last line
+        print(f"train_net: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
+    except ProcessRaisedException as e:
+        # one of several processes failed: launch's traceback above, the cause on one line here
+        cause = _child_cause(str(e))
+        if cause is None:
+            raise
+        print(f"train_net: error: {cause}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _child_cause(text: str):
+    """``"process 1: DataError: cannot read ..."`` from the text of a ProcessRaisedException
+    (the child's traceback), when its error is one of the project's (an input or a run fault);
+    None for anything else (a bug keeps its traceback)."""
+    names = {c.__name__ for c in USER_ERRORS + RUN_FAULTS}
+    rank = re.search(r"Process (\d+) terminated", text)
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        m = re.match(r"([\w.]+(?:Error|Fault)): (.*)", lines[i])
+        if m and m.group(1).rsplit(".", 1)[-1] in names:
+            return f"process {rank.group(1) if rank else '?'}: {m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+    return None
 
 
 if __name__ == "__main__":

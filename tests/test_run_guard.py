@@ -4,6 +4,7 @@ what the user meant; every start-up refusal is one message with nothing written
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,7 +160,8 @@ def test_a_failing_process_ends_the_whole_job(tmp_path, data_root):
     from detectron2.data import DatasetCatalog
 
     root = tmp_path / "data"
-    small = _small(root, tmp_path / "out", 20)
+    # 2 images per process: the PSP head's pooled BatchNorm needs more than one
+    small = _small(root, tmp_path / "out", 20, "SOLVER.IMS_PER_BATCH", 4)
     load_cfg(SEG, *small[2:-2], data_root=root)
     files = [d["file_name"] for d in DatasetCatalog.get("synthetic_sem_seg_train")]
     Path(files[3]).write_bytes(b"\x89PNG\r\n\x1a\n damaged")
@@ -169,8 +171,13 @@ def test_a_failing_process_ends_the_whole_job(tmp_path, data_root):
     took = time.monotonic() - t0
     assert proc.returncode != 0
     assert f"cannot read {files[3]}" in proc.stderr, proc.stderr[-3000:]
-    assert "terminated with the following error" in proc.stderr  # launch names the process
+    last = proc.stderr.strip().splitlines()[-1]  # the failing process and the cause, on one line
+    assert re.match(rf"train_net: error: process \d: DataError: cannot read {re.escape(files[3])}", last), last
     print(f"failing rank: job ended in {took:.1f} s")
+    # one process: the same cause on the last line (Detectron2 has logged where it happened)
+    proc = run_train_net("--config-file", SEG, *_small(root, tmp_path / "out1", 20, "SOLVER.IMS_PER_BATCH", 4), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"train_net: error: cannot read {files[3]}")
 
 
 # --------------------------------------------------------------------------------- --eval-only

@@ -8,7 +8,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform
 
-from radkd_d2.errors import LabelRangeError
+from radkd_d2.errors import DataError, LabelRangeError
 
 from .labels import check_label_range
 
@@ -78,7 +78,7 @@ class ReadableDatasetMapper(DatasetMapper):
             raise (e if e.file_name else e.naming(dataset_dict.get("sem_seg_file_name"))) from None
         except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
             files = [dataset_dict.get(k) for k in ("file_name", "sem_seg_file_name") if dataset_dict.get(k)]
-            raise ValueError(f"cannot read {' / '.join(files)}: {type(e).__name__}: {e}") from e
+            raise DataError(f"cannot read {' / '.join(files)}: {type(e).__name__}: {e}") from e
 
 
 class SemSegDatasetMapper(ReadableDatasetMapper):

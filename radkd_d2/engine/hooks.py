@@ -8,6 +8,8 @@ import torch
 from detectron2.engine import HookBase
 from torch.nn.parallel import DistributedDataParallel
 
+from radkd_d2.errors import TeacherFault
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,7 +48,7 @@ class TeacherIntegrityHook(HookBase):
             return
         now = module_checksum(teacher)
         if now != self._reference:
-            raise RuntimeError(f"the frozen teacher changed during training ({when}): {self._reference} -> {now}")
+            raise TeacherFault(f"the frozen teacher changed during training ({when}): {self._reference} -> {now}")
         logger.info("Teacher unchanged %s (checksum %s)", when, now)
 
     def after_step(self):

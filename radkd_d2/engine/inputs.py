@@ -12,9 +12,11 @@ from typing import Callable, Optional
 from radkd_d2.errors import (
     ConfigError,
     CorruptCheckpointError,
+    DataError,
     DiskFullError,
     ExportError,
     RunFolderError,
+    TeacherFault,
     TeacherLoadError,
     UnknownDistillLossError,
     WeightConversionError,
@@ -27,6 +29,9 @@ class ToolInputError(ValueError):
 
 
 # errors that name a bad input and its fix: shown as one message (exit status 2)
+# faults met while a run runs (a damaged file, a changed teacher, a full disk): one line too
+RUN_FAULTS = (DataError, TeacherFault, DiskFullError)
+
 USER_ERRORS = (ToolInputError, ConfigError, RunFolderError, WeightsLoadError, TeacherLoadError,
                CorruptCheckpointError, UnknownDistillLossError, WeightConversionError, ExportError,
                FileNotFoundError, DiskFullError)  # fmt: skip
