@@ -150,6 +150,15 @@ def _gpu_common(workers: int, extra: Sequence = ()) -> list:
     ]  # fmt: skip
 
 
+def _pretrained_cpu_common(crop: str) -> list:
+    """The pretrained CPU scales' data: crops ``crop`` of CamVid images scaled 0.375-0.75,
+    evaluated at half size (shortest edge 180), batch 8, one loader worker."""
+    return [
+        "INPUT.SEM_SEG.CROP_SIZE", crop, "INPUT.MIN_SIZE_TEST", 180, "INPUT.SEM_SEG.SCALE_RANGE", "(0.375, 0.75)",
+        "SOLVER.IMS_PER_BATCH", 8, "DATALOADER.NUM_WORKERS", 1,
+    ]  # fmt: skip
+
+
 # MobileNetV2 padding (MODEL.MOBILENETV2.PAD_TYPE) of a pretrained scale: "torch" (symmetric) or
 # "same" (TensorFlow's, as the weights were trained); "auto" trains the plain student with both
 # and keeps the better on val
@@ -203,18 +212,7 @@ SCALES = {
     "pretrained": dict(
         teacher=[],
         student=[],
-        common=[
-            "INPUT.SEM_SEG.CROP_SIZE",
-            "(120, 160)",
-            "INPUT.MIN_SIZE_TEST",
-            180,
-            "INPUT.SEM_SEG.SCALE_RANGE",
-            "(0.375, 0.75)",
-            "SOLVER.IMS_PER_BATCH",
-            8,
-            "DATALOADER.NUM_WORKERS",
-            1,
-        ],
+        common=_pretrained_cpu_common("(120, 160)"),
         iters=200,
         start_iters=0,
         teacher_iters=1000,
@@ -227,20 +225,9 @@ SCALES = {
     "cityscapes": dict(
         teacher=[],
         student=[],
-        common=[
-            # 128 = 8 x 16: the stride-8 student and the stride-16 teacher need no padding, so
-            # the distilled arms' students see exactly the plain students' inputs
-            "INPUT.SEM_SEG.CROP_SIZE",
-            "(128, 160)",
-            "INPUT.MIN_SIZE_TEST",
-            180,
-            "INPUT.SEM_SEG.SCALE_RANGE",
-            "(0.375, 0.75)",
-            "SOLVER.IMS_PER_BATCH",
-            8,
-            "DATALOADER.NUM_WORKERS",
-            1,
-        ],
+        # 128 = 8 x 16: the stride-8 student and the stride-16 teacher need no padding, so
+        # the distilled arms' students see exactly the plain students' inputs
+        common=_pretrained_cpu_common("(128, 160)"),
         iters=1000,
         start_iters=0,
         teacher_iters=2000,
