@@ -105,6 +105,26 @@ def test_report_pairs_seeds_and_tables_classes_with_the_teacher_lead(tmp_path):
     assert "| Fence | 50.0 | 32.0 | +18.0 | ok |" in table
 
 
+def test_wall_time_counts_each_part_without_the_pauses(tmp_path):
+    from radkd_d2.evaluation.runs import log_wall_seconds
+
+    study = _tool("camvid_study")
+    plan = _plan(study, tmp_path, "--seeds", "2", "--methods", "kd")
+    plan.teacher.out_dir.mkdir(parents=True)
+    # 10 minutes, a 2-hour pause (a stopped study resumed), 5 more minutes
+    (plan.teacher.out_dir / "log.txt").write_text(
+        "[12/07 23:00:00] d2 INFO: start\n[12/07 23:10:00] d2 INFO: x\nno stamp here\n"
+        "[12/08 01:10:00] d2 INFO: resumed\n[12/08 01:15:00] d2 INFO: end\n"
+    )
+    assert log_wall_seconds(plan.teacher.out_dir) == 15 * 60
+    for d in plan.arm_dirs("kd_logits"):
+        d.mkdir(parents=True)
+        (d / "log.txt").write_text("[12/31 23:58:00] a\n[12/31 23:59:30] b\n")
+    text = study.wall_time_section(plan)
+    assert "| teacher | 1 | 15.0 | 15.0 |" in text and "| kd_logits | 2 | 3.0 | 1.5 |" in text
+    assert "Total: 0.30 h of runs" in text
+
+
 def test_per_class_iou_reads_training_and_eval_only_runs(tmp_path):
     fake_run(tmp_path / "train", seg_config(), seed=1, seg={"mIoU": 3.0, "IoU-Sky": 7.5}, iters=20)
     assert per_class_iou(tmp_path / "train") == {"Sky": 7.5}

@@ -83,7 +83,13 @@ from radkd_d2.analysis.sweep import (  # noqa: E402
 )
 from radkd_d2.evaluation.report import build_report, collect_runs, write_report  # noqa: E402
 from radkd_d2.engine.inputs import run_tool, writable_output  # noqa: E402
-from radkd_d2.evaluation.runs import per_class_iou, read_run, read_scalars, seed_folder  # noqa: E402
+from radkd_d2.evaluation.runs import (  # noqa: E402
+    log_wall_seconds,
+    per_class_iou,
+    read_run,
+    read_scalars,
+    seed_folder,
+)
 from radkd_d2.evaluation.summary import contrast_text, mean_std, paired_contrast_text  # noqa: E402
 
 CFG = REPO / "configs/camvid"
@@ -614,6 +620,24 @@ def contrast_section(plan: StudyPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wall_time_section(plan: StudyPlan) -> str:
+    """Time each part of the study ran (from the runs' log.txt time stamps; a stop and resume
+    is not counted): the zero-shot score, the teacher, every arm (its runs summed, and per run)."""
+    parts = [("zero-shot score", [zero_shot_dir(plan)]), ("teacher", [plan.teacher.out_dir, teacher_best_dir(plan)])]
+    parts += [("shared start", [plan.start.out_dir])] if plan.start else []
+    parts += [(arm, plan.arm_dirs(arm)) for arm in ["student_nokd"] + [ARMS[m][0] for m in plan.methods]]
+    lines = ["## Wall time (from the runs' logs)", "", "| part | runs | total (min) | per run (min) |", "|---|---:|---:|---:|"]
+    total = 0.0
+    for label, dirs in parts:
+        secs = [t for t in (log_wall_seconds(d) for d in dirs) if t is not None]
+        if not secs:
+            continue
+        total += sum(secs)
+        lines.append(f"| {label} | {len(secs)} | {sum(secs) / 60:.1f} | {sum(secs) / len(secs) / 60:.1f} |")
+    lines += ["", f"Total: {total / 3600:.2f} h of runs (two at a time with --jobs 2, so less on the clock)."]
+    return "\n".join(lines) + "\n"
+
+
 def per_class_section(plan: StudyPlan, lead_needed: float, hard: Sequence[str] = HARD_CLASSES) -> str:
     """Per-class val IoU: the source model zero-shot (when the scale has one), the teacher the
     students learn from, and the mean over seeds of every arm; then the teacher's lead over the
@@ -931,6 +955,7 @@ def _report(plan: StudyPlan, args, s: dict, out: Path, iters: int, teacher_iters
         f.write("\n" + contrast_section(plan))
         f.write("\n" + schedule_section(plan, s["lead"]))
         f.write("\n" + per_class_section(plan, s["lead"]))
+        f.write("\n" + wall_time_section(plan))
         f.write("\n" + padding_section(plan))
     if plan.sweep_weights:  # the naive/LAD sweep (a scale without one has no sweep table or plot)
         collected = collect_sweep(plan.sweep_dir, list(SWEEP_METHODS), plan.sweep_weights, plan.sweep_seeds)

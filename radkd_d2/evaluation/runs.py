@@ -378,3 +378,28 @@ def per_class_iou(path: str | Path) -> Dict[str, float]:
     first = next(iter(results.values()), {}) if results and "sem_seg" not in results else results
     sem = first.get("sem_seg", {}) if isinstance(first, dict) else {}
     return {k[len("IoU-"):]: float(v) for k, v in sem.items() if k.startswith("IoU-")}
+
+
+_LOG_STAMP = re.compile(r"^\[(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)")
+
+
+def log_wall_seconds(path: str | Path, max_gap: float = 600.0) -> Optional[float]:
+    """Seconds a run spent running, from the time stamps of its ``log.txt`` (Detectron2's
+    ``[MM/DD hh:mm:ss]``): the sum of the gaps between consecutive lines, leaving out gaps over
+    ``max_gap`` (a run stopped and resumed later). None without a log or a stamp."""
+    log = Path(path) / "log.txt"
+    if not log.is_file():
+        return None
+    total, last = 0.0, None
+    for line in log.read_text(errors="replace").splitlines():
+        m = _LOG_STAMP.match(line)
+        if not m:
+            continue
+        month, day, h, mi, s = map(int, m.groups())
+        # seconds within a (non-leap) year: enough for differences between neighbouring lines
+        days = sum((31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[: month - 1]) + day
+        now = ((days * 24 + h) * 60 + mi) * 60 + s
+        if last is not None and 0 <= now - last <= max_gap:
+            total += now - last
+        last = now
+    return total if last is not None else None
