@@ -1,5 +1,6 @@
 """Training-loop pieces: named non-finite loss errors, AMP on CPU and GPU, atomic checkpoints,
-RNG state in checkpoints, and a train sampler that resumes where it stopped."""
+RNG state and the models' running averages in checkpoints, TorchScript that computes the same
+on every call, and a train sampler that resumes where it stopped."""
 from __future__ import annotations
 
 import contextlib
@@ -18,10 +19,10 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.utils.events import get_event_storage
 
 from radkd_d2.errors import CorruptCheckpointError, DiskFullError
-
 from radkd_d2.modeling.class_map import map_checkpoint_classifiers
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,80 @@ class RNGState:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunningAverages:
+    """Checkpointable training state that a model keeps in plain attributes, outside its
+    ``state_dict()``: the running averages of Detectron2's dense detectors
+    (``DenseDetector._ema_update``), i.e. RetinaNet's and FCOS's ``loss_normalizer``, the EMA of
+    the number of foreground anchors that divides their losses, updated at every training step.
+
+    Without it a resumed run restarted the average at its initial value (100 for RetinaNet,
+    300 for FCOS) and took different steps from the first resumed iteration on. Saved under
+    ``running_averages`` (``{"<module>.loss_normalizer": float}``, "" for the model itself) next
+    to the model, not in it: ``MODEL.WEIGHTS`` files (model zoo, teachers) are unaffected, and a
+    fine-tuning run (``MODEL.WEIGHTS`` without ``--resume``) starts the averages afresh, as
+    Detectron2 does. In a multi-process run every process keeps its own average (Detectron2 does
+    not synchronise it); the checkpoint holds the main process's, which every process resumes
+    from (as with :class:`RNGState`)."""
+
+    CHECKPOINT_KEY = "running_averages"
+    ATTRIBUTES = {DenseDetector: ("loss_normalizer",)}
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = getattr(model, "module", model)  # under DDP: the wrapped model
+        self.loaded = False  # set when a checkpoint's averages were loaded
+
+    def slots(self) -> dict:
+        """``{key: (module, attribute)}`` of every running average the model can hold (a
+        distillation's frozen ``teacher``, never trained, has none)."""
+        teacher = getattr(self.model, "teacher", None)
+        frozen = {id(m) for m in teacher.modules()} if isinstance(teacher, torch.nn.Module) else set()
+        out = {}
+        for name, module in self.model.named_modules():
+            if id(module) in frozen:
+                continue
+            for cls, attrs in self.ATTRIBUTES.items():
+                if isinstance(module, cls):
+                    out.update({f"{name}.{a}" if name else a: (module, a) for a in attrs})
+        return out
+
+    def state_dict(self) -> dict:
+        # only the averages set so far (a detector's attribute appears at its first step)
+        return {k: float(getattr(m, a)) for k, (m, a) in self.slots().items() if hasattr(m, a)}
+
+    def load_state_dict(self, state: dict) -> None:
+        slots = self.slots()
+        unknown = sorted(set(state) - set(slots))
+        if unknown:
+            logger.warning("Checkpoint running averages not in this model, ignored: %s", ", ".join(unknown))
+        for key, (module, attr) in slots.items():
+            if key in state:
+                setattr(module, attr, float(state[key]))
+            elif hasattr(module, attr):  # not started at the checkpoint: starts afresh
+                delattr(module, attr)
+        self.loaded = True
+
+
+def same_script_every_step(on_cpu: bool):
+    """Context for a training step: TorchScript functions run without graph-executor
+    optimisation on CPU, and on GPU when ``torch.use_deterministic_algorithms`` is on.
+
+    TorchScript's profiling executor runs a scripted function's first call(s) op by op, then
+    an optimised graph whose backward (symbolic autodiff) rounds differently: fvcore's
+    ``sigmoid_focal_loss_jit``, Detectron2's RetinaNet (and FCOS) classification loss, gives
+    input gradients 1 ulp apart from the second call on. The executor's state is not in any
+    checkpoint, so a resumed process took its first resumed step with the first-call gradients
+    where the uninterrupted run used the optimised ones, and its weights drifted from there.
+    Unoptimised, every call computes what the eager ops compute, in every process (of a
+    function first called inside such a step: the executor keeps a plan it already optimised;
+    ``train_net`` computes no training loss before its first step). On CPU
+    nothing is lost (TorchScript does not fuse on CPU); on GPU, where its fusers speed the focal
+    loss up and training is not bit-reproducible anyway (cuDNN), the optimised graph is kept
+    unless deterministic algorithms are asked for."""
+    if on_cpu or torch.are_deterministic_algorithms_enabled():
+        return torch.jit.optimized_execution(False)
+    return contextlib.nullcontext()
 
 
 class ResumableTrainingSampler(TrainingSampler):

@@ -34,7 +34,9 @@ from .train_loop import (
     MixedPrecisionTrainer,
     ResumableTrainingSampler,
     RNGState,
+    RunningAverages,
     Trainer32,
+    same_script_every_step,
 )
 
 
@@ -103,13 +105,16 @@ class Trainer(DefaultTrainer):
     evaluator picked from ``evaluator_type``, ``WarmupPolyLR``, and DDP without ``device_ids``
     for CPU models (Detectron2's ``create_ddp_model`` always passes them). With
     MODEL.DISTILL.HOLISTIC.WEIGHT > 0 it also trains SKD's holistic critic (``self.holistic``,
-    :mod:`radkd_d2.engine.adversarial`), checkpointed as ``holistic_critic``."""
+    :mod:`radkd_d2.engine.adversarial`), checkpointed as ``holistic_critic``. A dense detector's
+    running loss normalizer (RetinaNet), which its state dict lacks, is checkpointed as
+    ``running_averages`` (:class:`~radkd_d2.engine.train_loop.RunningAverages`); on CPU its
+    steps run TorchScript unoptimised (the same on every call, resumed or not)."""
 
     def __init__(self, cfg):
         # A copy of detectron2 0.7.2's DefaultTrainer.__init__ (radkd_d2/engine/mirrors.py: no
         # extension point reaches the DDP call). Differs in: DDP without device_ids on CPU, the
-        # inner trainer (named non-finite losses; AMP on CPU), the atomic checkpointer and the
-        # holistic critic (built before the hooks, which step it).
+        # inner trainer (named non-finite losses; AMP on CPU), the atomic checkpointer, the
+        # model's running averages and the holistic critic (built before the hooks, which step it).
         warn_if_changed(logger)
         super(DefaultTrainer, self).__init__()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
@@ -131,13 +136,25 @@ class Trainer(DefaultTrainer):
         self.checkpointer = AtomicCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), rng=RNGState()
         )
+        # the dense detectors' loss normalizers (RetinaNet): model state outside its state_dict
+        self.running_averages = RunningAverages(model)
+        if self.running_averages.slots():
+            self.checkpointer.add_checkpointable(RunningAverages.CHECKPOINT_KEY, self.running_averages)
         self.holistic = build_holistic_critic(cfg, model)  # None unless the holistic term is on
         if self.holistic is not None:
             self.checkpointer.add_checkpointable(HolisticCritic.CHECKPOINT_KEY, self.holistic)
+        self._on_cpu = on_cpu
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def run_step(self):
+        """Detectron2's step, its TorchScript computing the same on every call (on CPU; see
+        :func:`~radkd_d2.engine.train_loop.same_script_every_step`): a resumed run's first
+        steps compute what the uninterrupted run's computed."""
+        with same_script_every_step(getattr(self, "_on_cpu", True)):
+            super().run_step()
 
     def train(self):
         """Detectron2's training loop, after the teacher check when it is asked for."""
@@ -238,6 +255,14 @@ class Trainer(DefaultTrainer):
             logger.warning(
                 "Resumed from a checkpoint without a holistic critic (%s): the critic starts "
                 "afresh at iteration %d", HolisticCritic.CHECKPOINT_KEY, self.start_iter,
+            )
+        averages = getattr(self, "running_averages", None)
+        if averages is not None and self.start_iter > 0 and averages.slots() and not averages.loaded:
+            logger.warning(
+                "Resumed from a checkpoint without the model's running averages (%s: %s, saved "
+                "by radkd-d2 checkpoints since they were added): they restart at their initial "
+                "values at iteration %d, so this run's weights will differ from an uninterrupted "
+                "run's", RunningAverages.CHECKPOINT_KEY, ", ".join(averages.slots()), self.start_iter,
             )
         # continue the sample stream where the checkpointed run stopped (global, all ranks)
         sampler = getattr(self, "_train_sampler", None)
