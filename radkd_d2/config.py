@@ -61,7 +61,7 @@ def _add_model_config(cfg: CN) -> None:
 
 def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL = CN()
-    # Meta-architecture of the student inside a Distill* wrapper ("SemanticSegmentor", "RetinaNet").
+    # Meta-architecture of the student inside a Distill* wrapper ("SemanticSegmentor", "RetinaNet", "GeneralizedRCNN").
     cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "SemanticSegmentor"
     cfg.MODEL.DISTILL.TEACHER = CN()
     cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = ""  # teacher's own config file (model, pixel mean/std)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The main job: teacher -> student distillation on the embedded synthetic data, with a report.
 
-Two tasks, one shape. The regime is the paper's at small scale: the students do not start from
+Three tasks, one shape. The regime is the paper's at small scale: the students do not start from
 nothing but from one shared, briefly trained checkpoint (the paper's start from ImageNet
 weights), and only the distilled arms continue under the teacher. In order:
 
@@ -22,13 +22,17 @@ level, the paper's default) and MGD on p3-p7 with its published RetinaNet coeffi
 Table 7 baseline). Scored by box AP, AP50, AP75, AP_S, AP_M, AP_L (COCOEvaluator), with the
 gradient balance of every term at every FPN level.
 
+``--task rcnn`` (``make demo-rcnn``): Mask R-CNN X50-tiny teacher -> Mask R-CNN MobileNetV2 x0.5
+student on the synthetic scenes with masks; arms: no KD and LAD on P2-P6. Scored by box and mask
+AP (README, "Faster and Mask R-CNN students").
+
 Every run is scored on the held-out test split (256 scenes from their own random stream); each
 regime was chosen on the validation split (README, "What the demo does and prints" and "The
 detection demo"). The report (``radkd_d2.evaluation.report``) gives per arm the mean ± sample
 std over seeds and Δ vs no KD ± its standard error, marked significant only when Δ > 2·SE; it is
 written with times to ``<output>/report.md`` (CSV tables in ``<output>/report/``) and printed.
 
-    python tools/demo.py [--task seg|det] [--output DIR] [--iters N] [--seeds N]
+    python tools/demo.py [--task seg|det|rcnn] [--output DIR] [--iters N] [--seeds N]
 
 Seeds: seed k of a student arm trains with SEED = 42 + k into ``<output>/<arm>/seed<k>/``; the
 teacher and the starting point train once, with SEED 42. By default (``--lanes 2``) the teacher
@@ -225,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(make demo-det); rcnn: Mask R-CNN, box and mask AP",
     )
     parser.add_argument(
-        "--output", default=None, help="output folder (default output/demo, output/demo_det)"
+        "--output", default=None, help="output folder (default output/demo, output/demo_det, output/demo_rcnn)"
     )
     parser.add_argument(
         "--teacher-iters",
