@@ -11,7 +11,7 @@ setup:
 demo: setup
 	$(PY) tools/demo.py
 
-## Detection demo: RetinaNet X50-tiny -> R18-tiny on the synthetic scenes (no KD, LAD, MGD).
+## Detection demo: RetinaNet X50-tiny -> RetinaNet MobileNetV2 x0.5 on the synthetic scenes (no KD, LAD, MGD).
 demo-det: setup
 	$(PY) tools/demo.py --task det
 
