@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-det demo-rcnn test test-fast bench clean-output
+.PHONY: setup demo demo-det demo-rcnn test test-fast bench rehearsal clean-output
 
 setup:
 	@bash tools/setup_env.sh
@@ -35,6 +35,14 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/bench_losses.py
+
+## Full-size rehearsal on CPU (not part of make test): one distillation config per family of the
+## index (Cityscapes/VOC/ADE20K segmentation, Table 7 RetinaNet, Faster/Mask R-CNN) on fabricated
+## data at the config's real size, 2 training iterations + one evaluation each, through the
+## README's train command; writes output/rehearsal/rehearsal.md (build, step, peak memory, eval,
+## step / floor). REHEARSAL_ARGS: e.g. --families cityscapes, --reduced, --memory-limit-gib 12.
+rehearsal: setup
+	$(PY) tools/rehearsal.py --out output/rehearsal $(REHEARSAL_ARGS)
 
 clean-output:
 	rm -rf output

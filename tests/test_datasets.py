@@ -1,5 +1,4 @@
 """Data set registration (synthetic, CamVid layout, COCO folders) and the seg mapper."""
-import json
 
 import cv2
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from conftest import SHARED_DATA, load_cfg
+from radkd_d2.analysis.fabricate import coco_layout
 from radkd_d2.data import SemSegDatasetMapper, register_camvid, register_coco_folder
 
 needs_shared = pytest.mark.skipif(
@@ -130,25 +130,13 @@ def test_sem_seg_test_resize_follows_min_size_test(tmp_path):
     assert out["image"].shape[-2:] == (12, 16) and (out["height"], out["width"]) == (24, 32)
 
 
-def _coco_layout(root):
-    """COCO 2017's on-disk layout, made from tiny_coco: coco/{train2017,val2017}/ and
-    coco/annotations/instances_{train,val}2017.json."""
-    coco = root / "coco"
-    (coco / "annotations").mkdir(parents=True)
-    for split in ("train2017", "val2017"):
-        (coco / split).symlink_to((SHARED_DATA / "tiny_coco" / split).resolve())
-        src = SHARED_DATA / "tiny_coco" / "annotations" / f"instances_{split}.json"
-        (coco / "annotations" / f"instances_{split}.json").write_text(src.read_text())
-    return coco
-
-
 @needs_shared
 def test_coco_2017_is_found_under_datasets_root(tmp_path):
     """The README's COCO command passes DATASETS.ROOT: Detectron2's coco_2017_* names are found
     there, in COCO's layout, with Detectron2's metadata, before any model is built."""
     from radkd_d2.engine.checks import validate_config
 
-    coco = _coco_layout(tmp_path)
+    coco = coco_layout(tmp_path, SHARED_DATA / "tiny_coco")
     cfg = load_cfg("configs/coco/distill/lad_fpn_retx101_retr50_2x_coco.yaml", data_root=tmp_path, validate=False)
     assert cfg.DATASETS.TRAIN == ("coco_2017_train",)
     validate_config(cfg)  # registers under the root and checks the required paths

@@ -36,7 +36,7 @@ from .detection import (
 )
 from .kd import HANDWRITTEN_KD, KDFamily, kd_families, kd_per_pixel_weight
 from .pretrained import PIXEL_STATS, PRETRAINED, Pretrained, pixel_order
-from .reduced import REDUCED_DISTILL_OPTS, reduced_size_opts
+from .reduced import REDUCED_DETECTION_OPTS, REDUCED_DISTILL_OPTS, reduced_size_opts
 from .reference import REFERENCE_PARAMS, ReferenceCount, reference_counts
 from .rows import (
     TABLES,
@@ -109,6 +109,7 @@ __all__ = [
     "markdown_tables",
     "reduced_size_opts",
     "REDUCED_DISTILL_OPTS",
+    "REDUCED_DETECTION_OPTS",
 ]
 
 

@@ -6,6 +6,7 @@ import logging
 
 import torch
 from detectron2.engine import HookBase
+from detectron2.engine.hooks import IterationTimer
 from torch.nn.parallel import DistributedDataParallel
 
 from radkd_d2.errors import TeacherFault
@@ -21,6 +22,17 @@ def module_checksum(module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+class StepTimer(IterationTimer):
+    """Detectron2's IterationTimer (``time`` from the 4th iteration on, the speed summary at the
+    end) that also records every iteration's seconds, the first ones included, as ``step_time``
+    (not smoothed: ``metrics.json`` holds the time of the iteration it is written at). A run of a
+    few iterations (``tools/rehearsal.py`` trains 2) gets no ``time`` at all from Detectron2."""
+
+    def after_step(self):
+        self.trainer.storage.put_scalar("step_time", self._step_timer.seconds(), smoothing_hint=False)
+        super().after_step()
 
 
 class TeacherIntegrityHook(HookBase):

@@ -26,7 +26,7 @@ from radkd_d2.solver import build_lr_scheduler
 
 from radkd_d2.errors import ConfigError
 from .adversarial import HolisticCritic, HolisticCriticHook, build_holistic_critic
-from .hooks import TeacherIntegrityHook
+from .hooks import StepTimer, TeacherIntegrityHook
 from .mirrors import warn_if_changed
 from .train_loop import (
     AMP_DTYPES,
@@ -214,7 +214,8 @@ class Trainer(DefaultTrainer):
         return results
 
     def build_hooks(self):
-        hooks = super().build_hooks()
+        # every iteration's time as ``step_time`` (Detectron2's ``time`` skips the first three)
+        hooks = [StepTimer() if type(h) is d2_hooks.IterationTimer else h for h in super().build_hooks()]
         # right before the PeriodicCheckpointer (hooks run in list order): a changed teacher
         # stops the run before a checkpoint of that iteration is saved
         at = next(
