@@ -61,7 +61,9 @@ def _add_model_config(cfg: CN) -> None:
 
 def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL = CN()
-    # Meta-architecture of the student inside a Distill* wrapper ("SemanticSegmentor", "RetinaNet", "GeneralizedRCNN").
+    # The student's registered META_ARCHITECTURE, built from this config unchanged: any one with
+    # MODEL.META_ARCHITECTURE "Distill"; the family wrappers fix it (DistillSemanticSegmentor:
+    # "SemanticSegmentor", DistillRetinaNet: "RetinaNet", DistillGeneralizedRCNN: "GeneralizedRCNN").
     cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "SemanticSegmentor"
     cfg.MODEL.DISTILL.TEACHER = CN()
     cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = ""  # teacher's own config file (model, pixel mean/std)
@@ -71,12 +73,19 @@ def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL.TEACHER.DTYPE = "float32"  # teacher compute dtype on GPU: float32/float16/bfloat16
     cfg.MODEL.DISTILL.TEACHER.EVAL_BEFORE_TRAIN = False  # score the teacher on DATASETS.TEST first
     cfg.MODEL.DISTILL.TEACHER.MIN_SCORE = 0.0  # refuse to train when the teacher's mIoU/AP is below
-    # Feature taps: [student position, teacher position, loss name, weight] per entry. Positions:
-    # backbone outputs (res2..res5, p3..p7), "decoder" or "logits". Entries sharing a position
-    # pair share one connector. Default: the paper's LAD on the last backbone stage, lambda_ad 10.
+    cfg.MODEL.DISTILL.TEACHER.INPUT_SCALE = 1.0  # the teacher sees the batch resized by this factor (1.0: as the student)
+    # Several teachers: a list of mappings with keys NAME, CONFIG_FILE, WEIGHTS, OPTS, STRICT, DTYPE,
+    # INPUT_SCALE, TAPS (each teacher's own) and KD_MIX (its weight in the KD target). [] uses TEACHER.
+    cfg.MODEL.DISTILL.TEACHERS = []
+    # Feature taps: [student position, teacher position, loss name, weight] per entry. A position
+    # is a module path ("backbone.bottom_up.res5", "backbone:p3" for a dict output's key, "@k" for a
+    # module's k-th call) or an alias: backbone outputs (res2..res5, p3..p7), "decoder", "logits".
+    # Entries sharing a position pair share one connector. Default: the paper's LAD on the last
+    # backbone stage, lambda_ad 10.
     cfg.MODEL.DISTILL.TAPS = [["res5", "res5", "lad", 10.0]]
     cfg.MODEL.DISTILL.CONNECTOR = "conv_bn_relu"  # student->teacher adapter: conv_bn_relu/conv/none
     cfg.MODEL.DISTILL.ALWAYS_CONNECT = False  # add a connector even when channels already match
+    cfg.MODEL.DISTILL.SPATIAL_ALIGN = "bilinear"  # student map to the teacher's size: bilinear/area (resize) or strided_conv (learned, integer ratio)
     cfg.MODEL.DISTILL.SHARED_PADDING = False  # segmentation pairs whose backbones pad differently: True pads both to the lcm; False refuses them
     # Pixel-wise logit KD (Hinton) term, lambda_kd in the paper's Eq. 9.
     cfg.MODEL.DISTILL.KD_WEIGHT = 10.0  # lambda_kd; 0 disables the logit KD term

@@ -45,7 +45,7 @@ from .fitnet import (
 )
 from .fkd import FKDLoss, fkd_attention, fkd_loss
 from .ifvd import IFVDLoss, ifv_map, ifvd_loss
-from .logits import LogitsKDLoss, logits_kd_loss
+from .logits import LogitsKDLoss, logits_kd_loss, mix_teacher_logits
 from .mgd import MGDLoss, mgd_loss, mgd_random_mask
 from .pkd import PKDLoss, pkd_loss, pkd_normalize
 from .skd import (
@@ -98,6 +98,7 @@ __all__ = [
     "MagnitudeLoss",
     "NaiveFeatureLoss",
     "fitnet_hint_loss",
+    "mix_teacher_logits",
     "magnitude_loss",
     "naive_feature_loss",
     "FKDLoss",

@@ -11,7 +11,8 @@ by the factor K (number of classes), which is as large as a change of lambda_kd:
   the (B*h*w) x K logits. Per-pixel weight: lambda_kd.
 """
 
-from typing import Optional
+import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,3 +143,30 @@ class LogitsKDLoss(DistillLoss):
             f"weight={self.weight:g}, temperature={self.temperature:g}, "
             f"reduction={self.reduction!r}"
         )
+
+
+def mix_teacher_logits(
+    logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float
+) -> torch.Tensor:
+    """The KD target of several teachers as logits: ``T * log(sum_i w_i softmax(z_i / T))``,
+    the weighted mean of their probabilities at temperature ``T`` (weights normalised to sum to
+    1), written so that the KD loss at the same temperature sees exactly that mean. Maps of
+    different sizes are brought to the first one's (bilinear).
+
+    Args:
+        logits: per teacher, B x K x h x w (or N x K).
+        weights: per teacher, >= 0, not all 0 (MODEL.DISTILL.TEACHERS[*].KD_MIX).
+    """
+    total = float(sum(weights))
+    if len(logits) != len(weights) or total <= 0:
+        raise ValueError(f"mix_teacher_logits: {len(logits)} logits, weights {list(weights)}")
+    size = logits[0].shape[-2:]
+    parts = []
+    for z, w in zip(logits, weights):
+        if w <= 0:
+            continue
+        z = z.float()
+        if z.dim() == 4 and z.shape[-2:] != size:
+            z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+        parts.append(F.log_softmax(z / temperature, dim=1) + math.log(w / total))
+    return temperature * torch.logsumexp(torch.stack(parts), dim=0)

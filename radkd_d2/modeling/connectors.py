@@ -33,19 +33,32 @@ def conv(in_channels: int, out_channels: int) -> nn.Module:
     return conv
 
 
+@CONNECTOR_REGISTRY.register()
+def strided_conv(in_channels: int, out_channels: int, stride: int = 2) -> nn.Module:
+    """k x k conv of stride k: a learned downsampling of a student map k times larger than the
+    teacher's (MODEL.DISTILL.SPATIAL_ALIGN "strided_conv"), e.g. a student read at stride 8
+    against a teacher at stride 16, or a teacher that sees the batch at half size."""
+    conv = Conv2d(in_channels, out_channels, stride, stride=stride)
+    weight_init.c2_msra_fill(conv)
+    return conv
+
+
+# registered builders that align spatial size, not channels (not values of MODEL.DISTILL.CONNECTOR)
+SPATIAL_CONNECTORS = ("strided_conv",)
+
+
 def connector_choices() -> list:
-    """Every value MODEL.DISTILL.CONNECTOR takes: the registered connectors and "none" (the
-    student feature is used as it is where the channel counts match)."""
-    return sorted(k for k, _ in CONNECTOR_REGISTRY) + ["none"]
+    """Every value MODEL.DISTILL.CONNECTOR takes: the registered channel connectors and "none"
+    (the student feature is used as it is where the channel counts match)."""
+    return sorted(k for k, _ in CONNECTOR_REGISTRY if k not in SPATIAL_CONNECTORS) + ["none"]
 
 
-def build_connector(name: str, in_channels: int, out_channels: int) -> nn.Module:
+def build_connector(name: str, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
     """Connector ``name`` from the registry (an unknown name lists the registered ones)."""
     try:
         builder = CONNECTOR_REGISTRY.get(name)
     except KeyError:
         raise KeyError(
-            f"MODEL.DISTILL.CONNECTOR = {name!r} is unknown; registered: "
-            f"{sorted(k for k, _ in CONNECTOR_REGISTRY)} or 'none'"
+            f"MODEL.DISTILL.CONNECTOR = {name!r} is unknown; allowed: {connector_choices()}"
         ) from None
-    return builder(in_channels, out_channels)
+    return builder(in_channels, out_channels, **kwargs)

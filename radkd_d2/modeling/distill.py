@@ -5,6 +5,7 @@ diagnostics. The teacher side (construction of the pair, the teacher-holding mix
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from numbers import Number
@@ -32,22 +33,34 @@ class Tap:
     teacher: str
     losses: List[tuple] = field(default_factory=list)  # (loss name, weight)
     weight_key: str = "MODEL.DISTILL.TAPS"  # the config key that sets the weights of this tap
+    teacher_name: str = ""  # the teacher's NAME with several teachers; "" for the only one
 
     @property
     def key(self) -> str:
-        """Name used in loss and diagnostic keys: ``res5``, or ``res4_to_res5`` when they differ."""
-        return self.student if self.student == self.teacher else f"{self.student}_to_{self.teacher}"
+        """Name used in loss and diagnostic keys: ``res5``, or ``res4_to_res5`` when they differ,
+        followed by ``_<teacher name>`` with several teachers (``res5_a``). Characters outside
+        ``[A-Za-z0-9_]`` of a module path become ``_``."""
+        key = self.student if self.student == self.teacher else f"{self.student}_to_{self.teacher}"
+        key = re.sub(r"[^A-Za-z0-9_]", "_", key)
+        return f"{key}_{self.teacher_name}" if self.teacher_name else key
+
+    @property
+    def teacher_ref(self) -> str:
+        """The key of its teacher feature: the position, prefixed by ``<name>/`` for one of
+        several teachers (the mixed KD target of several teachers is plain ``logits``)."""
+        return f"{self.teacher_name}/{self.teacher}" if self.teacher_name else self.teacher
 
     def term(self, loss_name: str) -> str:
         """Name of one of its weighted losses in the loss dict: ``loss_distill_lad_res5``."""
         return f"loss_distill_{loss_name}_{self.key}"
 
 
-def parse_taps(entries: Sequence, kd_weight: float = 0.0) -> List[Tap]:
-    """Group ``MODEL.DISTILL.TAPS`` entries ``[student_pos, teacher_pos, loss, weight]`` by
+def parse_taps(entries: Sequence, kd_weight: float = 0.0, *, teacher_name: str = "",
+               key: str = "MODEL.DISTILL.TAPS") -> List[Tap]:
+    """Group taps entries ``[student_pos, teacher_pos, loss, weight]`` (of config key ``key``) by
     position pair; ``kd_weight > 0`` adds the logit KD term as a ``logits -> logits`` "kd" tap."""
     groups: "OrderedDict[tuple, Tap]" = OrderedDict()
-    sourced = [(e, "MODEL.DISTILL.TAPS") for e in entries]
+    sourced = [(e, key) for e in entries]
     if kd_weight > 0:
         sourced.append((["logits", "logits", "kd", kd_weight], "MODEL.DISTILL.KD_WEIGHT"))
     for entry, weight_key in sourced:
@@ -59,15 +72,15 @@ def parse_taps(entries: Sequence, kd_weight: float = 0.0) -> List[Tap]:
         )
         if not ok:
             raise ConfigError(
-                f"MODEL.DISTILL.TAPS entry {entry!r} must be [student_position, teacher_position, "
+                f"{key} entry {entry!r} must be [student_position, teacher_position, "
                 "loss_name, weight], e.g. ['res5', 'res5', 'lad', 10.0]"
             )
         s, t, name, weight = entry
         if weight < 0:
-            raise ConfigError(f"MODEL.DISTILL.TAPS entry {list(entry)}: weight must be >= 0, got {weight}")
-        tap = groups.setdefault((s, t), Tap(s, t, weight_key=weight_key))
+            raise ConfigError(f"{key} entry {list(entry)}: weight must be >= 0, got {weight}")
+        tap = groups.setdefault((s, t), Tap(s, t, weight_key=weight_key, teacher_name=teacher_name))
         if any(n == name.lower() for n, _ in tap.losses):
-            raise ConfigError(f"MODEL.DISTILL.TAPS: loss {name!r} appears twice on tap {tap.key}")
+            raise ConfigError(f"{key}: loss {name!r} appears twice on tap {tap.key}")
         tap.losses.append((name.lower(), float(weight)))
     return list(groups.values())
 
@@ -78,6 +91,22 @@ def current_iteration() -> Optional[int]:
         return get_event_storage().iter
     except AssertionError:
         return None
+
+
+def _integer_ratio(tap: Tap, student: ShapeSpec, teacher: ShapeSpec) -> int:
+    """The stride of the "strided_conv" spatial alignment of ``tap``: the integer k with the
+    student map k times the teacher's on both sides (1: equal sizes)."""
+    sizes = (student.height, student.width, teacher.height, teacher.width)
+    if any(v is None for v in sizes):
+        raise ConfigError(f"tap {tap.key}: MODEL.DISTILL.SPATIAL_ALIGN 'strided_conv' needs both feature sizes")
+    sh, sw, th, tw = sizes
+    if sh % th or sw % tw or sh // th != sw // tw:
+        raise ConfigError(
+            f"tap {tap.key}: MODEL.DISTILL.SPATIAL_ALIGN = 'strided_conv' needs the student map "
+            f"({sh}x{sw}) to be an integer multiple of the teacher's ({th}x{tw}); use 'bilinear' "
+            "or 'area', or tap positions whose sizes divide"
+        )
+    return sh // th
 
 
 class DistillSchedule:
@@ -197,7 +226,7 @@ class LossBalanceMonitor:
                     where = (
                         f"MODEL.DISTILL.KD_WEIGHT (= {weight:g}; or MODEL.DISTILL.KD_REDUCTION)"
                         if tap.weight_key == "MODEL.DISTILL.KD_WEIGHT"
-                        else f"the weight of MODEL.DISTILL.TAPS entry "
+                        else f"the weight of {tap.weight_key} entry "
                         f"['{tap.student}', '{tap.teacher}', '{name}', {weight:g}]"
                     )
                     logger.warning(
@@ -210,14 +239,33 @@ class LossBalanceMonitor:
                     )
 
 
+SPATIAL_ALIGN_CHOICES = ("bilinear", "area", "strided_conv")
+
+
+def as_feature_map(x: torch.Tensor, where: str = "") -> torch.Tensor:
+    """A feature as B x C x h x w: maps pass through, an N x C vector (a box head's output, a
+    pooled embedding) becomes N x C x 1 x 1; other ranks are refused."""
+    if x.dim() == 4:
+        return x
+    if x.dim() == 2:
+        return x[:, :, None, None]
+    raise ConfigError(
+        f"{where or 'a tapped feature'} has shape {tuple(x.shape)}: a distilled feature must be "
+        "B x C x h x w or N x C; tap a module with such an output"
+    )
+
+
 class FeatureDistiller(nn.Module):
     """Connectors and losses for a list of taps.
 
     For each tap the student feature goes through its connector (when channel counts differ, or
-    always with ``always_connect``), is bilinearly resized to the teacher's spatial size when
-    they differ, and every configured loss compares it with the teacher feature.
+    always with ``always_connect``), is brought to the teacher's spatial size when they differ
+    (``spatial_align``: "bilinear" or "area" resizing, or "strided_conv", a learned k x k conv of
+    stride k where the student map is k times the teacher's), and every configured loss compares
+    it with the teacher feature.
 
-    Parameter names: ``connectors.<tap key>.*`` and ``losses.<tap key>__<loss>.*``.
+    Parameter names: ``connectors.<tap key>.*``, ``spatial.<tap key>.*`` and
+    ``losses.<tap key>__<loss>.*``. Teacher shapes are keyed by :attr:`Tap.teacher_ref`.
     """
 
     def __init__(
@@ -228,6 +276,7 @@ class FeatureDistiller(nn.Module):
         *,
         connector: str = "conv_bn_relu",
         always_connect: bool = False,
+        spatial_align: str = "bilinear",
         distill_cfg=None,
         num_classes: Optional[int] = None,
         diagnostics_period: int = 20,
@@ -237,20 +286,27 @@ class FeatureDistiller(nn.Module):
         grad_ratio_patience: int = 3,
     ):
         super().__init__()
+        if spatial_align not in SPATIAL_ALIGN_CHOICES:
+            raise ConfigError(
+                f"MODEL.DISTILL.SPATIAL_ALIGN = {spatial_align!r}; allowed: {list(SPATIAL_ALIGN_CHOICES)}"
+            )
         self.taps = list(taps)
         self.connectors = nn.ModuleDict()
+        self.spatial = nn.ModuleDict()
+        self.spatial_align = spatial_align
         self.losses = nn.ModuleDict()
         self.diagnostics_period = diagnostics_period
         self.schedule = DistillSchedule(warmup_iters, stop_iter)
         self.balance = LossBalanceMonitor(self.taps, grad_ratio_warn, grad_ratio_patience)
         for tap in self.taps:
-            for side, pos, shapes in (("student", tap.student, student_shapes), ("teacher", tap.teacher, teacher_shapes)):
+            for side, pos, shapes in (("student", tap.student, student_shapes), ("teacher", tap.teacher_ref, teacher_shapes)):
                 if pos not in shapes:
                     raise ConfigError(
-                        f"MODEL.DISTILL.TAPS: {side} position {pos!r} of tap {tap.key} does not "
+                        f"{tap.weight_key}: {side} position {pos!r} of tap {tap.key} does not "
                         f"exist; the {side} provides {sorted(shapes)}"
                     )
-            cs, ct = student_shapes[tap.student].channels, teacher_shapes[tap.teacher].channels
+            s_shape, t_shape = student_shapes[tap.student], teacher_shapes[tap.teacher_ref]
+            cs, ct = s_shape.channels, t_shape.channels
             if cs != ct or (always_connect and connector != "none"):
                 if connector == "none":
                     raise ConfigError(
@@ -259,6 +315,10 @@ class FeatureDistiller(nn.Module):
                         "'conv_bn_relu' or 'conv', or tap positions with equal channels"
                     )
                 self.connectors[tap.key] = build_connector(connector, cs, ct)
+            if spatial_align == "strided_conv":
+                stride = _integer_ratio(tap, s_shape, t_shape)
+                if stride > 1:
+                    self.spatial[tap.key] = build_connector("strided_conv", ct, ct, stride=stride)
             for name, weight in tap.losses:
                 self.losses[f"{tap.key}__{name}"] = build_distill_loss(
                     name,
@@ -282,6 +342,7 @@ class FeatureDistiller(nn.Module):
             teacher_shapes,
             connector=d.CONNECTOR,
             always_connect=d.ALWAYS_CONNECT,
+            spatial_align=d.SPATIAL_ALIGN,
             distill_cfg=d,
             num_classes=num_classes,
             diagnostics_period=d.DIAGNOSTICS_PERIOD,
@@ -302,14 +363,20 @@ class FeatureDistiller(nn.Module):
 
     @property
     def teacher_positions(self) -> set:
-        return {t.teacher for t in self.taps}
+        """The :attr:`Tap.teacher_ref` of every tap."""
+        return {t.teacher_ref for t in self.taps}
 
     def align(self, tap: Tap, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """Student feature mapped to the teacher's channels and spatial size."""
         if tap.key in self.connectors:
             student = self.connectors[tap.key](student)
+        if tap.key in self.spatial:
+            student = self.spatial[tap.key](student)
         if student.shape[-2:] != teacher.shape[-2:]:
-            student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+            if self.spatial_align == "area" and all(a >= b for a, b in zip(student.shape[-2:], teacher.shape[-2:])):
+                student = F.adaptive_avg_pool2d(student, teacher.shape[-2:])
+            else:
+                student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
         return student
 
     def forward(
@@ -330,8 +397,8 @@ class FeatureDistiller(nn.Module):
         losses, stats = {}, {}
         log = self._should_log()
         for tap in self.taps:
-            t = teacher_feats[tap.teacher]
-            s = self.align(tap, student_feats[tap.student], t)
+            t = as_feature_map(teacher_feats[tap.teacher_ref], f"teacher position {tap.teacher_ref!r}")
+            s = self.align(tap, as_feature_map(student_feats[tap.student], f"student position {tap.student!r}"), t)
             for name, _ in tap.losses:
                 loss = self.losses[f"{tap.key}__{name}"](s, t, **context)
                 losses[tap.term(name)] = loss if factor == 1.0 else loss * factor

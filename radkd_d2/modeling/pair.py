@@ -1,23 +1,17 @@
-"""The teacher-student pair both Distill* meta-architectures share: one construction path for
-the frozen teacher and the :class:`~radkd_d2.modeling.distill.FeatureDistiller`
-(:func:`build_teacher_and_distiller`), the teacher-holding mixin (:class:`TeacherMixin`) and
-the copy of teacher weights into the student (:func:`init_student_from_teacher`)."""
+"""What a distillation pair needs besides its models: the input frame both pad to
+(:func:`input_frame`), the teacher-holding mixin (:class:`TeacherMixin`) and the copy of teacher
+weights into the student (:func:`init_student_from_teacher`)."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-from typing import Callable, Dict, List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
-from detectron2.layers import ShapeSpec
-from detectron2.structures import ImageList
 from torch import nn
 
 from radkd_d2.errors import ConfigError
-
-from .distill import FeatureDistiller, Tap
-from .teacher import build_teacher, teacher_input_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -52,107 +46,51 @@ def input_frame(student: nn.Module, teacher: nn.Module, *, shared: bool) -> int:
     )
 
 
-def build_teacher_and_distiller(
-    cfg,
-    *,
-    kind: str,
-    teacher_type: type,
-    num_classes: Callable[[nn.Module], int],
-    student_classes: int,
-    classes_key: str,
-    taps: Sequence[Tap],
-    student_shapes: Dict[str, ShapeSpec],
-    teacher_shapes: Callable[[nn.Module], Dict[str, ShapeSpec]],
-) -> dict:
-    """The one construction path of every Distill* meta-architecture: the frozen teacher from
-    ``MODEL.DISTILL.TEACHER`` (checked to be a ``teacher_type`` predicting the student's classes)
-    and the :class:`FeatureDistiller` over ``taps``. Returns the ``from_config`` entries
-    ``teacher``, ``distiller``, ``teacher_input_format`` and ``teacher_dtype``.
-
-    Args:
-        kind: "segmentation" or "detection", for the messages.
-        num_classes: the class count of a built model (applied to the teacher).
-        classes_key: the student's config key of its class count, for the messages.
-        teacher_shapes: the tap shapes of a built model (applied to the teacher).
-    """
-    dcfg = cfg.MODEL.DISTILL
-    teacher, tcfg = build_teacher(
-        dcfg.TEACHER.CONFIG_FILE,
-        dcfg.TEACHER.WEIGHTS,
-        device=cfg.MODEL.DEVICE,
-        strict=dcfg.TEACHER.STRICT,
-        opts=dcfg.TEACHER.OPTS,
-    )
-    if not isinstance(teacher, teacher_type):
-        raise ConfigError(
-            f"MODEL.DISTILL.TEACHER.CONFIG_FILE builds a {type(teacher).__name__}; a "
-            f"{kind} teacher must be a {teacher_type.__name__}"
-        )
-    t_classes = num_classes(teacher)
-    if t_classes != student_classes:
-        raise ConfigError(
-            f"teacher predicts {t_classes} classes but the student {student_classes} "
-            f"({classes_key}): teacher and student must be for the same data set"
-        )
-    return dict(
-        teacher=teacher,
-        distiller=FeatureDistiller.from_config(
-            cfg, taps, student_shapes, teacher_shapes(teacher), num_classes=student_classes
-        ),
-        teacher_input_format=tcfg.INPUT.FORMAT,
-        teacher_dtype=dcfg.TEACHER.DTYPE,
-    )
-
-
 class TeacherMixin:
-    """For ``nn.Module`` meta-architectures that hold a frozen ``self.teacher``.
+    """For ``nn.Module`` meta-architectures that hold frozen teachers in ``self.teachers`` (an
+    ``nn.ModuleDict``; ``self.teacher`` is the first).
 
-    * ``train(mode)`` keeps the teacher in eval mode (BatchNorm statistics, dropout);
-    * ``state_dict`` leaves the teacher out, so checkpoints hold only trainable state; resume
-      reloads the teacher from its own weights; ``load_state_dict`` does not report the absent
+    * ``train(mode)`` keeps every teacher in eval mode (BatchNorm statistics, dropout);
+    * ``state_dict`` leaves the teachers out, so checkpoints hold only trainable state; resume
+      reloads each teacher from its own weights; ``load_state_dict`` does not report the absent
       teacher keys as missing;
     * ``student_state_dict`` is the plain student: no teacher, no distiller (connectors, loss
       modules such as MGD's generator), loadable by the stock meta-architecture.
     """
 
-    TEACHER_PREFIX = "teacher."
-    DISTILL_PREFIXES = ("teacher.", "distiller.")
-    teacher_dtype: torch.dtype = torch.float32  # MODEL.DISTILL.TEACHER.DTYPE, used on GPU only
+    TEACHER_PREFIX = "teachers."
+    DISTILL_PREFIXES = ("teachers.", "distiller.")
 
-    def teacher_context(self):
-        """Context for teacher forwards: no autograd graph, and autocast to ``teacher_dtype``
-        on GPU (fp16/bf16 halves the teacher's cost there; losses compute in fp32 anyway); a
-        ``float32`` teacher runs in float32 even inside the student's autocast (AMP).
+    @property
+    def teacher(self) -> nn.Module:
+        """The first (or only) teacher."""
+        return next(iter(self.teachers.values()))
+
+    def teacher_context(self, dtype: torch.dtype = torch.float32, teacher: nn.Module = None):
+        """Context for a teacher forward: no autograd graph, and autocast to ``dtype``
+        (MODEL.DISTILL.TEACHER.DTYPE) on GPU (fp16/bf16 halves the teacher's cost there; losses
+        compute in fp32 anyway); a ``float32`` teacher runs in float32 even inside the student's
+        autocast (AMP).
 
         ``torch.no_grad`` rather than ``torch.inference_mode``: the losses save the teacher
         features for their backward, which autograd refuses for inference tensors (it would
         take a copy of every tapped feature to get around it)."""
-        device_type = next(self.teacher.parameters()).device.type
-        low = self.teacher_dtype != torch.float32 and device_type == "cuda"
+        teacher = teacher if teacher is not None else self.teacher
+        device_type = next(teacher.parameters()).device.type
+        low = dtype != torch.float32 and device_type == "cuda"
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
         if low:
-            stack.enter_context(torch.autocast(device_type, dtype=self.teacher_dtype))
-        elif self.teacher_dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+            stack.enter_context(torch.autocast(device_type, dtype=dtype))
+        elif dtype == torch.float32 and torch.is_autocast_enabled(device_type):
             # a float32 teacher inside the student's mixed-precision step leaves its autocast
             stack.enter_context(torch.autocast(device_type, enabled=False))
         return stack
 
-    def teacher_images(self, batched_inputs: List[dict], size_divisibility: int = 0) -> ImageList:
-        """A batch as the teacher takes it: its channel order, its normalisation, padded to
-        ``size_divisibility`` (default: its backbone's; a pair with shared padding passes the
-        pair's). ``input_format`` / ``teacher_input_format`` are set by the meta-architecture."""
-        t = self.teacher
-        images = teacher_input_tensors(batched_inputs, self.input_format, self.teacher_input_format, t.device)
-        return ImageList.from_tensors(
-            [(x - t.pixel_mean) / t.pixel_std for x in images],
-            size_divisibility or t.backbone.size_divisibility,
-            padding_constraints=t.backbone.padding_constraints,
-        )
-
     def train(self, mode: bool = True):
         super().train(mode)
-        self.teacher.eval()
+        for teacher in self._modules.get("teachers", {}).values():
+            teacher.eval()
         return self
 
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -18,7 +21,7 @@ from torch import nn
 
 from radkd_d2.checkpoint.report import ReportingCheckpointer, format_incompatible_keys
 from radkd_d2.config import add_radkd_config
-from radkd_d2.errors import TeacherLoadError  # noqa: F401  (re-exported)
+from radkd_d2.errors import ConfigError, TeacherLoadError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +173,8 @@ def teacher_input_tensors(batched_inputs, student_format: str, teacher_format: s
 
 __all__ = [
     "TeacherLoadError",
+    "TeacherSpec",
+    "teacher_specs",
     "build_teacher",
     "check_finite",
     "freeze",
@@ -179,3 +184,96 @@ __all__ = [
     "local_weights",
     "teacher_input_tensors",
 ]
+
+
+# the keys of one MODEL.DISTILL.TEACHERS entry, and what each holds
+TEACHER_ENTRY_KEYS = {
+    "NAME": "short name in loss and diagnostic keys ([A-Za-z0-9_]+, unique)",
+    "CONFIG_FILE": "the teacher's own config file",
+    "WEIGHTS": "its checkpoint (path or URL); loaded strictly",
+    "OPTS": "KEY VALUE overrides of its config",
+    "STRICT": "False loads partially, every key still listed",
+    "DTYPE": "compute dtype on GPU: float32, float16 or bfloat16",
+    "INPUT_SCALE": "resize factor of the batch the teacher sees (1.0: the student's)",
+    "TAPS": "[student position, teacher position, loss, weight] entries",
+    "KD_MIX": "its weight in the mean of the teachers' probabilities (the KD target)",
+}
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+@dataclass
+class TeacherSpec:
+    """One frozen teacher of a distillation model and what is distilled from it."""
+
+    name: str  # "" for MODEL.DISTILL.TEACHER (the single-teacher case: loss names unchanged)
+    config_file: str
+    weights: str = ""
+    opts: Sequence = ()
+    strict: bool = True
+    dtype: str = "float32"
+    input_scale: float = 1.0
+    taps: Sequence = ()
+    kd_mix: float = 1.0
+    key: str = "MODEL.DISTILL.TEACHER"  # config key of this teacher, for messages
+    taps_key: str = "MODEL.DISTILL.TAPS"  # config key of its taps
+
+
+def teacher_specs(cfg) -> List[TeacherSpec]:
+    """The teachers of a distillation config: the entries of ``MODEL.DISTILL.TEACHERS``, or, when
+    that list is empty, the one ``MODEL.DISTILL.TEACHER`` with ``MODEL.DISTILL.TAPS``. Every entry
+    is checked here (unknown keys, names, scales, weights), before anything is built."""
+    d = cfg.MODEL.DISTILL
+    entries = list(d.TEACHERS)
+    if not entries:
+        t = d.TEACHER
+        spec = TeacherSpec("", t.CONFIG_FILE, t.WEIGHTS, tuple(t.OPTS), t.STRICT, t.DTYPE,
+                           float(t.INPUT_SCALE), tuple(map(tuple, d.TAPS)), 1.0)
+        _check_scale(spec.input_scale, "MODEL.DISTILL.TEACHER.INPUT_SCALE")
+        return [spec]
+    if d.TEACHER.CONFIG_FILE:
+        raise ConfigError(
+            "MODEL.DISTILL.TEACHERS and MODEL.DISTILL.TEACHER.CONFIG_FILE are both set: give one "
+            "teacher in MODEL.DISTILL.TEACHER, or every teacher as an entry of MODEL.DISTILL.TEACHERS"
+        )
+    default_taps = [["res5", "res5", "lad", 10.0]]
+    if [list(t) for t in d.TAPS] != default_taps:
+        raise ConfigError(
+            f"MODEL.DISTILL.TAPS = {[list(t) for t in d.TAPS]} is set with MODEL.DISTILL.TEACHERS: "
+            "with several teachers each entry carries its own TAPS; move these taps there"
+        )
+    specs, names = [], set()
+    for i, entry in enumerate(entries):
+        key = f"MODEL.DISTILL.TEACHERS[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key} = {entry!r} must be a mapping with keys {sorted(TEACHER_ENTRY_KEYS)}")
+        unknown = sorted(set(entry) - set(TEACHER_ENTRY_KEYS))
+        if unknown:
+            raise ConfigError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(TEACHER_ENTRY_KEYS)}")
+        for required in ("NAME", "CONFIG_FILE"):
+            if not entry.get(required):
+                raise ConfigError(f"{key}.{required} is missing: every teacher needs a NAME and a CONFIG_FILE")
+        name = str(entry["NAME"])
+        if not _NAME.match(name) or name in names:
+            raise ConfigError(f"{key}.NAME = {name!r} must be unique and made of letters, digits and '_'")
+        names.add(name)
+        dtype = entry.get("DTYPE", "float32")
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"{key}.DTYPE = {dtype!r}; allowed: ['float32', 'float16', 'bfloat16']")
+        scale = float(entry.get("INPUT_SCALE", 1.0))
+        _check_scale(scale, f"{key}.INPUT_SCALE")
+        mix = float(entry.get("KD_MIX", 1.0))
+        if mix < 0:
+            raise ConfigError(f"{key}.KD_MIX = {mix} must be >= 0")
+        specs.append(TeacherSpec(
+            name, str(entry["CONFIG_FILE"]), str(entry.get("WEIGHTS", "")), tuple(entry.get("OPTS", ())),
+            bool(entry.get("STRICT", True)), dtype, scale, tuple(map(tuple, entry.get("TAPS", ()))), mix,
+            key=key, taps_key=f"{key}.TAPS",
+        ))
+    if d.KD_WEIGHT > 0 and sum(s.kd_mix for s in specs) <= 0:
+        raise ConfigError("MODEL.DISTILL.KD_WEIGHT > 0 but every MODEL.DISTILL.TEACHERS[*].KD_MIX is 0")
+    return specs
+
+
+def _check_scale(scale: float, key: str) -> None:
+    if not 0 < scale <= 8:
+        raise ConfigError(f"{key} = {scale} must be in (0, 8]")

@@ -147,6 +147,10 @@ class DilatedSegHead(nn.Module):
         self.align_corners = align_corners
 
         self.dropout = nn.Dropout2d(dropout)
+        # parameter-free named points, so that any position path can read the decoder feature
+        # and the logits (the "decoder" and "logits" aliases): sem_seg_head.decoder / .logits
+        self.decoder = nn.Identity()
+        self.logits = nn.Identity()
         self.class_map = (
             check_class_map(class_map, source_classes, num_classes, class_map_mode) if class_map else []
         )
@@ -221,10 +225,11 @@ class DilatedSegHead(nn.Module):
             ``common_stride``; in training with the auxiliary head also "aux_logits"
             (B x K x h' x w' at the stride of ``aux_in_feature``).
         """
-        decoder = self.decode_features(features)
+        decoder = self.decoder(self.decode_features(features))
         logits = self.predictor(self.dropout(decoder))
         if self.zero_shot:
             logits = map_log_probs(logits, self.class_map)
+        logits = self.logits(logits)
         outputs = {"decoder": decoder, "logits": logits}
         if self.aux_head is not None and self.training:
             outputs["aux_logits"] = self.aux_head(features[self.aux_in_feature])

@@ -1,6 +1,21 @@
-"""Distillation meta-architectures (registered in META_ARCH_REGISTRY)."""
-from .distill_rcnn import DistillGeneralizedRCNN
-from .distill_retinanet import DistillRetinaNet
-from .distill_semantic_seg import DistillSemanticSegmentor
+"""Distillation meta-architectures: ``Distill`` for any registered student, and the family
+names ``DistillSemanticSegmentor``, ``DistillRetinaNet``, ``DistillGeneralizedRCNN``."""
+from .distill import (
+    Distill,
+    DistillGeneralizedRCNN,
+    DistillMixin,
+    DistillRetinaNet,
+    DistillSemanticSegmentor,
+    distill_class,
+    model_classes,
+)
 
-__all__ = ["DistillGeneralizedRCNN", "DistillRetinaNet", "DistillSemanticSegmentor"]
+__all__ = [
+    "Distill",
+    "DistillGeneralizedRCNN",
+    "DistillMixin",
+    "DistillRetinaNet",
+    "DistillSemanticSegmentor",
+    "distill_class",
+    "model_classes",
+]
