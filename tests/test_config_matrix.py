@@ -33,7 +33,7 @@ from radkd_d2.configs_index import (
     select_rows,
 )
 from radkd_d2.modeling.distill import FeatureDistiller, parse_taps
-from radkd_d2.modeling.meta_arch.distill_semantic_seg import seg_tap_shapes
+from radkd_d2.modeling.capture import alias_shapes as seg_tap_shapes
 from radkd_d2.modeling.teacher import load_teacher_cfg
 
 RUNS = all_runs()

@@ -17,7 +17,6 @@ from conftest import REPO, SHARED_DATA, load_cfg, read_metrics, run_train_net
 from radkd_d2.analysis.profiling import capture_distiller_inputs, count_sync_ops, distiller_step
 from radkd_d2.engine import ConfigError, Trainer
 from radkd_d2.losses import fgd_loss, fgd_masks
-from radkd_d2.modeling.meta_arch.taps import backbone_taps
 from radkd_d2.modeling.teacher import TeacherLoadError, load_teacher_cfg
 
 DISTILL = "configs/synthetic/distill/lad_fpn_retx50_retr18_tiny_synthetic.yaml"
@@ -119,7 +118,7 @@ def test_teacher_bit_identical_and_not_optimised(tmp_path):
         assert torch.equal(before[k], after[k]), f"teacher {k} changed"
     assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
     state = model.state_dict()
-    assert not any(k.startswith("teacher.") for k in state)
+    assert not any(k.startswith(("teacher.", "teachers.")) for k in state)
     assert any(k.startswith("distiller.losses.p3__mgd.") for k in state)
     assert "distiller." not in str(list(model.student_state_dict()))
 
@@ -171,16 +170,17 @@ def test_bottom_up_taps_connectors_and_fpn_equivalence(tmp_path):
     model = build_model(cfg)
     assert set(model.distiller.connectors) == {"p3", "res3_to_p3"}  # 64 -> 96 channels
     assert "res4" not in model.distiller.connectors  # equal channels (256): no connector
-    x = torch.randn(2, 3, 64, 96)
-    for backbone in (model.backbone, model.teacher.backbone):
-        backbone.eval()
+    inputs = [{"image": torch.randint(0, 255, (3, 64, 96)).float(), "height": 64, "width": 96} for _ in range(2)]
+    model.eval()
+    read = model.read_features(inputs, ["res3", "res4", "p3"], ["res4", "p3"])
+    for side, detector, feats in zip(("student", "teacher"), (model, model.teacher), read):
         with torch.no_grad():
-            direct, stages = backbone(x), backbone.bottom_up(x)
-            taps = backbone_taps(backbone, x, with_bottom_up=True)
-        assert list(taps) == list(stages) + list(direct)
-        for k, v in {**stages, **direct}.items():
-            assert torch.equal(v, taps[k]), k
-        assert not backbone.bottom_up._forward_hooks  # the hook is removed after the call
+            x = detector.preprocess_image(inputs).tensor
+            direct, stages = detector.backbone(x), detector.backbone.bottom_up(x)
+        for k, v in feats.items():
+            if k != "backbone:input":
+                assert torch.equal(v, {**stages, **direct}[k]), (side, k)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # none left
     losses, _ = train_steps(model, sgd(model))
     for key in ("loss_distill_lad_res4", "loss_distill_pad_p3", "loss_distill_cad_res3_to_p3"):
         assert torch.isfinite(losses[key]), key
@@ -257,10 +257,10 @@ def test_bad_configs(tmp_path):
     cfg.MODEL.DISTILL.TEACHER.OPTS = ["MODEL.RETINANET.NUM_CLASSES", 7]
     with pytest.raises(ConfigError, match="teacher predicts 7 classes but the student 5"):
         build_model(cfg)
-    levels = r"provides \['p3', 'p4', 'p5', 'p6', 'p7', 'res3', 'res4', 'res5'\]"
-    with pytest.raises(ConfigError, match=f"student position 'p8' of tap p8 does not exist; the student {levels}"):
+    levels = r"aliases \['p3', 'p4', 'p5', 'p6', 'p7', 'res3', 'res4', 'res5'\]"
+    with pytest.raises(ConfigError, match=f"student position 'p8' names no module.*nearest: \\['p7'.*{levels}"):
         build_model(distill_cfg(tmp_path, "MODEL.DISTILL.TAPS", "[['p8', 'p8', 'lad', 1.0]]"))
-    with pytest.raises(ConfigError, match=f"teacher position 'res2' .* the teacher {levels}"):
+    with pytest.raises(ConfigError, match=f"teacher position 'res2' names no module.*{levels}"):
         build_model(distill_cfg(tmp_path, "MODEL.DISTILL.TAPS", "[['p3', 'res2', 'lad', 1.0]]"))
     with pytest.raises(ConfigError, match="KD_WEIGHT = 10.0: the pixel-wise logit KD term is for segmentation"):
         build_model(distill_cfg(tmp_path, "MODEL.DISTILL.KD_WEIGHT", 10.0))
@@ -360,7 +360,7 @@ def test_train_net_distillation(distill_run):
     final = [r for r in rows if "bbox/AP" in r][-1]
     assert all(f"bbox/{k}" in final for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
     ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
-    assert not any(k.startswith("teacher.") for k in ckpt["model"]), "teacher saved in checkpoint"
+    assert not any(k.startswith(("teacher.", "teachers.")) for k in ckpt["model"]), "teacher saved in checkpoint"
     assert "Initialised 28 student tensors from the teacher" in log
 
 
@@ -373,7 +373,7 @@ def test_export_student_round_trip(distill_run, data_root, tmp_path):
     cfg = load_config(str(REPO / DISTILL), _opts(data_root, out, ""), validate=False)
     ckpt, student_cfg = export_student(cfg, str(out / "model_final.pth"), str(tmp_path / "student"))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
-    assert not any(k.startswith(("teacher.", "distiller.")) for k in state)
+    assert not any(k.startswith(("teacher.", "teachers.", "distiller.")) for k in state)
     proc = run_train_net(
         "--config-file", student_cfg, "--eval-only", "MODEL.WEIGHTS", ckpt, "OUTPUT_DIR", tmp_path / "eval",
         "DATASETS.ROOT", data_root,

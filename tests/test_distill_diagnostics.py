@@ -187,12 +187,12 @@ def test_tap_reads_the_feature_it_names(tmp_path, student_pos, teacher_pos):
     head_out = {}
     real_layers = model.sem_seg_head.layers
     model.sem_seg_head.layers = lambda f: head_out.setdefault("s", real_layers(f))
-    real_t_layers = model.teacher.sem_seg_head.layers
-    model.teacher.sem_seg_head.layers = lambda f: head_out.setdefault("t", real_t_layers(f))
     with EventStorage(0):
         losses = model(batch())
     student = {**s_feats["backbone"], **head_out.get("s", {})}[student_pos]
-    teacher = {**t_feats["backbone"], **head_out.get("t", {})}[teacher_pos]
+    with torch.no_grad():  # the teacher's forward stops at its tap: its head is run here
+        t_head = model.teacher.sem_seg_head.layers(t_feats["backbone"])
+    teacher = {**t_feats["backbone"], **t_head}[teacher_pos]
     key = student_pos if student_pos == teacher_pos else f"{student_pos}_to_{teacher_pos}"
     with torch.no_grad():
         s = model.distiller.connectors[key](student)

@@ -134,14 +134,14 @@ def test_retinanet_round_trip(retinanet, fmt, tmp_path):
 
 def test_distillation_keys_dropped_and_listed_once(seg_models, tmp_path, caplog):
     cfg, model = seg_models["DeepLabV3Head"]
-    extra = {"teacher.backbone.w": torch.zeros(1), "distiller.connectors.res5.weight": torch.zeros(1)}
+    extra = {"teachers.teacher.backbone.w": torch.zeros(1), "distiller.connectors.res5.weight": torch.zeros(1)}
     weights = _save(model, tmp_path / "run.pth", extra)
     with caplog.at_level("INFO", logger="radkd_d2"):
         path, info = export_deployable(cfg, weights, str(tmp_path / "out"), "onnx", [torch.rand(3, 64, 64) * 255])
-    assert info.dropped == ["distiller", "teacher"]
-    assert sum("Dropped the distillation-only parts ['distiller', 'teacher']" in r.message for r in caplog.records) == 1
+    assert info.dropped == ["distiller", "teachers"]
+    assert sum("Dropped the distillation-only parts ['distiller', 'teachers']" in r.message for r in caplog.records) == 1
     sidecar = json.loads(path.with_name(path.name + ".json").read_text())
-    assert sidecar["dropped"] == ["distiller", "teacher"]
+    assert sidecar["dropped"] == ["distiller", "teachers"]
 
 
 def test_student_keys_missing_is_an_error(seg_models, tmp_path):

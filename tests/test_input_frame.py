@@ -28,7 +28,7 @@ def test_shared_padding_gives_both_one_frame():
     cfg = load_cfg(LAD, *TINY, validate=False)
     assert cfg.MODEL.DISTILL.SHARED_PADDING
     model = build_model(cfg)
-    assert model.train_size_divisibility == 16 and model.backbone.size_divisibility == 8
+    assert model.frame == 16 and model.student_pad and model.backbone.size_divisibility == 8
     batch = [
         {"image": torch.randint(0, 255, (3, 40, 56)).float(), "sem_seg": torch.randint(0, 11, (40, 56)), "height": 40, "width": 56}
         for _ in range(2)

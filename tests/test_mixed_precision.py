@@ -91,7 +91,7 @@ def test_float32_teacher_leaves_the_students_autocast(tmp_path):
         "MODEL.DISTILL.TEACHER.OPTS", "['MODEL.DRN.WIDTH_MULT', 0.125]", validate=False,
     )  # fmt: skip
     model = build_model(cfg)
-    assert model.teacher_dtype == torch.float32
+    assert model.teacher_dtypes == {"teacher": torch.float32}
     batch = [{"image": torch.randint(0, 255, (3, 32, 32)).float(), "height": 32, "width": 32}]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         feats = model.teacher_features(batch)

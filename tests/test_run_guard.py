@@ -256,7 +256,7 @@ def test_weights_folder_is_named(tmp_path):
 
 def test_weights_problems_scope_and_distillation_keys():
     model = {"backbone.body.a": (2,), "backbone.body.b": (3,), "sem_seg_head.w": (4,), "distiller.c": (1,),
-             "teacher.x": (5,)}  # fmt: skip
+             "teachers.teacher.x": (5,)}  # fmt: skip
     # a backbone file fills its scope; the head, the connectors and the teacher are not missing
     assert weights_problems(model, {"backbone.body.a": (2,), "backbone.body.b": (3,)}) == ([], [], [], "backbone.body.")
     # a key of the scope absent, one of another shape, one the model lacks

@@ -2,8 +2,8 @@
 
 For each image: the channel mean of |F| of the teacher feature and of the student feature (the
 student's after its connector, as the loss sees it), each upsampled to the image, cropped to it
-(no padding) and scaled to [0, 1] on its own. Features come from the explicit returns of the
-distillation model (``teacher_features`` and ``seg_taps``); no forward hooks.
+(no padding) and scaled to [0, 1] on its own. Features come from one inference forward of each
+model, read at the tap (``read_features``: any position, distilled or not).
 """
 
 from __future__ import annotations
@@ -18,19 +18,17 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
-from detectron2.structures import ImageList
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from radkd_d2.errors import ConfigError
 from radkd_d2.evaluation.naming import model_name, teacher_name
-from radkd_d2.modeling.meta_arch.distill_semantic_seg import seg_taps
+from radkd_d2.modeling.meta_arch.distill import INPUT
 from radkd_d2.modeling.teacher import TeacherLoadError, load_weights_strictly
 
 from .plots import new_figure, save_figure
 
 logger = logging.getLogger(__name__)
-HEAD_POSITIONS = ("decoder", "logits")
 
 
 @dataclass
@@ -49,7 +47,7 @@ def build_distill_model(cfg, weights: str = "", *, strict: bool = True):
     (a checkpoint of the distillation run, e.g. its model_final.pth), teacher from
     MODEL.DISTILL.TEACHER.*. ``weights=""`` leaves the student randomly initialised."""
     model = build_model(cfg)
-    if not hasattr(model, "teacher_features") or not hasattr(model, "distiller"):
+    if not hasattr(model, "read_features") or not hasattr(model, "distiller"):
         raise ConfigError(
             f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} is not a segmentation "
             "distillation model; give a config with DistillSemanticSegmentor"
@@ -95,23 +93,6 @@ def _map(feature: torch.Tensor, padded: Tuple[int, int], size: Tuple[int, int]) 
     return m.cpu().numpy()
 
 
-def _padded_size(model, h: int, w: int) -> Tuple[int, int]:
-    il = ImageList.from_tensors(
-        [torch.zeros(1, h, w)],
-        model.backbone.size_divisibility,
-        padding_constraints=model.backbone.padding_constraints,
-    )
-    return tuple(il.tensor.shape[-2:])
-
-
-@torch.no_grad()
-def _teacher_feats(model, batched: List[dict]):
-    """Teacher features at every position (backbone and head), from one teacher forward on the
-    teacher's own preprocessing, including positions that are not distilled."""
-    with model.teacher_context():
-        return seg_taps(model.teacher, model.teacher_images(batched, model.train_size_divisibility).tensor, need_head=True)
-
-
 @torch.no_grad()
 def tap_maps(model, image: np.ndarray, tap: str, name: str = "") -> TapMaps:
     """Teacher and student activation maps of one image (H, W, 3 uint8 in the model's
@@ -120,26 +101,16 @@ def tap_maps(model, image: np.ndarray, tap: str, name: str = "") -> TapMaps:
     h, w = image.shape[:2]
     x = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
     batched = [{"image": x, "height": h, "width": w}]
-    st = ImageList.from_tensors(
-        [(x.to(model.device) - model.pixel_mean) / model.pixel_std],
-        model.backbone.size_divisibility,
-        padding_constraints=model.backbone.padding_constraints,
-    )
-    s_feats = seg_taps(model, st.tensor, need_head=s_pos in HEAD_POSITIONS)
-    t_feats = _teacher_feats(model, batched)
-    for side, pos, feats in (("student", s_pos, s_feats), ("teacher", t_pos, t_feats)):
-        if pos not in feats:
-            raise ConfigError(
-                f"tap {tap!r}: the {side} has no position {pos!r}; it provides {sorted(feats)}"
-            )
+    # one inference forward of each, read at the tap (any position, distilled or not)
+    s_feats, t_feats = model.read_features(batched, [s_pos], [t_pos])
     t = t_feats[t_pos]
     s = model.distiller.align(tap_obj, s_feats[s_pos], t) if tap_obj is not None else s_feats[s_pos]
     rgb = image[:, :, ::-1] if model.input_format == "BGR" else image
     return TapMaps(
         name,
         np.ascontiguousarray(rgb),
-        _map(t, _padded_size(model.teacher, h, w), (h, w)),
-        _map(s, tuple(st.tensor.shape[-2:]), (h, w)),
+        _map(t, tuple(t_feats[INPUT].shape[-2:]), (h, w)),
+        _map(s, tuple(s_feats[INPUT].shape[-2:]), (h, w)),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
 
 
 from radkd_d2.configs_index import PRETRAINED, pixel_order
@@ -12,7 +13,8 @@ from radkd_d2.losses import distill_loss_options
 from radkd_d2.modeling.class_map import CLASS_MAP_MODES
 from radkd_d2.modeling.connectors import connector_choices
 from radkd_d2.modeling.heads.deeplab import ASPP_VARIANTS
-from radkd_d2.modeling.teacher import load_teacher_cfg
+from radkd_d2.modeling.distill import SPATIAL_ALIGN_CHOICES
+from radkd_d2.modeling.teacher import load_teacher_cfg, teacher_specs
 
 
 
@@ -72,6 +74,8 @@ def _check_task(cfg, key, name, meta) -> None:
     arch = cfg.MODEL.META_ARCHITECTURE
     student = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE if arch.startswith("Distill") else arch
     seg_model = arch in _SEG_MODELS or student == "SemanticSegmentor"
+    if arch == "Distill" and student not in ("SemanticSegmentor", "RetinaNet", "GeneralizedRCNN"):
+        return  # another meta-architecture (panoptic, a user's own): its data set is its business
     if kind == "sem_seg" and not seg_model:
         raise ConfigError(
             f"{key} names {name!r}, a semantic-segmentation set, but MODEL.META_ARCHITECTURE = {arch!r} "
@@ -126,11 +130,15 @@ def check_holistic(cfg) -> None:
     betas = tuple(cfg.MODEL.DISTILL.HOLISTIC.BETAS)
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ConfigError(f"{key}.BETAS = {betas} must be two numbers in [0, 1), e.g. (0.9, 0.99)")
-    if cfg.MODEL.DISTILL.HOLISTIC.WEIGHT > 0 and cfg.MODEL.META_ARCHITECTURE != "DistillSemanticSegmentor":
+    arch = cfg.MODEL.META_ARCHITECTURE
+    seg = arch == "DistillSemanticSegmentor" or (
+        arch == "Distill" and cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE == "SemanticSegmentor"
+    )
+    if cfg.MODEL.DISTILL.HOLISTIC.WEIGHT > 0 and not seg:
         raise ConfigError(
             f"{key}.WEIGHT = {cfg.MODEL.DISTILL.HOLISTIC.WEIGHT} needs segmentation logits: "
             f"MODEL.META_ARCHITECTURE must be 'DistillSemanticSegmentor', not "
-            f"{cfg.MODEL.META_ARCHITECTURE!r}; or set {key}.WEIGHT to 0"
+            f"{arch!r}; or set {key}.WEIGHT to 0"
         )
 
 
@@ -223,12 +231,25 @@ def validate_config(cfg) -> None:
     check_range(cfg, "MODEL.SEM_SEG_HEAD.AUX_CONVS_DIM", low=0)
     check_range(cfg, "MODEL.SEM_SEG_HEAD.AUX_LOSS_WEIGHT", low=0)
     check_pixel_convention(cfg)
+    check_choice(cfg, "MODEL.DISTILL.SPATIAL_ALIGN", SPATIAL_ALIGN_CHOICES)
     student_meta = DISTILL_STUDENTS.get(cfg.MODEL.META_ARCHITECTURE)
     if student_meta is not None:
         check_choice(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE", (student_meta,))
-    if cfg.MODEL.META_ARCHITECTURE.startswith("Distill") and Path(cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE).is_file():
-        teacher = load_teacher_cfg(cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE, "cpu", cfg.MODEL.DISTILL.TEACHER.OPTS)
-        check_pixel_convention(teacher, f"the teacher ({cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE})")
+    if cfg.MODEL.META_ARCHITECTURE == "Distill":
+        students = sorted(k for k, _ in META_ARCH_REGISTRY if not k.startswith("Distill"))
+        check_choice(cfg, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE", tuple(students))
+    if cfg.MODEL.META_ARCHITECTURE.startswith("Distill"):
+        dcfg = cfg.MODEL.DISTILL
+        if dcfg.TEACHERS and (dcfg.TEACHER.EVAL_BEFORE_TRAIN or dcfg.TEACHER.MIN_SCORE > 0):
+            raise ConfigError(
+                "MODEL.DISTILL.TEACHER.EVAL_BEFORE_TRAIN / MIN_SCORE score the one teacher of "
+                "MODEL.DISTILL.TEACHER; with MODEL.DISTILL.TEACHERS score each teacher with its own "
+                "config (train_net.py --eval-only) and leave them False / 0"
+            )
+        for spec in teacher_specs(cfg):  # every entry's keys, names and ranges
+            if Path(spec.config_file).is_file():
+                teacher = load_teacher_cfg(spec.config_file, "cpu", spec.opts)
+                check_pixel_convention(teacher, f"the teacher ({spec.config_file})")
     check_choice(cfg, "TEST.BEST_CHECKPOINT_MODE", ("max", "min"))
     if cfg.TEST.BEST_CHECKPOINT_METRIC and cfg.TEST.EVAL_PERIOD <= 0:
         raise ConfigError(

@@ -317,7 +317,7 @@ def weights_problems(
     has_distiller = any(k.startswith("distiller.") for k in ckpt_shapes)
     missing = [
         k for k in model_shapes
-        if k not in ckpt_shapes and k.startswith(scope) and not k.startswith("teacher.")
+        if k not in ckpt_shapes and k.startswith(scope) and not k.startswith("teachers.")
         and not (k.startswith("distiller.") and not has_distiller)
     ]  # fmt: skip
     # a distillation's connectors are dropped when its checkpoint goes into the plain student

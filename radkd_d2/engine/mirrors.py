@@ -13,13 +13,8 @@ them:
   :class:`radkd_d2.engine.train_loop.MixedPrecisionTrainer` repeats it with ``torch.autocast``
   on the CPU (on CUDA it calls Detectron2's own).
 
-The distillation meta-architectures repeat the training branch of their stock model's forward,
-with the student's features shared with the distiller (one backbone pass) and the distillation
-terms added: :class:`~radkd_d2.modeling.meta_arch.DistillSemanticSegmentor` that of
-``SemanticSegmentor.forward``, :class:`~radkd_d2.modeling.meta_arch.DistillRetinaNet` that of
-``DenseDetector.forward`` (RetinaNet's), and
-:class:`~radkd_d2.modeling.meta_arch.DistillGeneralizedRCNN` that of
-``GeneralizedRCNN.forward``. Their inference branches call the originals.
+The distillation meta-architectures copy nothing: they call their student's stock ``forward``
+and read its features at module paths (:mod:`radkd_d2.modeling.capture`).
 
 Each copy mirrors Detectron2 :data:`DETECTRON2_VERSION`. :data:`FINGERPRINTS` holds a hash of
 the original's code (its syntax tree without docstring, so comments and formatting do not
@@ -37,8 +32,6 @@ import textwrap
 from typing import Callable, Dict, List
 
 from detectron2.engine import AMPTrainer, DefaultTrainer
-from detectron2.modeling import GeneralizedRCNN, SemanticSegmentor
-from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 
 __all__ = ["DETECTRON2_VERSION", "FINGERPRINTS", "changed_mirrors", "fingerprint", "fingerprint_source", "warn_if_changed"]
 
@@ -48,9 +41,6 @@ DETECTRON2_VERSION = "0.7.2"
 FINGERPRINTS: Dict[str, tuple] = {
     "detectron2.engine.DefaultTrainer.__init__": (DefaultTrainer.__init__, "a4b8a0be97611513"),
     "detectron2.engine.AMPTrainer.run_step": (AMPTrainer.run_step, "99cecba86e405b81"),
-    "detectron2.modeling.SemanticSegmentor.forward": (SemanticSegmentor.forward, "33071ec751d8172c"),
-    "detectron2.modeling.meta_arch.dense_detector.DenseDetector.forward": (DenseDetector.forward, "12afce61413a6a5a"),
-    "detectron2.modeling.GeneralizedRCNN.forward": (GeneralizedRCNN.forward, "f0077be77e23f07b"),
 }
 
 

@@ -137,10 +137,22 @@ def _set_key(cfg: dict, key: str, value) -> None:
 
 def teacher_name(cfg: dict, run_dir: Path) -> str:
     """Model name of a Distill* run's teacher, from MODEL.DISTILL.TEACHER.CONFIG_FILE (+ OPTS);
-    the file's stem when it cannot be read."""
+    the file's stem when it cannot be read. Several teachers (MODEL.DISTILL.TEACHERS): their
+    NAMEs and model names joined with " + "."""
+    entries = cfg_get(cfg, "MODEL.DISTILL.TEACHERS", []) or []
+    if entries:
+        return " + ".join(
+            f"{e.get('NAME', '?')}: " + _model_of(str(e.get("CONFIG_FILE", "")), list(e.get("OPTS", []) or []), run_dir)
+            for e in entries
+        )
     cfg_file = str(cfg_get(cfg, "MODEL.DISTILL.TEACHER.CONFIG_FILE", "") or "")
     if not cfg_file:
         return "?"
+    return _model_of(cfg_file, list(cfg_get(cfg, "MODEL.DISTILL.TEACHER.OPTS", []) or []), run_dir)
+
+
+def _model_of(cfg_file: str, opts: list, run_dir: Path) -> str:
+    """Model name of a teacher config file with KEY VALUE ``opts``; its stem when unreadable."""
     found = _find_file(cfg_file, run_dir)
     if found is None:
         return Path(cfg_file).stem
@@ -149,7 +161,6 @@ def teacher_name(cfg: dict, run_dir: Path) -> str:
         from fvcore.common.config import CfgNode
 
         tcfg = CfgNode.load_yaml_with_base(str(found), allow_unsafe=False)
-        opts = list(cfg_get(cfg, "MODEL.DISTILL.TEACHER.OPTS", []) or [])
         for key, value in zip(opts[0::2], opts[1::2]):
             _set_key(tcfg, str(key), yaml.safe_load(str(value)))
         return model_name(tcfg)

@@ -20,7 +20,7 @@ from conftest import REPO
 from radkd_d2.config import add_radkd_config
 from radkd_d2.modeling.backbone import MobileNetV2, SwinBackbone
 from radkd_d2.modeling.heads import UPerNetHead
-from radkd_d2.modeling.meta_arch.distill_semantic_seg import seg_tap_shapes
+from radkd_d2.modeling.capture import alias_shapes as seg_tap_shapes
 
 def _check_shapes(backbone, size, names=STAGES):
     features = backbone(torch.randn(2, 3, *size))

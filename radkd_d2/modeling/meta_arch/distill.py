@@ -275,16 +275,41 @@ class DistillMixin(TeacherMixin):
         _check_complete(cap, "the student's", type(self).__name__)
         return (cap.features, result) if grad else cap.features
 
-    def _capture_teacher(self, name: str, teacher: nn.Module, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
-        positions = self.teacher_positions[name]
+    def _capture_teacher(self, name: str, teacher: nn.Module, batched_inputs: List[dict],
+                         positions: Optional[Dict[str, Position]] = None) -> Dict[str, torch.Tensor]:
+        """Teacher ``name``'s features at ``positions`` (default: its taps'); its forward stops
+        after the last of them. With ``positions`` given, also its backbone input (``INPUT``)."""
+        extra = positions is not None
+        positions = self.teacher_positions[name] if positions is None else positions
         if not positions:
             return {}
         inputs = self._teacher_inputs(name, teacher, batched_inputs)
-        cap = FeatureCapture(teacher, positions, stop_early=True)
+        pre = [INPUT.split(":")[0]] if extra and hasattr(teacher, "backbone") else []
+        cap = FeatureCapture(teacher, positions, stop_early=True, pre_hooks=pre)
         with self.teacher_context(self.teacher_dtypes[name], teacher), cap:
             teacher(inputs)
         _check_complete(cap, f"teacher {name!r}'s", type(teacher).__name__)
         return {k: v.float() for k, v in cap.features.items()}
+
+    @torch.no_grad()
+    def read_features(self, batched_inputs: List[dict], student: List[str], teacher: List[str],
+                      teacher_name: str = "") -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """Student and teacher features at any positions (aliases or module paths, distilled or
+        not) for a batch, both in inference mode, each with its backbone input under
+        ``"backbone:input"``: for analysis (heatmaps). ``teacher_name``: which teacher (default
+        the first)."""
+        name = teacher_name or next(iter(self.teachers))
+        t_model = self.teachers[name]
+        exclude = ("teachers", "distiller")
+        s_pos = {p: resolve_position(self, p, what="student", key="--tap", exclude=exclude) for p in student}
+        t_pos = {p: resolve_position(t_model, p, what="teacher", key="--tap") for p in teacher}
+        was = self.training
+        nn.Module.train(self, False)
+        try:
+            s_feats = self._capture_student(self._student_inputs(batched_inputs), s_pos, grad=False)
+        finally:
+            self.train(was)
+        return s_feats, self._capture_teacher(name, t_model, batched_inputs, t_pos)
 
     def _mix(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
         mixing = [s for s in self.distill_specs.values() if s.kd_mix > 0]
