@@ -163,9 +163,8 @@ class DistillMixin(TeacherMixin):
 
     # ----------------------------------------------------------------------- construction
     def _taps(self, dcfg, specs: List[TeacherSpec]) -> List[Tap]:
-        if len(specs) == 1:
-            spec = specs[0]
-            return parse_taps(spec.taps, dcfg.KD_WEIGHT)
+        if len(specs) == 1:  # loss names as with MODEL.DISTILL.TEACHER, whichever key gave it
+            return parse_taps(specs[0].taps, dcfg.KD_WEIGHT, key=specs[0].taps_key)
         taps: List[Tap] = []
         for spec in specs:
             taps += parse_taps(spec.taps, teacher_name=spec.name, key=spec.taps_key)
@@ -203,7 +202,8 @@ class DistillMixin(TeacherMixin):
         """ref -> position text of teacher ``name``'s features (its taps', and its logits when
         several teachers' logits are mixed into the KD target)."""
         spec = self.distill_specs[name]
-        refs = {t.teacher_ref: (t.teacher, t.weight_key) for t in self.distill_taps if t.teacher_name == spec.name}
+        single = len(self.distill_specs) == 1  # its taps carry no teacher name
+        refs = {t.teacher_ref: (t.teacher, t.weight_key) for t in self.distill_taps if single or t.teacher_name == spec.name}
         if self.mixed_kd and spec.kd_mix > 0:  # its share of the mixed KD target
             refs.setdefault(f"{spec.name}/logits", ("logits", "MODEL.DISTILL.KD_WEIGHT"))
         return refs
