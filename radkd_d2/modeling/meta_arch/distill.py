@@ -337,7 +337,7 @@ class DistillMixin(TeacherMixin):
             if len(self.teachers) > 1:
                 raise ConfigError("MODEL.DISTILL.HOLISTIC needs one teacher; MODEL.DISTILL.TEACHERS has several")
             self.student_positions.setdefault("logits", resolve_position(self, "logits", what="student", key="MODEL.DISTILL.HOLISTIC"))
-            self.teacher_positions["teacher"].setdefault("logits", resolve_position(self.teacher, "logits", what="teacher", key="MODEL.DISTILL.HOLISTIC"))
+            next(iter(self.teacher_positions.values())).setdefault("logits", resolve_position(self.teacher, "logits", what="teacher", key="MODEL.DISTILL.HOLISTIC"))
         self.__dict__["_holistic"] = term
 
     def loss_context(self, inputs: List[dict], student: Dict[str, torch.Tensor]) -> dict:
