@@ -59,6 +59,21 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS = False  # align_corners of the logits' upsampling (CE losses, inference); True as SKD/IFVD/CIRKD
 
 
+    # FCOS (Detectron2's class, built from these keys by radkd_d2/modeling/meta_arch/fcos.py).
+    cfg.MODEL.FCOS = CN()
+    cfg.MODEL.FCOS.NUM_CLASSES = 80  # object classes
+    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]  # FPN levels the head reads
+    cfg.MODEL.FCOS.NUM_CONVS = 4  # convs of each head branch
+    cfg.MODEL.FCOS.NORM = "GN"  # head normalisation: "GN", "BN", "" (none)
+    cfg.MODEL.FCOS.PRIOR_PROB = 0.01  # initial foreground probability of the classifier
+    cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5  # positives within this many strides of a box centre
+    cfg.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25  # focal loss alpha
+    cfg.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0  # focal loss gamma
+    cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.2  # inference score threshold
+    cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000  # candidates per level before NMS
+    cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6  # NMS IoU threshold
+
+
 def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL = CN()
     # The student's registered META_ARCHITECTURE, built from this config unchanged: any one with

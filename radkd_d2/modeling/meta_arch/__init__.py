@@ -1,5 +1,6 @@
 """Distillation meta-architectures: ``Distill`` for any registered student, and the family
 names ``DistillSemanticSegmentor``, ``DistillRetinaNet``, ``DistillGeneralizedRCNN``."""
+from .fcos import FCOS
 from .distill import (
     Distill,
     DistillGeneralizedRCNN,
@@ -11,6 +12,7 @@ from .distill import (
 )
 
 __all__ = [
+    "FCOS",
     "Distill",
     "DistillGeneralizedRCNN",
     "DistillMixin",

@@ -217,20 +217,21 @@ class DistillMixin(TeacherMixin):
         }
 
     def _probe_shapes(self, teachers: Dict[str, nn.Module]) -> Tuple[Dict[str, ShapeSpec], Dict[str, ShapeSpec]]:
-        """Channels and sizes of every tapped feature, read from one forward of each model (in
-        eval mode, no gradient) on a blank image: any module path works without declaring its
-        shape. The forwards stop after the last tapped module."""
+        """Channels and sizes of every tapped feature, read from one whole forward of each model
+        (in eval mode, no gradient) on a blank image: any module path works without declaring
+        its shape, and a module called more than once is found here (later forwards stop after
+        the last tapped module)."""
         side = PROBE_SIDE + (-PROBE_SIDE) % max(1, self.frame or getattr(getattr(self, "backbone", None), "size_divisibility", 1) or 1)
         probe = [{"image": torch.full((3, side, side), 128.0), "height": side, "width": side}]
         was = self.training
         nn.Module.train(self, False)
         try:
-            student = self._capture_student(probe, self.student_positions, grad=False)
+            student = self._capture_student(probe, self.student_positions, grad=False, stop_early=False)
         finally:
             nn.Module.train(self, was)
         t_feats: Dict[str, torch.Tensor] = {}
         for name, teacher in teachers.items():
-            t_feats.update(self._capture_teacher(name, teacher, probe))
+            t_feats.update(self._capture_teacher(name, teacher, probe, self.teacher_positions[name], stop_early=False))
         if self.mixed_kd:
             t_feats["logits"] = self._mix(t_feats)
         return _shapes(student), _shapes(t_feats)
@@ -265,27 +266,30 @@ class DistillMixin(TeacherMixin):
             out.append({"image": image, "height": image.shape[-2], "width": image.shape[-1]})
         return out
 
-    def _capture_student(self, inputs: List[dict], positions: Dict[str, Position], grad: bool = True):
+    def _capture_student(self, inputs: List[dict], positions: Dict[str, Position], grad: bool = True,
+                         stop_early: bool = True):
         """Runs the student's own forward on ``inputs`` recording ``positions``; returns
-        ``(features, its result)`` in training, the features only for the shape probe."""
+        ``(features, its result)`` in training, the features only otherwise (``stop_early``: the
+        forward ends after the last position)."""
         backbone = [INPUT.split(":")[0]] if hasattr(self, "backbone") else []
-        cap = FeatureCapture(self, positions, stop_early=not grad, pre_hooks=backbone)
+        cap = FeatureCapture(self, positions, stop_early=stop_early and not grad, pre_hooks=backbone)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()), cap:
             result = self.student_class.forward(self, inputs)
         _check_complete(cap, "the student's", type(self).__name__)
         return (cap.features, result) if grad else cap.features
 
     def _capture_teacher(self, name: str, teacher: nn.Module, batched_inputs: List[dict],
-                         positions: Optional[Dict[str, Position]] = None) -> Dict[str, torch.Tensor]:
+                         positions: Optional[Dict[str, Position]] = None, stop_early: bool = True) -> Dict[str, torch.Tensor]:
         """Teacher ``name``'s features at ``positions`` (default: its taps'); its forward stops
-        after the last of them. With ``positions`` given, also its backbone input (``INPUT``)."""
+        after the last of them unless not ``stop_early``. With ``positions`` given, also its
+        backbone input (``INPUT``)."""
         extra = positions is not None
         positions = self.teacher_positions[name] if positions is None else positions
         if not positions:
             return {}
         inputs = self._teacher_inputs(name, teacher, batched_inputs)
         pre = [INPUT.split(":")[0]] if extra and hasattr(teacher, "backbone") else []
-        cap = FeatureCapture(teacher, positions, stop_early=True, pre_hooks=pre)
+        cap = FeatureCapture(teacher, positions, stop_early=stop_early, pre_hooks=pre)
         with self.teacher_context(self.teacher_dtypes[name], teacher), cap:
             teacher(inputs)
         _check_complete(cap, f"teacher {name!r}'s", type(teacher).__name__)
@@ -350,14 +354,16 @@ class DistillMixin(TeacherMixin):
         if "instances" in first:
             context["boxes"] = [x["instances"].gt_boxes.tensor.to(self.device) for x in inputs]
         head = getattr(self, "sem_seg_head", None)
-        if "sem_seg" in first and head is not None and images is not None:
+        if "sem_seg" in first and hasattr(head, "ignore_value") and images is not None:
             h, w = images.shape[-2:]
             ignore = head.ignore_value
             context["labels"] = torch.stack([
                 F.pad(x["sem_seg"].to(self.device), (0, w - x["sem_seg"].shape[-1], 0, h - x["sem_seg"].shape[-2]), value=ignore)
                 for x in inputs
             ])
-            context.update(ignore_value=ignore, num_classes=head.num_classes)
+            context["ignore_value"] = ignore
+            if hasattr(head, "num_classes"):
+                context["num_classes"] = head.num_classes
         return context
 
     def forward(self, batched_inputs: List[dict]):
