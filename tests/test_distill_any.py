@@ -208,3 +208,36 @@ def test_aliases_name_what_older_configs_named(tmp_path):
             out = model(seg_batch())
         losses.append({k.replace("backbone_res5", "res5"): v.item() for k, v in out.items()})
     assert losses[0] == losses[1] and "loss_distill_lad_res5" in losses[0]
+
+
+# ---- end to end through tools/train_net.py ------------------------------------------------
+FCOS_DISTILL = "configs/synthetic/distill/lad_fpn_fcosx50_fcosr18_tiny_synthetic.yaml"
+
+
+@pytest.mark.slow
+def test_train_net_distils_fcos_and_exports_a_plain_student(data_root, tmp_path):
+    """The shipped "Distill" config with an FCOS student, through tools/train_net.py (the real
+    trainer, COCOEvaluator, checkpointer): every tap's term is logged, the checkpoint holds no
+    teacher, and the exported student is a plain FCOS that train_net evaluates."""
+    from conftest import read_metrics, run_train_net
+    from radkd_d2.engine.setup import load_config
+    from radkd_d2.export import export_student
+    from test_distill_det import SMALL
+
+    out = tmp_path / "run"
+    opts = ["MODEL.DEVICE", "cpu", "DATASETS.ROOT", data_root, "OUTPUT_DIR", out, *SMALL, *SIZE_64,
+            "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 4, "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", 2,
+            "SOLVER.CHECKPOINT_PERIOD", 4, "MODEL.DISTILL.TEACHER.WEIGHTS", "", "MODEL.DISTILL.DIAGNOSTICS_PERIOD", 2,
+            "MODEL.FCOS.SCORE_THRESH_TEST", 0.0]  # fmt: skip
+    run_train_net("--config-file", REPO / FCOS_DISTILL, *opts)
+    rows = read_metrics(out)
+    for key in [f"loss_distill_lad_p{i}" for i in range(3, 8)] + ["loss_distill_lad_head_cls_subnet_0"]:
+        assert any(key in r for r in rows), key
+    assert any("bbox/AP" in r for r in rows)
+    ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert not any(k.startswith("teachers.") for k in ckpt["model"])
+    cfg = load_config(str(REPO / FCOS_DISTILL), [str(x) for x in opts], validate=False)
+    weights, student_cfg = export_student(cfg, str(out / "model_final.pth"), str(tmp_path / "student"))
+    proc = run_train_net("--config-file", student_cfg, "--eval-only", "MODEL.WEIGHTS", weights,
+                         "OUTPUT_DIR", tmp_path / "eval", "DATASETS.ROOT", data_root, *SMALL, *SIZE_64)  # fmt: skip
+    assert "copypaste" in proc.stdout + proc.stderr

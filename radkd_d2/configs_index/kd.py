@@ -54,6 +54,8 @@ HANDWRITTEN_KD: Tuple[KDFamily, ...] = (
              "`coco/distill/*_fpn_*rcnn*`, `tiny_coco/distill/*rcnn*`, "
              "`synthetic/distill/*_fpn_*rcnn*`, `synthetic/demo_rcnn/lad_*`",
              0.0, None, None, ("coco", "tiny_coco", "synthetic"), "DistillGeneralizedRCNN"),
+    KDFamily("Any meta-architecture (`Distill`: FCOS on the synthetic scenes)",
+             "`synthetic/distill/*fcos*`", 0.0, None, None, ("synthetic",), "Distill"),
 )  # fmt: skip
 
 
