@@ -241,3 +241,14 @@ def test_train_net_distils_fcos_and_exports_a_plain_student(data_root, tmp_path)
     proc = run_train_net("--config-file", student_cfg, "--eval-only", "MODEL.WEIGHTS", weights,
                          "OUTPUT_DIR", tmp_path / "eval", "DATASETS.ROOT", data_root, *SMALL, *SIZE_64)  # fmt: skip
     assert "copypaste" in proc.stdout + proc.stderr
+
+
+def test_per_proposal_features_are_refused_with_the_reason(tmp_path):
+    """An R-CNN box head runs on sampled proposals in the student's training forward and on the
+    post-NMS proposals in the teacher's inference forward: their rows do not pair up."""
+    from test_distill_rcnn import rcnn_cfg
+
+    cfg = rcnn_cfg(tmp_path, "MODEL.DISTILL.TAPS", "[['roi_heads.box_head', 'roi_heads.box_head', 'lad', 1.0]]")
+    model = build_model(cfg).train()
+    with EventStorage(0), pytest.raises(ConfigError, match=r"tap roi_heads_box_head: the student feature .* rows but the teacher's .*per-proposal outputs"):
+        model(batch(0))

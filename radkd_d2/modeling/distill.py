@@ -398,7 +398,16 @@ class FeatureDistiller(nn.Module):
         log = self._should_log()
         for tap in self.taps:
             t = as_feature_map(teacher_feats[tap.teacher_ref], f"teacher position {tap.teacher_ref!r}")
-            s = self.align(tap, as_feature_map(student_feats[tap.student], f"student position {tap.student!r}"), t)
+            s = as_feature_map(student_feats[tap.student], f"student position {tap.student!r}")
+            if s.shape[0] != t.shape[0]:
+                raise ConfigError(
+                    f"tap {tap.key}: the student feature at {tap.student!r} has {s.shape[0]} rows but "
+                    f"the teacher's at {tap.teacher!r} {t.shape[0]}: per-proposal outputs (an R-CNN "
+                    "box head) differ between the student's training forward and the teacher's "
+                    "inference forward; tap per-image features (backbone, FPN, heads of dense "
+                    "detectors and segmentors)"
+                )
+            s = self.align(tap, s, t)
             for name, _ in tap.losses:
                 loss = self.losses[f"{tap.key}__{name}"](s, t, **context)
                 losses[tap.term(name)] = loss if factor == 1.0 else loss * factor
