@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-det demo-rcnn test test-fast bench rehearsal clean-output
+.PHONY: setup demo demo-det demo-rcnn test test-fast docs bench rehearsal clean-output
 
 setup:
 	@bash tools/setup_env.sh
@@ -32,6 +32,11 @@ test: setup
 test-fast: setup
 	@$(PYTEST) tests -m "not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+## The documentation site (Sphinx + MyST) into docs/_build/html, warnings as errors, as
+## tests/test_docs.py builds it in make test. Open docs/_build/html/index.html.
+docs: setup
+	OMP_NUM_THREADS=1 $(PY) -m sphinx -W --keep-going -n -b html docs docs/_build/html
 
 bench: setup
 	$(PY) bench/bench_losses.py
