@@ -72,7 +72,7 @@ def _scene(rng, h, w, classes):
         y, x = rng.integers(0, h - 16), rng.integers(0, w - 16)
         dy, dx = rng.integers(8, 24), rng.integers(8, 24)
         label[y : y + dy, x : x + dx] = cls
-        image[y : y + dy, x : x + dx] = (60 * cls) % 256, 255 - 50 * cls, 40 * cls
+        image[y : y + dy, x : x + dx] = (60 * cls) % 256, (255 - 50 * cls) % 256, (40 * cls) % 256
     return image, label
 
 
@@ -99,9 +99,8 @@ def fabricate_own_teacher(work: Path) -> None:
             label[label == 255] = 11
             Image.fromarray(image).save(_mk(root / split / f"frame{i:03d}.png"))
             Image.fromarray(label).save(_mk(root / f"{split}annot" / f"frame{i:03d}.png"))
-    text = (GUIDES / "own_teacher.md").read_text()
-    (config_path, config), = [(p, c) for k, p, c in guide_steps(text) if p.endswith("teacher_pspnet_r101_mmseg.yaml")]
-    _mmlab_checkpoint(work, config_path, config, "mmseg_pspnet", work / "downloads" / "pspnet_r101_camvid_mmseg.pth")
+    _mmlab_checkpoint(work, "own_teacher", "my_camvid/teacher_pspnet_r101_mmseg.yaml", "mmseg_pspnet",
+                      work / "downloads" / "pspnet_r101_camvid_mmseg.pth")
 
 
 def fabricate_own_detector(work: Path) -> None:
@@ -126,9 +125,8 @@ def fabricate_own_detector(work: Path) -> None:
                     })
         coco = {"images": images, "annotations": annotations, "categories": categories}
         _mk(root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
-    text = (GUIDES / "own_detector.md").read_text()
-    (config_path, config), = [(p, c) for k, p, c in guide_steps(text) if p.endswith("teacher_retinanet_mmdet.yaml")]
-    _mmlab_checkpoint(work, config_path, config, "mmdet_retinanet", work / "downloads" / "retinanet_x101_mmdet.pth")
+    _mmlab_checkpoint(work, "own_detector", "my_boxes/teacher_retinanet_x101_mmdet.yaml", "mmdet_retinanet",
+                      work / "downloads" / "retinanet_x101_mmdet.pth")
 
 
 def _mk(path: Path) -> Path:
@@ -136,7 +134,7 @@ def _mk(path: Path) -> Path:
     return path
 
 
-def _mmlab_checkpoint(work: Path, config_path: str, config: str, source: str, out: Path) -> None:
+def _mmlab_checkpoint(work: Path, guide: str, config_path: str, source: str, out: Path) -> None:
     """The model the guide's config builds, random weights, in ``source``'s key names, saved the
     way OpenMMLab saves a checkpoint (``{"meta": ..., "state_dict": ...}``)."""
     import torch
@@ -145,7 +143,10 @@ def _mmlab_checkpoint(work: Path, config_path: str, config: str, source: str, ou
     from radkd_d2.checkpoint import to_source_naming
     from radkd_d2.engine.setup import load_config
 
-    _mk(work / config_path).write_text(config)
+    files = [(work / p, c) for k, p, c in guide_steps((GUIDES / f"{guide}.md").read_text()) if k == "file"]
+    assert config_path in [str(p.relative_to(work)) for p, _ in files], f"{guide} writes no {config_path}"
+    for path, content in files:  # the config and its _BASE_ files, as the guide will write them
+        _mk(path).write_text(content)
     cwd = os.getcwd()
     os.chdir(work)  # _BASE_ chains and relative paths as the guide's commands see them
     try:
@@ -153,7 +154,8 @@ def _mmlab_checkpoint(work: Path, config_path: str, config: str, source: str, ou
         model = build_model(load_config(config_path, ["MODEL.DEVICE", "cpu"], validate=False))
     finally:
         os.chdir(cwd)
-    (work / config_path).unlink()  # the guide writes it itself
+    for path, _ in files:
+        path.unlink()  # the guide writes them itself
     state, unexpressed = to_source_naming(source, model.state_dict())
     assert not unexpressed, unexpressed
     torch.save({"meta": {"fabricated": "tests/test_guides.py"}, "state_dict": state}, _mk(out))
@@ -164,8 +166,15 @@ FABRICATE = {"own_data": fabricate_own_data, "own_teacher": fabricate_own_teache
 PRODUCTS = {
     "own_data": ["output/my_data/student/model_student.onnx", "output/my_data/student/model_student.pth",
                  "output/my_data/report/report.md"],
-    "own_teacher": ["weights/teacher_pspnet_r101_camvid.pth", "output/camvid_mmseg/student/model_student.ts"],
-    "own_detector": ["weights/teacher_retinanet_x101.pth", "output/my_boxes/student/model_student.onnx"],
+    "own_teacher": ["weights/teacher_pspnet_r101_camvid.pth", "output/camvid_mmseg/exported/model_student.ts"],
+    "own_detector": ["weights/teacher_retinanet_x101.pth", "output/my_boxes/exported/model_student.onnx"],
+}
+
+# what each guide's output must say (the conversions map every key; the evaluations ran)
+EXPECTED_OUTPUT = {
+    "own_data": ["mIoU", "model_student.onnx"],
+    "own_teacher": ["mmseg_pspnet: ", " 0 unused source keys, 0 missing target keys, 0 shape mismatches", "mIoU"],
+    "own_detector": ["mmdet_retinanet: ", " 0 unused source keys, 0 missing target keys, 0 shape mismatches", "AP50"],
 }
 
 
@@ -192,5 +201,7 @@ def test_guide_runs_as_written(name, tmp_path):
     proc = subprocess.run(["bash", str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=1500)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"guide {name}: the script failed (exit {proc.returncode}):\n{out[-6000:]}"
+    for text in EXPECTED_OUTPUT[name]:
+        assert text in out, f"guide {name}: {text!r} is not in its output:\n{out[-3000:]}"
     for product in PRODUCTS[name]:
         assert (work / product).is_file(), f"guide {name} did not produce {product}:\n{out[-3000:]}"
