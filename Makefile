@@ -44,7 +44,7 @@ bench: setup
 ## Full-size rehearsal on CPU (not part of make test): one distillation config per family of the
 ## index (Cityscapes/VOC/ADE20K segmentation, Table 7 RetinaNet, Faster/Mask R-CNN) on fabricated
 ## data at the config's real size, 2 training iterations + one evaluation each, through the
-## README's train command; writes output/rehearsal/rehearsal.md (build, step, peak memory, eval,
+## documented train command; writes output/rehearsal/rehearsal.md (build, step, peak memory, eval,
 ## step / floor). REHEARSAL_ARGS: e.g. --families cityscapes, --reduced, --memory-limit-gib 12.
 rehearsal: setup
 	$(PY) tools/rehearsal.py --out output/rehearsal $(REHEARSAL_ARGS)

@@ -479,8 +479,8 @@ and cached on first use), so no teacher has to be trained; `tests/test_rcnn_conf
 that each file builds exactly the model-zoo model. Each method keeps its published two-stage
 setting (levels and coefficients, named in each file). The reference column gives a published
 number for the row where one exists, with its source; none is the paper's, and LAD's default
-weight is not validated on two-stage detectors (the README's R-CNN section measures it on
-synthetic scenes).
+weight is not validated on two-stage detectors (docs/results/2026-12-05-demo-rcnn.md measures it
+on synthetic scenes).
 
 A distilled student therefore has exactly the keys of its baseline file. A distillation config
 names its teacher's config and `output/<dataset>/<teacher run>/model_final.pth`: train the
