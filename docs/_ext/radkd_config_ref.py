@@ -194,7 +194,9 @@ class ConfigKeysDirective(SphinxDirective):
     option_spec = {"prefix": directives.unchanged, "exclude": directives.unchanged}
 
     def run(self) -> List[nodes.Node]:
-        root = Path(self.env.srcdir).parent
+        import radkd_d2
+
+        root = Path(radkd_d2.__file__).resolve().parent.parent  # the package imported, wherever
         prefixes = (self.options.get("prefix") or "").split()
         excludes = (self.options.get("exclude") or "").split()
         selected = [
