@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-det demo-rcnn test test-fast bench rehearsal clean-output
+.PHONY: setup demo demo-det demo-rcnn test test-fast docs bench rehearsal clean-output
 
 setup:
 	@bash tools/setup_env.sh
@@ -33,13 +33,18 @@ test-fast: setup
 	@$(PYTEST) tests -m "not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
+## The documentation site (Sphinx + MyST) into docs/_build/html, warnings as errors, as
+## tests/test_docs.py builds it in make test. Open docs/_build/html/index.html.
+docs: setup
+	OMP_NUM_THREADS=1 $(PY) -m sphinx -W --keep-going -n -b html docs docs/_build/html
+
 bench: setup
 	$(PY) bench/bench_losses.py
 
 ## Full-size rehearsal on CPU (not part of make test): one distillation config per family of the
 ## index (Cityscapes/VOC/ADE20K segmentation, Table 7 RetinaNet, Faster/Mask R-CNN) on fabricated
 ## data at the config's real size, 2 training iterations + one evaluation each, through the
-## README's train command; writes output/rehearsal/rehearsal.md (build, step, peak memory, eval,
+## documented train command; writes output/rehearsal/rehearsal.md (build, step, peak memory, eval,
 ## step / floor). REHEARSAL_ARGS: e.g. --families cityscapes, --reduced, --memory-limit-gib 12.
 rehearsal: setup
 	$(PY) tools/rehearsal.py --out output/rehearsal $(REHEARSAL_ARGS)

@@ -13,6 +13,12 @@ REQUIREMENTS = [
     for line in (ROOT / "requirements.txt").read_text().splitlines()
     if line.split("#")[0].strip() and not line.startswith("pytest")
 ]
+DOCS = ROOT / "requirements-docs.txt"  # the site's (make docs); an extra, not a runtime need
+DOCS_REQUIREMENTS = [
+    line.split("#")[0].strip()
+    for line in (DOCS.read_text().splitlines() if DOCS.exists() else [])
+    if line.split("#")[0].strip()
+]
 
 setup(
     name="radkd-d2",
@@ -23,5 +29,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["radkd_d2", "radkd_d2.*"]),
     install_requires=REQUIREMENTS,
+    extras_require={"docs": DOCS_REQUIREMENTS},
     entry_points={"console_scripts": ["radkd-train-net = radkd_d2.train_net:cli"]},
 )

@@ -132,7 +132,7 @@ def test_sem_seg_test_resize_follows_min_size_test(tmp_path):
 
 @needs_shared
 def test_coco_2017_is_found_under_datasets_root(tmp_path):
-    """The README's COCO command passes DATASETS.ROOT: Detectron2's coco_2017_* names are found
+    """The documented COCO command (docs/detection.md) passes DATASETS.ROOT: Detectron2's coco_2017_* names are found
     there, in COCO's layout, with Detectron2's metadata, before any model is built."""
     from radkd_d2.engine.checks import validate_config
 

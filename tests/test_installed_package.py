@@ -20,7 +20,7 @@ def test_wheel_installed_outside_the_repo_builds_a_distillation_model(tmp_path):
     # build from a copy of what the wheel is made of: setuptools writes build/ next to setup.py
     src = tmp_path / "src"
     shutil.copytree(REPO / "radkd_d2", src / "radkd_d2", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("setup.py", "requirements.txt", "README.md"):
+    for name in ("setup.py", "requirements.txt", "requirements-docs.txt", "README.md"):
         shutil.copy2(REPO / name, src / name)
     wheels = tmp_path / "wheels"
     subprocess.run(

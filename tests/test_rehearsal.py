@@ -1,5 +1,5 @@
 """tools/rehearsal.py (``make rehearsal``): one config per family of the index, its fabricated
-data, generated teacher weights, the README's train command and the floor -- here at CPU-test
+data, generated teacher weights, the documented train command and the floor -- here at CPU-test
 size (``--reduced``), so that a family whose configs no longer build, load, train or evaluate
 fails the suite. Timings are not asserted (a loaded machine), only that they were measured."""
 from __future__ import annotations

@@ -24,11 +24,11 @@ gradient balance of every term at every FPN level.
 
 ``--task rcnn`` (``make demo-rcnn``): Mask R-CNN X50-tiny teacher -> Mask R-CNN MobileNetV2 x0.5
 student on the synthetic scenes with masks; arms: no KD and LAD on P2-P6. Scored by box and mask
-AP (README, "Faster and Mask R-CNN students").
+AP (docs/detection.md, "Faster and Mask R-CNN students").
 
 Every run is scored on the held-out test split (256 scenes from their own random stream); each
-regime was chosen on the validation split (README, "What the demo does and prints" and "The
-detection demo"). The report (``radkd_d2.evaluation.report``) gives per arm the mean ± sample
+regime was chosen on the validation split (docs/results/2026-12-05-demo-seg.md and
+2026-12-05-demo-det.md). The report (``radkd_d2.evaluation.report``) gives per arm the mean ± sample
 std over seeds and Δ vs no KD ± its standard error, marked significant only when Δ > 2·SE; it is
 written with times to ``<output>/report.md`` (CSV tables in ``<output>/report/``) and printed.
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Write the config matrix of the paper's Tables 1, 3, 5, 6 and Fig. 1
 (``configs/{cityscapes,voc,ade20k}/*.yaml``), of Table 7 and the Faster / Mask R-CNN
-distillations (``configs/coco/``) and ``configs/README.md`` from ``radkd_d2/configs_index/``.
+distillations (``configs/coco/``), ``configs/README.md`` and each family's
+``configs/<dataset>/README.md`` (its reference numbers beside what radkd-d2 measured) from
+``radkd_d2/configs_index/``.
 
     python tools/make_config_matrix.py           # (re)write what differs; idempotent
     python tools/make_config_matrix.py --check   # exit 1 if a file differs from what it would write
@@ -477,8 +479,8 @@ and cached on first use), so no teacher has to be trained; `tests/test_rcnn_conf
 that each file builds exactly the model-zoo model. Each method keeps its published two-stage
 setting (levels and coefficients, named in each file). The reference column gives a published
 number for the row where one exists, with its source; none is the paper's, and LAD's default
-weight is not validated on two-stage detectors (the README's R-CNN section measures it on
-synthetic scenes).
+weight is not validated on two-stage detectors (docs/results/2026-12-05-demo-rcnn.md measures it
+on synthetic scenes).
 
 A distilled student therefore has exactly the keys of its baseline file. A distillation config
 names its teacher's config and `output/<dataset>/<teacher run>/model_final.pth`: train the
@@ -550,6 +552,93 @@ configs have no logit KD (`KD_WEIGHT` 0, MGD's `use_logit` False), nor have the 
     return text.rstrip("\n") + "\n"
 
 
+# What radkd-d2 has measured with each family's configs (written by hand, with dates and
+# sources; the reference numbers beside them come from the index). Update when a run finishes.
+FAMILY_MEASURED = {
+    "cityscapes": """\
+No config of this family has been trained to the end here: no GPU run so far. What was measured:
+
+- **Full-size rehearsal** (`make rehearsal`, 2026-12-08, a 2-core CPU, fabricated images in
+  Cityscapes' layout, generated teacher weights): `lad_res5_pspr101_pspr18_80k_cityscapes.yaml`
+  at its real size (crop 512x1024, 2 images per process) builds in 9.3 s, takes 29.62 s per
+  training step at 4.9 GiB peak memory, and costs 1.06x its floor (the teacher's forward plus
+  the plain student's step): [Performance](../../docs/performance.md).
+- **Parameters** of every model of the matrix against its reference definition
+  (`python tools/list_configs.py --params`; `tests/test_model_params.py`): equal, or differing
+  by the documented amounts in `configs/README.md`.
+- **`deeplab_edgetpu_cityscapes.yaml`**, the shared Cityscapes MobileNet-EdgeTPU DeepLab after
+  conversion (2026-12-07): argmax agreement 0.954 with the reference interpreter's logits on 8
+  CamVid frames at 513x513 (`tests/test_edgetpu_deeplab.py`); on CamVid it is the teacher of
+  [2026-12-08](../../docs/results/2026-12-08-camvid-cityscapes-teacher.md).
+""",
+    "voc": """\
+No config of this family has been trained to the end here: no GPU run so far. What was measured:
+
+- **Full-size rehearsal** (`make rehearsal`, 2026-12-08, a 2-core CPU, fabricated images in
+  VOC's and SBD's layouts): `lad_res5_dlv3r101_dlv3r18_40k_voc.yaml` at its real size (crop
+  512x512, 2 images per process) builds in 5.6 s, takes 17.12 s per training step at 3.1 GiB
+  peak memory, 1.03x its floor: [Performance](../../docs/performance.md).
+""",
+    "ade20k": """\
+No config of this family has been trained to the end here: no GPU run so far. What was measured:
+
+- **Full-size rehearsal** (`make rehearsal`, 2026-12-08, a 2-core CPU, fabricated images in
+  ADE20K's layout): `lad_res5_dlv3r101_dlv3r18_40k_ade20k.yaml` at its real size (crop
+  512x512, 2 images per process) builds in 8.2 s, takes 20.55 s per training step at 4.6 GiB
+  peak memory, 1.11x its floor: [Performance](../../docs/performance.md).
+""",
+    "coco": """\
+No config of this family has been trained to the end here: no GPU run so far. What was measured:
+
+- **Full-size rehearsal** (`make rehearsal`, 2026-12-08, a 2-core CPU, images of tiny COCO in
+  COCO 2017's layout, generated teacher weights), 2 images per process at the configs' input
+  sizes: `lad_fpn_retx101_retr50_2x_coco.yaml` 37.46 s per step, 6.7 GiB, 1.00x its floor;
+  `lad_fpn_frcnnr101_frcnnr50_2x_coco.yaml` 25.91 s, 4.2 GiB, 1.15x;
+  `lad_fpn_mrcnnr101_mrcnnr50_2x_coco.yaml` 30.33 s, 4.4 GiB (its floor process diverged on
+  random weights): [Performance](../../docs/performance.md).
+- The same methods at CPU size, on synthetic scenes: the detection demo (LAD on P3-P7 +4.1 ±
+  0.5 box AP over no KD, MGD +0.3 ± 0.2; 2026-12-05) and the two-stage demo (LAD on P2-P6 +6.91
+  ± 0.51 box AP; 2026-12-05): [results](../../docs/results/index.md). They are not these configs
+  and not COCO.
+""",
+}
+
+
+def render_family_readme(key: str) -> str:
+    """``configs/<key>/README.md``: the family's configs, the numbers they should reproduce (the
+    paper's, or a published one with its source) and what radkd-d2 measured, kept apart."""
+    rows = [r for r in all_rows() if r.dataset == key]
+    title = {**{k: d.title for k, d in DATASETS.items()}, COCO.key: "COCO"}.get(key, key)
+    recipes = sorted({Path(r.run.path).parent.as_posix() for r in rows})
+    prepare = "datasets/README.md" if key != COCO.key else "datasets/README.md (COCO 2017's own layout)"
+    n_files = len({r.run.path for r in rows})
+    return f"""{GENERATED.replace("# ", "<!-- ", 1)} -->
+
+# {title} configs
+
+{n_files} config files of the paper's matrix, generated with this file by
+`tools/make_config_matrix.py` from `radkd_d2/configs_index/` (the measured section at the end is
+that script's `FAMILY_MEASURED`, written by hand), in
+{", ".join(f"`{r}/`" for r in recipes)}. Data: {prepare}. Every row of the tables below names
+the config that reproduces it; train a distillation row's teacher first. The whole matrix, how the
+files inherit and the models' parameter counts: [`configs/README.md`](../README.md).
+
+## Reference numbers (not measured here)
+
+The number beside each config is the one it should reproduce: the paper's (*Rethinking Knowledge
+Distillation with Raw Features for Semantic Segmentation*, WACV), as printed in the table named
+in the heading; rows marked `*` in Table 3 are CIRKD's numbers, quoted by the paper; rows beyond
+the paper give a published number and its source, or none. None of them is radkd-d2's
+measurement.
+
+{markdown_tables(rows, links_from=f"configs/{key}", level=3).rstrip()}
+
+## Measured by radkd-d2
+
+{FAMILY_MEASURED[key].rstrip()}
+"""
+
+
 def expected_files() -> Dict[str, str]:
     """{repository-relative path: content} of everything the generator owns."""
     rows_by_path: Dict[str, list] = {}
@@ -567,6 +656,8 @@ def expected_files() -> Dict[str, str]:
             render = render_distill if run.role == "distill" else render_plain
         files[run.path] = render(run, rows_by_path)
     files["configs/README.md"] = render_readme()
+    for key in sorted({r.dataset for r in all_rows()}):
+        files[f"configs/{key}/README.md"] = render_family_readme(key)
     return files
 
 

@@ -5,8 +5,9 @@
 #        RADKD_VENV=/path/venv bash tools/setup_env.sh
 #
 # Steps: venv -> torch/torchvision -> repacked Detectron2 wheel -> other pinned packages
-#        -> `pip install -e .` -> import/build check. A complete venv is detected by a stamp
-#        holding the hash of this script and requirements.txt, so a second run takes seconds.
+#        (requirements.txt, and requirements-docs.txt for the documentation site) -> `pip install -e .`
+#        -> import/build check. A complete venv is detected by a stamp holding the hash of this
+#        script and the requirement files, so a second run takes seconds.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,13 +22,14 @@ trap 'rc=$?; [ $rc -ne 0 ] && echo "[setup] FAILED at step '"'"'$STEP'"'"' (exit
 step() { STEP="$1"; echo "[setup] $1"; }
 
 stamp_value() {
-  cat "$ROOT/tools/setup_env.sh" "$ROOT/requirements.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/tools/setup_env.sh" "$ROOT/requirements.txt" "$ROOT/requirements-docs.txt" "$ROOT/setup.py" \
+    | sha256sum | cut -d' ' -f1
 }
 STAMP="$VENV/.radkd-setup-complete"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ] && [ -x "$VENV/bin/python" ]; then
   step "check existing venv at $VENV"
-  if "$VENV/bin/python" -c "import torch, torchvision, detectron2, fvcore, pycocotools, cv2, pytest, xdist, onnx, onnxruntime, radkd_d2" 2>/dev/null; then
+  if "$VENV/bin/python" -c "import torch, torchvision, detectron2, fvcore, pycocotools, cv2, pytest, xdist, onnx, onnxruntime, sphinx, myst_parser, furo, radkd_d2" 2>/dev/null; then
     echo "[setup] venv complete, nothing to do"
     exit 0
   fi
@@ -74,8 +76,9 @@ if [ ! -f "$D2_WHEEL" ]; then
   rm -rf "$WORK"
 fi
 
-step "install Detectron2 and pinned requirements"
-"${PIP[@]}" install -q "$D2_WHEEL" -r "$ROOT/requirements.txt" || fail "pip install of detectron2 + requirements.txt failed"
+step "install Detectron2 and pinned requirements (runtime, tests, docs)"
+"${PIP[@]}" install -q "$D2_WHEEL" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-docs.txt" \
+  || fail "pip install of detectron2 + requirements.txt + requirements-docs.txt failed"
 
 step "install radkd-d2 (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT" || fail "pip install -e . failed"

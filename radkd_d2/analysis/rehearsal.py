@@ -18,7 +18,7 @@ size (or, ``reduced``, at CPU-test size):
    (MODEL.CPU_KEEP_FREED_MEMORY); the floor is the median round. The distilled step takes its
    turn in each round too, on the same batch (a like-for-like ratio where train_net's batches
    vary in size);
-4. **train** (a subprocess): the README's command, ``python tools/train_net.py --config-file CFG
+4. **train** (a subprocess): the documented command, ``python tools/train_net.py --config-file CFG
    --num-gpus 1 ...``, with the per-GPU share of the 8-GPU batch, 2 iterations and the
    evaluation pass that ends training; start-up (build) time, the last iteration's
    ``step_time`` (``metrics.json``), the evaluation's time and the peak resident memory
@@ -66,7 +66,7 @@ from radkd_d2.modeling.teacher import load_teacher_cfg
 
 from .fabricate import cityscapes_label_ids, coco_layout, fake_ade20k, fake_cityscapes, fake_voc
 
-RECIPE_GPUS = 8  # the configs' SOLVER.IMS_PER_BATCH is for the README's --num-gpus 8
+RECIPE_GPUS = 8  # the configs' SOLVER.IMS_PER_BATCH is for the documented --num-gpus 8
 GIB = 2**30
 
 
@@ -505,7 +505,7 @@ def rehearse(row: Row, s: Settings, prepared: Dict[str, str]) -> Result:
         res.status = floor_status or "the generated weights are missing"
         return res
 
-    # 4: the README's command
+    # 4: the documented command
     readme = train_command(row.run, num_gpus=1).split()  # python tools/train_net.py --config-file ...
     cmd = [*readme[1:], *opts]
     res.command = " ".join(readme + [_quote(_rel(Path(o), s.repo) if os.sep in o else o) for o in opts])

@@ -4,6 +4,7 @@ Detectron2 model-zoo files into this project's models (see :mod:`radkd_d2.checkp
 from .convert import (
     CONVERTERS,
     convert_checkpoint,
+    convert_tf_deeplab_edgetpu,
     load_source_state_dict,
     mmdet_anchor_permutation,
     save_d2_checkpoint,
@@ -17,6 +18,7 @@ __all__ = [
     "ConversionReport",
     "WeightConversionError",
     "convert_checkpoint",
+    "convert_tf_deeplab_edgetpu",
     "load_source_state_dict",
     "mmdet_anchor_permutation",
     "save_d2_checkpoint",

@@ -265,8 +265,9 @@ RCNN_METHODS: Dict[str, MethodSpec] = {
              _RCNN4, **{"PKD.BATCH_STATS": True}),
         _fpn("lad", "LAD (Ours)", 10.0,
              "LAD (Eq. 5) on every FPN level p2-p6, lambda_ad = 10 per level (the paper's default; "
-             "not validated on two-stage detectors: on the synthetic scenes it lowered a Mask "
-             "R-CNN student's AP, see the README)", RCNN_LEVELS),
+             "not validated on two-stage detectors: on the synthetic scenes it helped a Mask "
+             "R-CNN student far from its plateau and hurt one near it, see "
+             "docs/results/2026-12-05-demo-rcnn.md)", RCNN_LEVELS),
         _fpn("cad", "CAD (Ours)", 10.0,
              "CAD (Eq. 7) on every FPN level p2-p6, lambda_ad = 10 per level (the paper's "
              "default)", RCNN_LEVELS),

@@ -1,5 +1,5 @@
 """The logit KD (lambda_kd, reduction, K) of every config family, for the checks of
-tests/test_configs_kd.py and the README table."""
+tests/test_configs_kd.py and the table of docs/config.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,8 @@ Tables 1, 3, 5, 6, 7 and Fig. 1 (and of the Faster / Mask R-CNN matrix beyond th
 printed listing with train commands."""
 from __future__ import annotations
 
+import posixpath
+
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -392,12 +394,17 @@ def format_rows(rows: Sequence[Row], num_gpus: int = 8) -> str:
     return "\n".join(lines)
 
 
-def markdown_tables(rows: Optional[Sequence[Row]] = None, num_gpus: int = 8) -> str:
-    """One Markdown table per (paper table, data set): row, paper number, config file."""
+def markdown_tables(
+    rows: Optional[Sequence[Row]] = None, num_gpus: int = 8, links_from: str = "configs", level: int = 3
+) -> str:
+    """One Markdown table per (paper table, data set): row, paper number, config file.
+
+    ``links_from``: the folder the Markdown file is in (config links are relative to it);
+    ``level``: the heading level of each table's title."""
     rows = all_rows() if rows is None else rows
     out = []
     for (table, dataset), group in _groups(rows):
-        out += [f"### {TABLES[table]} -- {dataset_titles()[dataset]}", ""]
+        out += [f"{'#' * level} {TABLES[table]} -- {dataset_titles()[dataset]}", ""]
         teacher = "`teacher_*`" if group[0].metric == "mIoU" else "teacher"
         needs = (
             "load their teacher's weights from Detectron2's model zoo (no teacher to train)"
@@ -413,7 +420,7 @@ def markdown_tables(rows: Optional[Sequence[Row]] = None, num_gpus: int = 8) -> 
         out += [f"| Row | {head} | Config |", "| --- | ---: | --- |"]
         for r in group:
             out.append(
-                f"| {r.label} | {_score(r)} | [`{r.run.name}`]({r.run.path[len('configs/'):]}) |"
+                f"| {r.label} | {_score(r)} | [`{r.run.name}`]({posixpath.relpath(r.run.path, links_from)}) |"
             )
         out.append("")
     return "\n".join(out)

@@ -95,7 +95,7 @@ class SKDLoss(DistillLoss):
 # the released code of SKD (irfanICMLL/structure_knowledge_distillation, networks/kd_model.py,
 # utils/train_options.py), IFVD (YukangWang/IFVD) and CWD (irfanICMLL/TorchDistiller,
 # SemSeg-distill) where they agree; D's optimizer where they do not: Adam as IFVD and CWD (SKD:
-# SGD, momentum 0.9, weight decay 5e-4). WEIGHT 0: off. The per-method values: README.
+# SGD, momentum 0.9, weight decay 5e-4). WEIGHT 0: off. The per-method values: docs/losses.md.
 HOLISTIC_CONFIG = LossConfig(
     "HOLISTIC",
     Option("WEIGHT", "weight", 0.0, "lambda of the student's term -E[D(student)] (loss_distill_holistic); 0: no critic (SKD --lambda-d 0.1, IFVD/CWD --lambda-adv 0.001)"),
