@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-det demo-rcnn test test-fast docs bench rehearsal clean-output
+.PHONY: setup demo demo-det demo-rcnn demo-multi test test-fast docs bench rehearsal clean-output
 
 setup:
 	@bash tools/setup_env.sh
@@ -18,6 +18,11 @@ demo-det: setup
 ## Two-stage demo: Mask R-CNN X50-tiny -> Mask R-CNN MobileNetV2 x0.5 (no KD, LAD on P2-P6).
 demo-rcnn: setup
 	$(PY) tools/demo.py --task rcnn
+
+## Multi-teacher demo: two teachers, each trained on half the classes -> the student under each
+## alone and under both (MODEL.DISTILL.TEACHERS); one run at a time on one thread.
+demo-multi: setup
+	$(PY) tools/demo.py --task multi
 
 ## Tests (CPU), one pytest worker per core, one thread each (the subprocess trainings the tests
 ## start inherit OMP_NUM_THREADS=1, so the workers do not oversubscribe the cores).

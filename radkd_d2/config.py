@@ -131,6 +131,7 @@ def _add_data_config(cfg: CN) -> None:
     cfg.DATASETS.SYNTHETIC.TEST_STREAM = 0  # random stream of the test split; a new value: fresh scenes
     cfg.DATASETS.SYNTHETIC.SIZE = 96  # side of the square synthetic images
     cfg.DATASETS.SYNTHETIC.SEED = 0  # generator seed; same seed gives identical files
+    cfg.DATASETS.SYNTHETIC.PARTIAL_IGNORE = []  # class ids synthetic_sem_seg_train_partial marks ignored (registered when set)
 
 
 def _add_solver_config(cfg: CN) -> None:

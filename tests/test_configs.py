@@ -36,6 +36,10 @@ def test_config_loads_and_builds(config, tmp_path):
     _shrink(cfg)
     if cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE:
         cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = str(REPO / cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE)
+    # several teachers: each built from its own file, without the weights a demo trains first
+    cfg.MODEL.DISTILL.TEACHERS = [
+        dict(e, CONFIG_FILE=str(REPO / e["CONFIG_FILE"]), WEIGHTS="") for e in cfg.MODEL.DISTILL.TEACHERS
+    ]
     model = build_model(cfg)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert n_trainable > 0

@@ -57,10 +57,12 @@ def _teacher(config_file: str, opts: tuple):
 def test_pixel_mean_and_std_follow_format_and_weights(config, tmp_path):
     cfg = load_cfg(config, data_root=tmp_path, validate=False)
     assert not convention_errors(cfg), (str(config), convention_errors(cfg))
-    teacher = cfg.MODEL.DISTILL.TEACHER
-    if cfg.MODEL.META_ARCHITECTURE.startswith("Distill"):
-        tcfg = _teacher(teacher.CONFIG_FILE, tuple(teacher.OPTS))
-        assert not convention_errors(tcfg), (teacher.CONFIG_FILE, convention_errors(tcfg))
+    if cfg.MODEL.META_ARCHITECTURE.startswith("Distill"):  # the teacher, or every teacher
+        t = cfg.MODEL.DISTILL.TEACHER
+        teachers = [(e["CONFIG_FILE"], tuple(e.get("OPTS", ()))) for e in cfg.MODEL.DISTILL.TEACHERS]
+        for config_file, opts in teachers or [(t.CONFIG_FILE, tuple(t.OPTS))]:
+            tcfg = _teacher(config_file, opts)
+            assert not convention_errors(tcfg), (config_file, convention_errors(tcfg))
 
 
 def test_the_check_catches_a_mixed_order(tmp_path):

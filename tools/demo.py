@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """The main job: teacher -> student distillation on the embedded synthetic data, with a report.
 
-Three tasks, one shape. The regime is the paper's at small scale: the students do not start from
+Four tasks, one shape. The regime is the paper's at small scale: the students do not start from
 nothing but from one shared, briefly trained checkpoint (the paper's start from ImageNet
 weights), and only the distilled arms continue under the teacher. In order:
 
-1. the teacher (``--teacher-iters``);
+1. the teacher, or teachers (``--teacher-iters``);
 2. the starting point: the student without KD (``--start-iters``);
 3. ``--seeds`` times (default 3), from that checkpoint, ``--iters`` more iterations of every
    student arm: the student without KD and the distilled arms.
@@ -26,13 +26,22 @@ gradient balance of every term at every FPN level.
 student on the synthetic scenes with masks; arms: no KD and LAD on P2-P6. Scored by box and mask
 AP (docs/detection.md, "Faster and Mask R-CNN students").
 
+``--task multi`` (``make demo-multi``): two PSPNet-R18 x1/2 teachers, A trained with ring and
+cross marked ignored in its labels, B with disk, square and triangle ignored (each strong on its
+half, blind on the other; ``DATASETS.SYNTHETIC.PARTIAL_IGNORE``), on 64 px scenes; the PSPNet-R18
+x1/4 student (150 shared + 300) without KD, under A alone, under B alone and under both
+(``MODEL.DISTILL.TEACHERS``, the KD target the mean of their probabilities). ``--split val
+--regime all`` runs every regime of ``MULTI_REGIMES`` and applies the rule fixed in advance;
+the test split runs the chosen one (``MULTI_CHOICE``) and answers one question, paired over
+seeds: both teachers vs the better single teacher. One run at a time on one thread by default.
+
 Every run is scored on the held-out test split (256 scenes from their own random stream); each
 regime was chosen on the validation split (docs/results/2026-12-05-demo-seg.md and
 2026-12-05-demo-det.md). The report (``radkd_d2.evaluation.report``) gives per arm the mean ± sample
 std over seeds and Δ vs no KD ± its standard error, marked significant only when Δ > 2·SE; it is
 written with times to ``<output>/report.md`` (CSV tables in ``<output>/report/``) and printed.
 
-    python tools/demo.py [--task seg|det|rcnn] [--output DIR] [--iters N] [--seeds N]
+    python tools/demo.py [--task seg|det|rcnn|multi] [--output DIR] [--iters N] [--seeds N]
 
 Seeds: seed k of a student arm trains with SEED = 42 + k into ``<output>/<arm>/seed<k>/``; the
 teacher and the starting point train once, with SEED 42. By default (``--lanes 2``) the teacher
@@ -85,6 +94,20 @@ RCNN_ITERATIONS = (1500, 200, 300)
 
 
 @dataclass(frozen=True)
+class Arm:
+    """One student arm of a demo: ``name`` (its runs' arm, the report's row), trained from
+    ``config`` into ``<output>/<folder>/`` with ``opts`` on top of the shared overrides, after
+    the ``teachers`` (their run names) it distils from."""
+
+    label: str
+    config: str
+    name: str
+    folder: str
+    opts: Tuple[str, ...] = ()
+    teachers: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DemoTask:
     """What one task of the demo trains and reports.
 
@@ -92,7 +115,7 @@ class DemoTask:
     lines of Δ ± SE over seeds; ``columns`` the per-run table's ``(header, metric)`` pairs."""
 
     name: str
-    teacher: Tuple[str, str, str]
+    teachers: Tuple[Tuple[str, str, str], ...]
     start: Tuple[str, str, str]
     students: Tuple[Tuple[str, str, str], ...]
     distilled: FrozenSet[str]
@@ -107,20 +130,131 @@ class DemoTask:
     steps: Optional[Tuple[float, ...]] = None
     # metrics of the contrast lines (default: ``metric`` alone)
     contrast_metrics: Tuple[str, ...] = ()
+    # --lanes and --threads when not given (threads None: the machine's cores)
+    lanes: int = 2
+    threads: Optional[int] = None
 
     @property
     def arms(self) -> List[str]:
         return [sub for _, _, sub in self.students]
+
+    def student_arms(self, args: argparse.Namespace, out: Path) -> List[Arm]:
+        """The student arms of a run of the demo: every student, the distilled ones reading the
+        teacher's checkpoint in ``out`` (the LAD arm changed by --lad-weight, --lad-levels)."""
+        _, _, teacher_run = self.teachers[0]
+        teacher = ["MODEL.DISTILL.TEACHER.WEIGHTS", str(out / teacher_run / "model_final.pth")]
+        if args.opts:  # the teacher was trained under the same overrides
+            teacher += ["MODEL.DISTILL.TEACHER.OPTS", repr([str(x) for x in args.opts])]
+        arms = []
+        for label, config, sub in self.students:
+            if sub not in self.distilled:
+                arms.append(Arm(label, config, sub, sub))
+                continue
+            opts, folder = list(teacher), sub
+            if sub == "student_lad" and (args.lad_weight is not None or args.lad_levels):
+                taps = lad_taps(REPO / config, args.lad_weight, args.lad_levels)
+                opts += ["MODEL.DISTILL.TAPS", repr(taps)]
+                suffix = []
+                if args.lad_weight is not None:
+                    suffix.append(f"w{args.lad_weight:g}")
+                    label += f", λ {args.lad_weight:g}"
+                if args.lad_levels:
+                    suffix.append("-".join(args.lad_levels))
+                    label += f", on {','.join(args.lad_levels)}"
+                folder = "_".join([sub, *suffix])
+            arms.append(Arm(label, config, sub, folder, tuple(opts), (teacher_run,)))
+        return arms
+
+    def report_lines(self, plan: List[PlannedRun], scores: Dict[Path, dict], args) -> List[str]:
+        """The task's own sections after the per-run table: what each term adds."""
+        return contrast_lines(plan, scores, self, args.split)
+
+
+@dataclass(frozen=True)
+class MultiRegime:
+    """A distillation regime of the multi-teacher demo: each teacher's feature taps (the same
+    for every teacher, in the single-teacher arms too), λ_kd and each teacher's KD_MIX."""
+
+    text: str
+    taps: Tuple[Tuple[str, str, str, float], ...] = ()
+    kd_weight: float = 10.0
+    kd_mix: Tuple[float, float] = (0.5, 0.5)
+
+
+# The regimes the multi-teacher demo chooses from on the validation split, fixed before any
+# run: logit KD alone (the seg demo's finding: all of its gain was logit KD's) and LAD on res5
+# added per teacher. KD_MIX 0.5 each: neither teacher is preferred.
+MULTI_REGIMES = {
+    "kd": MultiRegime("logit KD alone (λ_kd 10)"),
+    "lad_kd": MultiRegime("LAD on res5 (λ 10 per teacher) + logit KD (λ_kd 10)", (("res5", "res5", "lad", 10.0),)),
+}
+# The rule, fixed before the validation runs: the regime whose both-teachers arm has the best
+# mean val mIoU; under it, the better single teacher is the single-teacher arm with the better
+# mean val mIoU. The test split then answers one question: both teachers vs that one. Chosen on
+# val (--split val --regime all, 3 seeds, docs/results/2026-12-08-multi-teacher-demo.md): both-teachers arm
+# 34.28 (kd) against 21.19 (lad_kd); under kd, teacher A alone 40.21 against B alone 25.97.
+MULTI_CHOICE = {"regime": "kd", "better_single": "student_a"}
+
+
+@dataclass(frozen=True)
+class MultiTeacherTask(DemoTask):
+    """The multi-teacher demo: two teachers, each trained on half the classes (the other half
+    marked ignored), and the student under each alone and under both (``--regime``)."""
+
+    def student_arms(self, args: argparse.Namespace, out: Path) -> List[Arm]:
+        """No KD, then per regime: under teacher A, under teacher B, under both (arms named
+        ``student_a``, ``student_b``, ``student_ab``; ``..._<regime>`` with ``--regime all``)."""
+        from fvcore.common.config import CfgNode
+
+        names = list(MULTI_REGIMES) if args.regime == "all" else [args.regime]
+        runs = {sub: out / sub / "model_final.pth" for _, _, sub in self.teachers}
+        teacher_opts = [str(x) for x in args.opts]  # the teachers trained under the same overrides
+        (nokd_label, nokd_config, nokd), *distilled = self.students
+        arms = [Arm(nokd_label, nokd_config, nokd, nokd)]
+        for regime in names:
+            r = MULTI_REGIMES[regime]
+            suffix = f"_{regime}" if len(names) > 1 else ""
+            for label, config, sub in distilled:
+                label = f"{label}, {r.text}"
+                opts = ["MODEL.DISTILL.KD_WEIGHT", repr(r.kd_weight)]
+                if sub == "student_ab":
+                    entries = CfgNode.load_yaml_with_base(str(REPO / config), allow_unsafe=False)["MODEL"]["DISTILL"]["TEACHERS"]
+                    teachers = [
+                        dict(e, WEIGHTS=str(runs[f"teacher_{e['NAME']}"]), TAPS=[list(t) for t in r.taps], KD_MIX=mix,
+                             **({"OPTS": teacher_opts} if teacher_opts else {}))
+                        for e, mix in zip(entries, r.kd_mix)
+                    ]
+                    opts += ["MODEL.DISTILL.TEACHERS", repr(teachers)]
+                    needs = tuple(runs)
+                else:
+                    teacher = f"teacher_{sub.rsplit('_', 1)[1]}"
+                    opts += ["MODEL.DISTILL.TEACHER.WEIGHTS", str(runs[teacher]), "MODEL.DISTILL.TAPS", repr([list(t) for t in r.taps])]
+                    opts += ["MODEL.DISTILL.TEACHER.OPTS", repr(teacher_opts)] if teacher_opts else []
+                    needs = (teacher,)
+                arms.append(Arm(label, config, sub + suffix, sub + suffix, tuple(opts), needs))
+        return arms
+
+    def report_lines(self, plan: List[PlannedRun], scores: Dict[Path, dict], args) -> List[str]:
+        """Δ ± SE seed by seed (both teachers vs the better single one first), per-class IoU
+        against each teacher's half, the gradient balance of every teacher's terms."""
+        from radkd_d2.analysis.multi_teacher import multi_teacher_sections
+
+        halves = {sub: config for _, config, sub in self.teachers}
+        return multi_teacher_sections(
+            plan, scores, {sub: REPO / c for sub, c in halves.items()}, args.split, args.regime,
+            MULTI_REGIMES, MULTI_CHOICE,
+        )
 
 
 BASELINE = "student_nokd"
 SEG = "configs/synthetic/demo"
 DET = "configs/synthetic/demo_det"
 RCNN = "configs/synthetic/demo_rcnn"
+MULTI = "configs/synthetic/demo_multi"
 TASKS = {
     "seg": DemoTask(
         name="seg",
-        teacher=("teacher PSPNet-R18 x1/2", f"{SEG}/teacher_pspnet_r18x2_synthetic.yaml", "teacher"),
+        teachers=(("teacher PSPNet-R18 x1/2", f"{SEG}/teacher_pspnet_r18x2_synthetic.yaml", "teacher"),),
         start=(
             "student PSPNet-R18 x1/4, shared start (no KD)",
             f"{SEG}/student_pspnet_r18x4_synthetic.yaml",
@@ -154,7 +288,7 @@ TASKS = {
     ),
     "det": DemoTask(
         name="det",
-        teacher=("teacher RetinaNet X50-tiny", f"{DET}/teacher_retinanet_x50_synthetic.yaml", "teacher"),
+        teachers=(("teacher RetinaNet X50-tiny", f"{DET}/teacher_retinanet_x50_synthetic.yaml", "teacher"),),
         start=(
             "student RetinaNet MV2 x0.5, shared start (no KD)",
             f"{DET}/student_retinanet_mv2_synthetic.yaml",
@@ -189,7 +323,7 @@ TASKS = {
     ),
     "rcnn": DemoTask(
         name="rcnn",
-        teacher=("teacher Mask R-CNN X50-tiny", f"{RCNN}/teacher_mask_rcnn_x50_synthetic.yaml", "teacher"),
+        teachers=(("teacher Mask R-CNN X50-tiny", f"{RCNN}/teacher_mask_rcnn_x50_synthetic.yaml", "teacher"),),
         start=(
             "student Mask R-CNN MV2 x0.5, shared start (no KD)",
             f"{RCNN}/student_mask_rcnn_mv2_synthetic.yaml",
@@ -214,6 +348,35 @@ TASKS = {
         steps=(0.8, 0.93),
         contrast_metrics=("AP", "mask_AP"),
     ),
+    "multi": MultiTeacherTask(
+        name="multi",
+        teachers=(
+            ("teacher A PSPNet-R18 x1/2, trained without ring and cross", f"{MULTI}/teacher_a_pspnet_r18x2_synthetic.yaml", "teacher_a"),
+            ("teacher B PSPNet-R18 x1/2, trained without disk, square and triangle", f"{MULTI}/teacher_b_pspnet_r18x2_synthetic.yaml", "teacher_b"),
+        ),
+        start=(
+            "student PSPNet-R18 x1/4, shared start (no KD)",
+            f"{MULTI}/student_pspnet_r18x4_synthetic.yaml",
+            "student_start",
+        ),
+        students=(
+            ("student continued without KD", f"{MULTI}/student_pspnet_r18x4_synthetic.yaml", BASELINE),
+            ("student under teacher A", f"{MULTI}/kd_logits_pspr18x2a_pspr18x4_synthetic.yaml", "student_a"),
+            ("student under teacher B", f"{MULTI}/kd_logits_pspr18x2b_pspr18x4_synthetic.yaml", "student_b"),
+            ("student under both teachers", f"{MULTI}/kd_logits_pspr18x2ab_pspr18x4_synthetic.yaml", "student_ab"),
+        ),
+        distilled=frozenset({"student_a", "student_b", "student_ab"}),
+        splits={"test": "synthetic_sem_seg_test", "val": "synthetic_sem_seg_val"},
+        iterations=(800, 150, 300),
+        metric="mIoU",
+        columns=(("mIoU (%)", "mIoU"), ("pixel acc (%)", "pACC")),
+        contrasts=(),
+        output="output/demo_multi",
+        scenes="64 px synthetic scenes, two teachers each trained on half the object classes",
+        # one run at a time on one thread: the regime the multi-teacher figures were measured in
+        lanes=1,
+        threads=1,
+    ),
 }
 
 
@@ -226,10 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(TASKS),
         default="seg",
         help="seg: PSPNet segmentation (the default, make demo); det: RetinaNet detection "
-        "(make demo-det); rcnn: Mask R-CNN, box and mask AP",
+        "(make demo-det); rcnn: Mask R-CNN, box and mask AP; multi: two teachers, each trained "
+        "on half the classes (make demo-multi)",
     )
     parser.add_argument(
-        "--output", default=None, help="output folder (default output/demo, output/demo_det, output/demo_rcnn)"
+        "--output",
+        default=None,
+        help="output folder (default output/demo, output/demo_det, output/demo_rcnn, output/demo_multi)",
     )
     parser.add_argument(
         "--teacher-iters",
@@ -267,17 +433,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lanes",
         type=int,
-        default=2,
+        default=None,
         help="runs trained at the same time, each once the runs it needs have finished, the CPU "
-        "threads shared between them (default 2, the regime the README's table was measured "
-        "in; the thread count changes floating-point order, so another value trains another "
-        "starting point, see README)",
+        "threads shared between them (default 2, multi 1: the regimes the README's tables were "
+        "measured in; the thread count changes floating-point order, so another value trains "
+        "another starting point, see README)",
     )
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="CPU threads shared by the running runs (default: the machine's cores)",
+        help="CPU threads shared by the running runs (default: the machine's cores; multi 1)",
+    )
+    parser.add_argument(
+        "--regime",
+        choices=[*MULTI_REGIMES, "all"],
+        default=None,
+        help="--task multi: the distillation regime of the teacher arms (default "
+        f"{MULTI_CHOICE['regime']}, chosen on val); all: every regime, for choosing on --split val",
     )
     parser.add_argument(
         "--lad-weight",
@@ -313,13 +486,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line with the task's defaults filled in (iterations, output folder)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    task = TASKS[args.task]
+    args.lanes = task.lanes if args.lanes is None else args.lanes
+    args.threads = task.threads if args.threads is None else args.threads
     if args.lanes < 1 or (args.threads is not None and args.threads < 1):
         parser.error(
             f"--lanes and --threads must be at least 1, got {args.lanes} and {args.threads}"
         )
     if len(args.opts) % 2:
         parser.error(f"the KEY VALUE overrides have an odd number of items: {args.opts}")
-    task = TASKS[args.task]
+    if args.regime is not None and task.name != "multi":
+        parser.error("--regime is for --task multi")
+    if task.name == "multi":
+        args.regime = args.regime or MULTI_CHOICE["regime"]
+        if args.regime == "all" and args.split != "val":
+            parser.error("--regime all is for choosing the regime: use it with --split val only")
     for key, default in zip(("teacher_iters", "start_iters", "iters"), task.iterations):
         if getattr(args, key) is None:
             setattr(args, key, default)
@@ -368,38 +549,23 @@ def plan_runs(args: argparse.Namespace) -> List[Tuple[PlannedRun, int]]:
             *split,
         ]
 
-    label, config, sub = task.teacher
-    plan = [
-        (r, args.teacher_iters)
-        for r in plan_seeds(
-            sub, REPO / config, iters(args.teacher_iters), out / sub, 1, label=label
-        )
-    ]
+    plan = []
+    for label, config, sub in task.teachers:
+        plan += [
+            (r, args.teacher_iters)
+            for r in plan_seeds(sub, REPO / config, iters(args.teacher_iters), out / sub, 1, label=label)
+        ]
     label, config, sub = task.start
     plan += [
         (r, args.start_iters)
         for r in plan_seeds(sub, REPO / config, iters(args.start_iters), out / sub, 1, label=label)
     ]
     start = ["MODEL.WEIGHTS", str(out / "student_start" / "model_final.pth")]
-    teacher = ["MODEL.DISTILL.TEACHER.WEIGHTS", str(out / "teacher" / "model_final.pth")]
-    if args.opts:  # the teacher was trained under the same overrides
-        teacher += ["MODEL.DISTILL.TEACHER.OPTS", repr([str(x) for x in args.opts])]
-    per_arm = []
-    for label, config, sub in task.students:
-        opts = [*iters(args.iters), *start, *(teacher if sub in task.distilled else [])]
-        arm_dir = out / sub
-        if sub == "student_lad" and (args.lad_weight is not None or args.lad_levels):
-            taps = lad_taps(REPO / config, args.lad_weight, args.lad_levels)
-            opts += ["MODEL.DISTILL.TAPS", repr(taps)]
-            suffix = []
-            if args.lad_weight is not None:
-                suffix.append(f"w{args.lad_weight:g}")
-                label += f", λ {args.lad_weight:g}"
-            if args.lad_levels:
-                suffix.append("-".join(args.lad_levels))
-                label += f", on {','.join(args.lad_levels)}"
-            arm_dir = out / "_".join([sub, *suffix])
-        per_arm.append(plan_seeds(sub, REPO / config, opts, arm_dir, args.seeds, label=label))
+    per_arm = [
+        plan_seeds(arm.name, REPO / arm.config, [*iters(args.iters), *start, *arm.opts], out / arm.folder,
+                   args.seeds, label=arm.label)
+        for arm in task.student_arms(args, out)
+    ]
     # seed-major: an interrupted demo still has whole sets of arms to compare
     for k in range(args.seeds):
         plan += [(runs[k], args.iters) for runs in per_arm]
@@ -419,16 +585,12 @@ def lad_taps(config: Path, weight: Optional[float] = None, levels=None) -> list:
     ]
 
 
-def schedule(plan: List[Tuple[PlannedRun, int]], task: DemoTask) -> List[Job]:
-    """The plan as jobs: the starting point and the no-KD arm need nothing but the start; the
-    distilled arms also wait for the teacher. The teacher and the start train side by side."""
-    jobs = []
-    for run, n_iter in plan:
-        needs: Tuple[str, ...] = ()
-        if run.arm != "teacher" and run.arm != "student_start":
-            needs = ("student_start",) + (("teacher",) if run.arm in task.distilled else ())
-        jobs.append(Job(run, n_iter, needs))
-    return jobs
+def schedule(plan: List[Tuple[PlannedRun, int]], arms: List[Arm]) -> List[Job]:
+    """The plan as jobs: the teachers and the starting point need nothing; the no-KD arm needs
+    the start; a distilled arm also waits for its teachers. Teachers and start train side by
+    side (with several lanes)."""
+    needs_of = {a.name: ("student_start", *a.teachers) for a in arms}
+    return [Job(run, n_iter, needs_of.get(run.arm, ())) for run, n_iter in plan]
 
 
 def contrast_lines(
@@ -486,7 +648,7 @@ def main(argv=None):
         total=sum(n for _, n in plan), unit="it", desc=f"demo {task.name}", dynamic_ncols=True
     ) as bar:
         jobs = []
-        for job in schedule(plan, task):  # a run's needs come before it
+        for job in schedule(plan, task.student_arms(args, out)):  # a run's needs come before it
             if (
                 args.resume
                 and read_run(job.run.out_dir, max_iter=job.max_iter).status == "finished"
@@ -518,15 +680,17 @@ def main(argv=None):
         print(f"\n{failed.run.label} failed; last lines of {log}:\n{log_tail(log)}")
         sys.exit(1)
     plan = [r for r, _ in plan]
-    dirs = {arm: [r.out_dir for r in plan if r.arm == arm] for arm in ("teacher", *task.distilled)}
+    teachers = [r.out_dir for r in plan if r.arm in {sub for _, _, sub in task.teachers}]
+    distilled = {a.name for a in task.student_arms(args, out) if a.teachers}
     infos = collect_runs(
-        [d for arm in sorted(task.distilled) for d in dirs[arm]],
-        teachers=dirs["teacher"],
+        [r.out_dir for arm in sorted(distilled) for r in plan if r.arm == arm],
+        teachers=teachers,
         baselines=[r.out_dir for r in plan if r.arm == BASELINE],
     )
     report = build_report(infos)
     title = (
-        f"radkd-d2 demo ({task.name}): {task.scenes} ({args.split} split), teacher "
+        f"radkd-d2 demo ({task.name}): {task.scenes} ({args.split} split), "
+        f"{'teachers' if len(task.teachers) > 1 else 'teacher'} "
         f"{args.teacher_iters} iterations, students {args.start_iters} shared + {args.iters} per "
         f"arm, {args.seeds} seed{'s' if args.seeds > 1 else ''} per arm, CPU"
     )
@@ -546,7 +710,7 @@ def main(argv=None):
         + f" | {seconds[r.name]:.0f} | {threads[r.name] or 'reused'} |"
         for r in plan
     ]
-    lines += ["", *contrast_lines(plan, scores, task, args.split)]
+    lines += ["", *task.report_lines(plan, scores, args)]
     lines += ["", f"Total wall time: {time.time() - t0:.0f} s. Runs: {out}"]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)

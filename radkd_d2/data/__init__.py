@@ -13,7 +13,10 @@ from .synthetic import SyntheticSpec, ensure_synthetic
 def register_all(cfg=None) -> None:
     """Register every project data set under the configured root (``DATASETS.ROOT``)."""
     root = cfg.DATASETS.ROOT if cfg is not None else ""
-    register_synthetic(root, spec_from_cfg(cfg) if cfg is not None else SyntheticSpec())
+    if cfg is None:
+        register_synthetic(root)
+    else:
+        register_synthetic(root, spec_from_cfg(cfg), cfg.DATASETS.SYNTHETIC.PARTIAL_IGNORE)
     register_camvid(root)
     register_cityscapes(root)
     register_voc(root)

@@ -8,6 +8,9 @@ than a tiny one. One generator produces both annotations from the same drawing:
 * semantic segmentation: ``<split>/labels/*.png`` with values 0..5 (0 = background) and 255 only
   where a thin anti-aliasing border is ambiguous (the ignore value);
 * a held-out ``test`` split when ``num_test > 0``, drawn from a seed sequence of its own;
+* on request, a copy of a split's labels with some classes marked ignored
+  (``<split>/labels_ignore_<ids>/``, :func:`ensure_partial_labels`): a model trained on it never
+  learns those classes (the multi-teacher demo's teachers, each strong on half the classes);
 * COCO-format detection and instance segmentation: ``annotations/instances_<split>.json`` with
   one box per *visible* object (the tight box of its visible pixels; objects mostly hidden are
   dropped) and its visible pixels as an RLE mask.
@@ -228,3 +231,45 @@ def ensure_synthetic(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpe
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def partial_labels_name(ignore) -> str:
+    """Folder name of a split's labels with the classes ``ignore`` marked ignored."""
+    return "labels_ignore_" + "-".join(str(c) for c in sorted(set(ignore)))
+
+
+def ensure_partial_labels(folder: str | os.PathLike, split: str, ignore) -> Path:
+    """``<folder>/<split>/labels_ignore_<ids>/``: the split's labels (of the data set
+    ``folder``, :func:`ensure_synthetic`) with every pixel of the classes ``ignore`` set to
+    :data:`IGNORE_VALUE`, file for file; written once, atomically, like the data set itself.
+
+    Returns:
+        the label folder.
+    """
+    ignore = sorted(set(int(c) for c in ignore))
+    bad = [c for c in ignore if not 0 <= c < len(CLASSES)]
+    if not ignore or bad or len(ignore) == len(CLASSES):
+        raise ValueError(
+            f"synthetic data: classes to ignore must be some, not all, of 0..{len(CLASSES) - 1} "
+            f"({', '.join(CLASSES)}), got {ignore}"
+        )
+    src = Path(folder) / split / "labels"
+    out = src.parent / partial_labels_name(ignore)
+    if (out / "COMPLETE").is_file():
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{out.name}_", dir=src.parent))
+    try:
+        for f in sorted(src.glob("*.png")):
+            label = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+            label[np.isin(label, ignore)] = IGNORE_VALUE
+            cv2.imwrite(str(tmp / f.name), label)
+        (tmp / "COMPLETE").write_text("ok\n")
+        try:
+            tmp.rename(out)
+            logger.info("Wrote %s labels without classes %s to %s", split, ignore, out)
+        except OSError:  # another process finished first
+            if not (out / "COMPLETE").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -119,6 +119,16 @@ def classify_method(meta_arch: str, taps: Sequence, kd_weight: float = 0.0):
     return "+".join(names), ",".join(positions), weight, kd
 
 
+def distill_taps(cfg: dict) -> list:
+    """A run's feature taps: ``MODEL.DISTILL.TAPS``, or with several teachers every
+    ``MODEL.DISTILL.TEACHERS`` entry's ``TAPS`` (``MODEL.DISTILL.TAPS`` is then unused, left at
+    its default)."""
+    entries = cfg_get(cfg, "MODEL.DISTILL.TEACHERS", []) or []
+    if entries:
+        return [t for e in entries if isinstance(e, dict) for t in (e.get("TAPS") or [])]
+    return cfg_get(cfg, "MODEL.DISTILL.TAPS", []) or []
+
+
 def _find_file(name: str, run_dir: Path) -> Optional[Path]:
     p = Path(name)
     for cand in ([p] if p.is_absolute() else [Path.cwd() / p, run_dir / p]):

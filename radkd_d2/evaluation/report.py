@@ -7,7 +7,8 @@ weights, teacher config) and the last evaluation in its ``metrics.json``:
 * **role**: "teacher", "baseline" (the student trained without KD) or "student" (distilled).
   ``Distill*`` meta-architectures are students; other runs are teachers when their model is
   the teacher of some distilled run on the same data set, else baselines (or as given).
-* **method** from the loss names in ``MODEL.DISTILL.TAPS`` ("LAD", "Naive", "CWD", ...), "KD"
+* **method** from the loss names in ``MODEL.DISTILL.TAPS`` (with several teachers, in every
+  ``MODEL.DISTILL.TEACHERS`` entry's ``TAPS``) ("LAD", "Naive", "CWD", ...), "KD"
   when only logit KD is on, "none" for plain models; **tap** and **λ** from the same entries,
   **λ_kd** from ``MODEL.DISTILL.KD_WEIGHT``.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .naming import METHOD_ORDER, classify_method, dataset_name, model_name, teacher_name
+from .naming import METHOD_ORDER, classify_method, dataset_name, distill_taps, model_name, teacher_name
 from .runs import (
     DET_METRICS,
     MASK_METRICS,
@@ -221,7 +221,7 @@ def describe_run(result: RunResult, role: Optional[str] = None) -> RunInfo:
         return info
     meta = cfg_get(cfg, "MODEL.META_ARCHITECTURE", "")
     info.method, info.tap, info.weight, info.kd_weight = classify_method(
-        meta, cfg_get(cfg, "MODEL.DISTILL.TAPS", []), cfg_get(cfg, "MODEL.DISTILL.KD_WEIGHT", 0.0)
+        meta, distill_taps(cfg), cfg_get(cfg, "MODEL.DISTILL.KD_WEIGHT", 0.0)
     )
     info.model = model_name(cfg)
     info.dataset = dataset_name((cfg_get(cfg, "DATASETS.TEST") or ["?"])[0])
